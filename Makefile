@@ -1,0 +1,48 @@
+# Front end for the two README commands (`make run`, `make test`) and the other chores.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export DVC_NO_ANALYTICS := 1
+export MPLBACKEND := Agg
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup run test bench bench-ref server ui-screenshot clean
+
+## setup: create .venv (if missing) with the pinned dependencies and install the project
+setup: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+## run: set up, then reproduce the default pipeline with DVC on Prefect's embedded server
+run: setup
+	$(VENV)/bin/dvc config core.analytics false
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+
+## test: set up, then run the test suite
+test: setup
+	$(PY) -m pytest
+
+## bench: benchmarks of this project (JSON in bench_out/)
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+## bench-ref: the same workloads side by side with the reference tomopt==0.1.0 (installed into .refvenv)
+bench-ref: setup
+	$(PY) benchmarks/run_all.py --with-reference
+
+## server: start a local Prefect server + UI on http://127.0.0.1:4200 (export PREFECT_API_URL=http://127.0.0.1:4200/api)
+server: setup
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+clean:
+	rm -rf bench_out .pytest_cache

@@ -1,0 +1,19 @@
+"""Shared test settings: one torch thread (2-core machines), quiet Prefect, seeded generators."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def gen() -> torch.Generator:
+    """A seeded CPU generator for reproducible tests."""
+    return torch.Generator().manual_seed(1234)

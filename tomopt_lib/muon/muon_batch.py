@@ -1,0 +1,335 @@
+"""``MuonBatch``: the state of a batch of muons and the detector hits they leave.
+
+Conventions (volume frame, SI units): z points up, muons travel downwards; ``theta`` [rad] is measured from the
+*negative* z axis, ``phi`` [rad] anticlockwise from +x; momentum ``mom`` in GeV. The direction of flight is
+``d = (sin(theta) cos(phi), sin(theta) sin(phi), -cos(theta))``.
+
+Muon paths never depend on detector parameters, so the state is updated in place (no autograd through it).
+Hits are stored per *named* detector group (any string, e.g. ``"above"``, ``"below"``, ``"station_3"``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..runtime import DEFAULT_DTYPE, DeviceLike, resolve_device
+
+__all__ = ["MuonBatch"]
+
+XYLimit = Union[Tuple[float, float], Tensor, None]
+
+
+class MuonBatch:
+    """A batch of ``N`` muons with columns ``x, y, z`` [m], ``mom`` [GeV], ``theta``, ``phi`` [rad].
+
+    Args:
+        xy_p_theta_phi: (N, 5) tensor of x [m], y [m], p [GeV], theta [rad], phi [rad] (a generator's output).
+        init_z: starting z [m] of every muon (float or (N,) tensor).
+        device: device of the muon tensors (default: that of ``xy_p_theta_phi``).
+    """
+
+    x_dim = 0
+    y_dim = 1
+    z_dim = 2
+    p_dim = 3
+    th_dim = 4
+    ph_dim = 5
+
+    def __init__(self, xy_p_theta_phi: Tensor, init_z: Union[Tensor, float], device: DeviceLike = None) -> None:
+        xy_p_theta_phi = torch.as_tensor(xy_p_theta_phi)
+        if xy_p_theta_phi.ndim != 2 or xy_p_theta_phi.shape[1] != 5:
+            raise ValueError(f"xy_p_theta_phi must have shape (N, 5), got {tuple(xy_p_theta_phi.shape)}")
+        dev = resolve_device(device) if device is not None else xy_p_theta_phi.device
+        dtype = xy_p_theta_phi.dtype if xy_p_theta_phi.is_floating_point() else DEFAULT_DTYPE
+        src = xy_p_theta_phi.detach().to(device=dev, dtype=dtype)
+        z = torch.as_tensor(init_z, dtype=dtype, device=dev).detach().reshape(-1).expand(len(src))
+        self.device = dev
+        self._muons = torch.stack([src[:, 0], src[:, 1], z, src[:, 2], src[:, 3], src[:, 4]], dim=1).contiguous()
+        self._hits: Dict[str, Dict[str, List[Tensor]]] = {}
+        self._xyz_hist: List[Tensor] = []
+        self._upwards_muons: List[Tensor] = []
+        self._keep_mask: Optional[Tensor] = None
+
+    # ------------------------------------------------------------------ state access
+    def __len__(self) -> int:
+        return len(self._muons)
+
+    def __repr__(self) -> str:
+        return f"MuonBatch(n={len(self)}, groups={list(self._hits)}, device={self.device})"
+
+    @property
+    def muons(self) -> Tensor:
+        """(N, 6) state tensor ``x, y, z, mom, theta, phi``."""
+        return self._muons
+
+    @property
+    def x(self) -> Tensor:
+        return self._muons[:, self.x_dim]
+
+    @property
+    def y(self) -> Tensor:
+        return self._muons[:, self.y_dim]
+
+    @property
+    def z(self) -> Tensor:
+        return self._muons[:, self.z_dim]
+
+    @property
+    def xy(self) -> Tensor:
+        return self._muons[:, : self.z_dim]
+
+    @property
+    def xyz(self) -> Tensor:
+        return self._muons[:, : self.p_dim]
+
+    @property
+    def mom(self) -> Tensor:
+        """Momentum [GeV]."""
+        return self._muons[:, self.p_dim]
+
+    @property
+    def reco_mom(self) -> Tensor:
+        """Reconstructed momentum [GeV]; currently the true momentum (no momentum measurement is simulated)."""
+        return self.mom
+
+    @property
+    def theta(self) -> Tensor:
+        return self._muons[:, self.th_dim]
+
+    @property
+    def phi(self) -> Tensor:
+        return self._muons[:, self.ph_dim]
+
+    @property
+    def theta_x(self) -> Tensor:
+        """Angle from -z in the xz plane: atan(tan(theta) cos(phi))."""
+        return self.theta_x_from_theta_phi(self.theta, self.phi)
+
+    @property
+    def theta_y(self) -> Tensor:
+        """Angle from -z in the yz plane: atan(tan(theta) sin(phi))."""
+        return self.theta_y_from_theta_phi(self.theta, self.phi)
+
+    @property
+    def theta_xy(self) -> Tensor:
+        """(N, 2) of ``theta_x, theta_y``."""
+        return torch.stack([self.theta_x, self.theta_y], dim=1)
+
+    @property
+    def direction(self) -> Tensor:
+        """(N, 3) unit vectors of flight, ``(sin t cos p, sin t sin p, -cos t)``."""
+        return self.direction_from_theta_phi(self.theta, self.phi)
+
+    @property
+    def xyz_hist(self) -> List[Tensor]:
+        """Positions recorded by ``snapshot_xyz`` (a list of (N_at_the_time, 3) detached tensors)."""
+        return self._xyz_hist
+
+    @property
+    def upwards_muons(self) -> Tensor:
+        """States (M, 6) of muons removed because they went upwards or became non-finite."""
+        if not self._upwards_muons:
+            return self._muons.new_zeros((0, 6))
+        return torch.cat(self._upwards_muons, dim=0)
+
+    # ------------------------------------------------------------------ angle conversions
+    @staticmethod
+    def direction_from_theta_phi(theta: Tensor, phi: Tensor) -> Tensor:
+        st = torch.sin(theta)
+        return torch.stack([st * torch.cos(phi), st * torch.sin(phi), -torch.cos(theta)], dim=-1)
+
+    @staticmethod
+    def theta_x_from_theta_phi(theta: Tensor, phi: Tensor) -> Tensor:
+        """theta_x = atan(tan(theta) cos(phi)); NaN for theta >= pi/2."""
+        out = torch.atan(torch.tan(theta) * torch.cos(phi))
+        return torch.where(theta >= math.pi / 2, torch.full_like(out, float("nan")), out)
+
+    @staticmethod
+    def theta_y_from_theta_phi(theta: Tensor, phi: Tensor) -> Tensor:
+        """theta_y = atan(tan(theta) sin(phi)); NaN for theta >= pi/2."""
+        out = torch.atan(torch.tan(theta) * torch.sin(phi))
+        return torch.where(theta >= math.pi / 2, torch.full_like(out, float("nan")), out)
+
+    @staticmethod
+    def theta_from_theta_xy(theta_x: Tensor, theta_y: Tensor) -> Tensor:
+        """theta = atan(sqrt(tan^2 theta_x + tan^2 theta_y)); NaN when |theta_x| or |theta_y| >= pi/2."""
+        out = torch.atan(torch.sqrt(torch.tan(theta_x) ** 2 + torch.tan(theta_y) ** 2))
+        bad = (theta_x.abs() >= math.pi / 2) | (theta_y.abs() >= math.pi / 2)
+        return torch.where(bad, torch.full_like(out, float("nan")), out)
+
+    @staticmethod
+    def phi_from_theta_xy(theta_x: Tensor, theta_y: Tensor) -> Tensor:
+        """phi = atan2(tan theta_y, tan theta_x) mapped to [0, 2 pi); NaN when |theta_x| or |theta_y| >= pi/2."""
+        out = torch.remainder(torch.atan2(torch.tan(theta_y), torch.tan(theta_x)), 2 * math.pi)
+        bad = (theta_x.abs() >= math.pi / 2) | (theta_y.abs() >= math.pi / 2)
+        return torch.where(bad, torch.full_like(out, float("nan")), out)
+
+    @staticmethod
+    def theta_phi_from_direction(direction: Tensor) -> Tuple[Tensor, Tensor]:
+        """Inverse of ``direction_from_theta_phi`` for (..., 3) vectors (normalised here)."""
+        d = direction / direction.norm(dim=-1, keepdim=True)
+        theta = torch.acos((-d[..., 2]).clamp(-1.0, 1.0))
+        phi = torch.remainder(torch.atan2(d[..., 1], d[..., 0]), 2 * math.pi)
+        return theta, phi
+
+    # ------------------------------------------------------------------ motion
+    def _apply(self, col: slice, new: Tensor, mask: Optional[Tensor]) -> None:
+        if mask is not None:
+            new = torch.where(mask.reshape(-1, *([1] * (new.ndim - 1))), new, self._muons[:, col])
+        self._muons[:, col] = new
+
+    def propagate_dz(self, dz: Union[Tensor, float], mask: Optional[Tensor] = None) -> None:
+        """Move along the track so that z decreases by ``dz`` [m] (positive dz = downwards)."""
+        dz = torch.as_tensor(dz, dtype=self._muons.dtype, device=self.device).detach()
+        if dz.ndim > 0:
+            dz = dz.reshape(-1)
+        tan_t = torch.tan(self.theta)
+        step = torch.stack([dz * tan_t * torch.cos(self.phi), dz * tan_t * torch.sin(self.phi), -dz * torch.ones_like(tan_t)], dim=1)
+        self._apply(slice(0, 3), self.xyz + step, mask)
+
+    def propagate_d(self, d: Union[Tensor, float], mask: Optional[Tensor] = None) -> None:
+        """Move a distance ``d`` [m] along the direction of flight."""
+        d = torch.as_tensor(d, dtype=self._muons.dtype, device=self.device).detach()
+        if d.ndim > 0:
+            d = d.reshape(-1, 1)
+        self._apply(slice(0, 3), self.xyz + d * self.direction, mask)
+
+    def scatter_dxyz(
+        self,
+        dx_vol: Optional[Tensor] = None,
+        dy_vol: Optional[Tensor] = None,
+        dz_vol: Optional[Tensor] = None,
+        mask: Optional[Tensor] = None,
+    ) -> None:
+        """Displace muons by (dx, dy, dz) [m] in the volume frame."""
+        zero = torch.zeros_like(self.x)
+        delta = torch.stack([t.detach() if t is not None else zero for t in (dx_vol, dy_vol, dz_vol)], dim=1)
+        self._apply(slice(0, 3), self.xyz + delta, mask)
+
+    def _set_angles(self, theta: Tensor, phi: Tensor, mask: Optional[Tensor]) -> None:
+        self._apply(slice(self.th_dim, self.ph_dim + 1), torch.stack([theta, phi], dim=1), mask)
+        self.remove_upwards_muons()
+
+    def scatter_dtheta_xy(
+        self, dtheta_x_vol: Optional[Tensor] = None, dtheta_y_vol: Optional[Tensor] = None, mask: Optional[Tensor] = None
+    ) -> None:
+        """Change theta_x and theta_y [rad] by the given amounts; muons turned upwards are removed."""
+        tx = self.theta_x + (dtheta_x_vol.detach() if dtheta_x_vol is not None else 0.0)
+        ty = self.theta_y + (dtheta_y_vol.detach() if dtheta_y_vol is not None else 0.0)
+        self._set_angles(self.theta_from_theta_xy(tx, ty), self.phi_from_theta_xy(tx, ty), mask)
+
+    def scatter_dtheta_dphi(
+        self, dtheta_vol: Optional[Tensor] = None, dphi_vol: Optional[Tensor] = None, mask: Optional[Tensor] = None
+    ) -> None:
+        """Change theta and phi [rad]; theta < 0 is folded (phi += pi), phi wrapped to [0, 2 pi)."""
+        theta = self.theta + (dtheta_vol.detach() if dtheta_vol is not None else 0.0)
+        phi = self.phi + (dphi_vol.detach() if dphi_vol is not None else 0.0)
+        neg = theta < 0
+        theta = torch.where(neg, -theta, theta)
+        phi = torch.where(neg, phi + math.pi, phi)
+        theta = torch.where(theta > math.pi, 2 * math.pi - theta, theta)
+        self._set_angles(theta, torch.remainder(phi, 2 * math.pi), mask)
+
+    def deflect(self, dtheta_1: Tensor, dtheta_2: Tensor, mask: Optional[Tensor] = None) -> None:
+        """Rotate each direction by small angles in its own transverse frame (exact 3-D rotation).
+
+        ``dtheta_1`` turns the track towards e_theta = (cos t cos p, cos t sin p, sin t) and ``dtheta_2`` towards
+        e_phi = (-sin p, cos p, 0). The total angle a = hypot(dtheta_1, dtheta_2) rotates d to
+        cos(a) d + sin(a) (dtheta_1 e_theta + dtheta_2 e_phi) / a. Muons turned upwards are removed.
+        """
+        theta, phi = self.theta, self.phi
+        ct, st, cp, sp = torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi)
+        d = torch.stack([st * cp, st * sp, -ct], dim=1)
+        e1 = torch.stack([ct * cp, ct * sp, st], dim=1)
+        e2 = torch.stack([-sp, cp, torch.zeros_like(sp)], dim=1)
+        a = torch.sqrt(dtheta_1.detach() ** 2 + dtheta_2.detach() ** 2)
+        sinc = torch.where(a > 0, torch.sin(a) / a.clamp_min(1e-30), torch.ones_like(a))
+        new_d = torch.cos(a)[:, None] * d + (sinc * dtheta_1.detach())[:, None] * e1 + (sinc * dtheta_2.detach())[:, None] * e2
+        new_theta, new_phi = self.theta_phi_from_direction(new_d)
+        self._set_angles(new_theta, new_phi, mask)
+
+    # ------------------------------------------------------------------ filtering
+    def filter_muons(self, keep_mask: Tensor) -> None:
+        """Keep only muons with ``keep_mask`` True, together with their hits."""
+        keep_mask = keep_mask.to(self.device).bool()
+        self._keep_mask = keep_mask
+        self._muons = self._muons[keep_mask]
+        for group in self._hits.values():
+            for var, hits in group.items():
+                group[var] = [h[keep_mask] for h in hits]
+
+    def remove_upwards_muons(self) -> None:
+        """Drop muons with theta >= pi/2 or non-finite state (they cannot reach detectors below)."""
+        ok = (self.theta < math.pi / 2) & torch.isfinite(self._muons).all(dim=1)
+        if bool(ok.all()):
+            self._keep_mask = ok
+            return
+        self._upwards_muons.append(self._muons[~ok].detach().clone())
+        self.filter_muons(ok)
+
+    def get_xy_mask(self, xy_low: XYLimit, xy_high: XYLimit) -> Tensor:
+        """(N,) True where xy_low <= xy < xy_high (either limit may be None)."""
+        mask = torch.ones(len(self), dtype=torch.bool, device=self.device)
+        if xy_low is not None:
+            low = torch.as_tensor(xy_low, dtype=self._muons.dtype, device=self.device)
+            mask &= (self.xy >= low.reshape(-1, 2) if low.numel() > 2 else self.xy >= low).all(dim=1)
+        if xy_high is not None:
+            high = torch.as_tensor(xy_high, dtype=self._muons.dtype, device=self.device)
+            mask &= (self.xy < high.reshape(-1, 2) if high.numel() > 2 else self.xy < high).all(dim=1)
+        return mask
+
+    # ------------------------------------------------------------------ hits
+    def append_hits(self, hits: Dict[str, Tensor], pos: str) -> None:
+        """Record one detector's hits (dict of var -> (N, k) tensors) under the group name ``pos``."""
+        group = self._hits.setdefault(pos, {})
+        for var, val in hits.items():
+            group.setdefault(var, []).append(val)
+
+    @property
+    def hit_groups(self) -> List[str]:
+        """Names of the detector groups that recorded hits, in recording order."""
+        return list(self._hits)
+
+    def n_hits(self, pos: str) -> int:
+        """Number of hits (detectors) recorded for group ``pos`` (0 if unknown)."""
+        group = self._hits.get(pos)
+        return len(next(iter(group.values()))) if group else 0
+
+    def get_hits(self, xy_low: XYLimit = None, xy_high: XYLimit = None) -> Dict[str, Dict[str, Tensor]]:
+        """Stacked hits ``{group: {var: (N, n_hits, k)}}``, optionally only for muons inside the xy limits."""
+        mask = None if xy_low is None and xy_high is None else self.get_xy_mask(xy_low, xy_high)
+        out: Dict[str, Dict[str, Tensor]] = {}
+        for pos, group in self._hits.items():
+            out[pos] = {}
+            for var, hits in group.items():
+                stacked = torch.stack(hits, dim=1)
+                out[pos][var] = stacked if mask is None else stacked[mask]
+        return out
+
+    def snapshot_xyz(self) -> None:
+        """Record the current positions (detached copy) in ``xyz_hist``."""
+        self._xyz_hist.append(self.xyz.detach().clone())
+
+    # ------------------------------------------------------------------ comparisons
+    def dtheta(self, theta_ref: Tensor) -> Tensor:
+        return torch.abs(self.theta - theta_ref)
+
+    def dtheta_x(self, theta_ref_x: Tensor) -> Tensor:
+        return torch.abs(self.theta_x - theta_ref_x)
+
+    def dtheta_y(self, theta_ref_y: Tensor) -> Tensor:
+        return torch.abs(self.theta_y - theta_ref_y)
+
+    def copy(self) -> "MuonBatch":
+        """Detached copy of the current state (hits are not copied)."""
+        xy_p_theta_phi = self._muons[:, [0, 1, 3, 4, 5]].detach().clone()
+        return MuonBatch(xy_p_theta_phi, init_z=self.z.detach().clone(), device=self.device)
+
+    def to_numpy(self) -> np.ndarray:
+        """(N, 6) numpy copy of the state."""
+        return self._muons.detach().cpu().numpy().copy()
