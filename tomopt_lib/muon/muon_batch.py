@@ -54,6 +54,7 @@ class MuonBatch:
         self._xyz_hist: List[Tensor] = []
         self._upwards_muons: List[Tensor] = []
         self._keep_mask: Optional[Tensor] = None
+        self._x0_traversed = torch.zeros(len(src), dtype=dtype, device=dev)
 
     # ------------------------------------------------------------------ state access
     def __len__(self) -> int:
@@ -126,6 +127,18 @@ class MuonBatch:
         return self.direction_from_theta_phi(self.theta, self.phi)
 
     @property
+    def x0_traversed(self) -> Tensor:
+        """(N,) material crossed so far along each track, in radiation lengths (sum of path / X0).
+
+        Scattering models use it to apply the Highland log term to the whole crossing rather than per step.
+        """
+        return self._x0_traversed
+
+    def add_x0_traversed(self, dx_over_x0: Tensor) -> None:
+        """Add (N,) path lengths in radiation lengths to ``x0_traversed``."""
+        self._x0_traversed = self._x0_traversed + dx_over_x0.detach()
+
+    @property
     def xyz_hist(self) -> List[Tensor]:
         """Positions recorded by ``snapshot_xyz`` (a list of (N_at_the_time, 3) detached tensors)."""
         return self._xyz_hist
@@ -171,10 +184,13 @@ class MuonBatch:
 
     @staticmethod
     def theta_phi_from_direction(direction: Tensor) -> Tuple[Tensor, Tensor]:
-        """Inverse of ``direction_from_theta_phi`` for (..., 3) vectors (normalised here)."""
-        d = direction / direction.norm(dim=-1, keepdim=True)
-        theta = torch.acos((-d[..., 2]).clamp(-1.0, 1.0))
-        phi = torch.remainder(torch.atan2(d[..., 1], d[..., 0]), 2 * math.pi)
+        """Inverse of ``direction_from_theta_phi`` for (..., 3) vectors (any norm > 0).
+
+        theta = atan2(hypot(d_x, d_y), -d_z): unlike acos(-d_z) this keeps full precision for near-vertical tracks
+        (acos loses ~sqrt(eps) there, 3e-4 rad in float32).
+        """
+        theta = torch.atan2(torch.hypot(direction[..., 0], direction[..., 1]), -direction[..., 2])
+        phi = torch.remainder(torch.atan2(direction[..., 1], direction[..., 0]), 2 * math.pi)
         return theta, phi
 
     # ------------------------------------------------------------------ motion
@@ -226,13 +242,12 @@ class MuonBatch:
     def scatter_dtheta_dphi(
         self, dtheta_vol: Optional[Tensor] = None, dphi_vol: Optional[Tensor] = None, mask: Optional[Tensor] = None
     ) -> None:
-        """Change theta and phi [rad]; theta < 0 is folded (phi += pi), phi wrapped to [0, 2 pi)."""
+        """Change theta and phi [rad]; theta < 0 or > pi is folded back (phi += pi), phi wrapped to [0, 2 pi)."""
         theta = self.theta + (dtheta_vol.detach() if dtheta_vol is not None else 0.0)
         phi = self.phi + (dphi_vol.detach() if dphi_vol is not None else 0.0)
-        neg = theta < 0
-        theta = torch.where(neg, -theta, theta)
-        phi = torch.where(neg, phi + math.pi, phi)
-        theta = torch.where(theta > math.pi, 2 * math.pi - theta, theta)
+        neg, over = theta < 0, theta > math.pi
+        theta = torch.where(neg, -theta, torch.where(over, 2 * math.pi - theta, theta))
+        phi = torch.where(neg | over, phi + math.pi, phi)
         self._set_angles(theta, torch.remainder(phi, 2 * math.pi), mask)
 
     def deflect(self, dtheta_1: Tensor, dtheta_2: Tensor, mask: Optional[Tensor] = None) -> None:
@@ -242,15 +257,18 @@ class MuonBatch:
         e_phi = (-sin p, cos p, 0). The total angle a = hypot(dtheta_1, dtheta_2) rotates d to
         cos(a) d + sin(a) (dtheta_1 e_theta + dtheta_2 e_phi) / a. Muons turned upwards are removed.
         """
-        theta, phi = self.theta, self.phi
-        ct, st, cp, sp = torch.cos(theta), torch.sin(theta), torch.cos(phi), torch.sin(phi)
-        d = torch.stack([st * cp, st * sp, -ct], dim=1)
-        e1 = torch.stack([ct * cp, ct * sp, st], dim=1)
-        e2 = torch.stack([-sp, cp, torch.zeros_like(sp)], dim=1)
-        a = torch.sqrt(dtheta_1.detach() ** 2 + dtheta_2.detach() ** 2)
+        t1, t2 = dtheta_1.detach(), dtheta_2.detach()
+        theta, phi = self.theta.contiguous(), self.phi.contiguous()
+        ct, st = torch.cos(theta), torch.sin(theta)
+        a = torch.hypot(t1, t2)
+        ca = torch.cos(a)
         sinc = torch.where(a > 0, torch.sin(a) / a.clamp_min(1e-30), torch.ones_like(a))
-        new_d = torch.cos(a)[:, None] * d + (sinc * dtheta_1.detach())[:, None] * e1 + (sinc * dtheta_2.detach())[:, None] * e2
-        new_theta, new_phi = self.theta_phi_from_direction(new_d)
+        # new direction in the frame (horizontal along phi, horizontal across phi, -z):
+        h1 = ca * st + sinc * t1 * ct
+        h2 = sinc * t2
+        cz = ca * ct - sinc * t1 * st
+        new_theta = torch.atan2(torch.hypot(h1, h2), cz)
+        new_phi = torch.remainder(phi + torch.atan2(h2, h1), 2 * math.pi)
         self._set_angles(new_theta, new_phi, mask)
 
     # ------------------------------------------------------------------ filtering
@@ -259,13 +277,14 @@ class MuonBatch:
         keep_mask = keep_mask.to(self.device).bool()
         self._keep_mask = keep_mask
         self._muons = self._muons[keep_mask]
+        self._x0_traversed = self._x0_traversed[keep_mask]
         for group in self._hits.values():
             for var, hits in group.items():
                 group[var] = [h[keep_mask] for h in hits]
 
     def remove_upwards_muons(self) -> None:
         """Drop muons with theta >= pi/2 or non-finite state (they cannot reach detectors below)."""
-        ok = (self.theta < math.pi / 2) & torch.isfinite(self._muons).all(dim=1)
+        ok = (self.theta < math.pi / 2) & torch.isfinite(self.phi)  # NaN theta fails the first test
         if bool(ok.all()):
             self._keep_mask = ok
             return
@@ -326,9 +345,11 @@ class MuonBatch:
         return torch.abs(self.theta_y - theta_ref_y)
 
     def copy(self) -> "MuonBatch":
-        """Detached copy of the current state (hits are not copied)."""
+        """Detached copy of the current state and ``x0_traversed`` (hits are not copied)."""
         xy_p_theta_phi = self._muons[:, [0, 1, 3, 4, 5]].detach().clone()
-        return MuonBatch(xy_p_theta_phi, init_z=self.z.detach().clone(), device=self.device)
+        out = MuonBatch(xy_p_theta_phi, init_z=self.z.detach().clone(), device=self.device)
+        out._x0_traversed = self._x0_traversed.detach().clone()
+        return out
 
     def to_numpy(self) -> np.ndarray:
         """(N, 6) numpy copy of the state."""

@@ -1,0 +1,138 @@
+"""``PassiveLayer``: a slab of cubic voxels of passive material that scatters muons.
+
+Voxel (i, j) covers x in [i size, (i+1) size), y in [j size, (j+1) size), z in [z - size, z] (z = layer top) and
+holds one radiation length X0 [m]. Muons are stepped down through the slab in ``n_steps = ceil(size / step_sz)``
+equal vertical steps dz; each step has path length L = dz / cos(theta), uses the X0 of the voxel containing the
+step's straight-line midpoint (muons outside the xy footprint see X0 = inf, i.e. no scattering), moves the muon
+straight down by dz, adds the lateral displacement of the scatter model and then deflects its direction.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ..muon.muon_batch import MuonBatch
+from ..runtime import DEFAULT_DTYPE, DeviceLike
+from .layer_base import AbsLayer
+from .scatter_model import AbsScatterModel, get_scatter_model
+
+__all__ = ["PassiveLayer", "RadLengthFunc"]
+
+RadLengthFunc = Callable[..., Tensor]
+"""``f(*, z: Tensor, lw: Tensor, size: float) -> Tensor`` of shape (n_x, n_y) with X0 [m] per voxel."""
+
+
+class PassiveLayer(AbsLayer):
+    """Passive voxel layer; ``rad_length`` is an (n_x, n_y) X0 map [m] or ``None`` (muons then just propagate).
+
+    Args:
+        lw: (2,) footprint [m] from (0, 0); each entry must be a multiple of ``size``.
+        z: z of the layer top [m].
+        size: thickness [m] = voxel edge.
+        rad_length_func: optional X0 map function (see :data:`RadLengthFunc`), also loadable later.
+        step_sz: maximal vertical step [m]; the layer uses ``ceil(size / step_sz)`` equal steps.
+        scatter_model: ``"pdg"``, ``"tabulated:<path>"`` or an :class:`AbsScatterModel`.
+        device: device of the X0 map and of any model tables.
+    """
+
+    def __init__(
+        self,
+        lw: Union[Tensor, Sequence[float]],
+        z: float,
+        size: float,
+        rad_length_func: Optional[RadLengthFunc] = None,
+        step_sz: float = 0.01,
+        scatter_model: Union[str, AbsScatterModel] = "pdg",
+        device: DeviceLike = None,
+    ) -> None:
+        super().__init__(lw, z, size, device)
+        step_sz = float(step_sz)
+        if not (step_sz > 0 and math.isfinite(step_sz)):
+            raise ValueError(f"step_sz must be a finite length > 0 m, got {step_sz}")
+        n_vox = (self.lw / self.size).double()
+        if bool(((n_vox - n_vox.round()).abs() > 1e-4 * n_vox.clamp_min(1.0)).any()) or bool((n_vox.round() < 1).any()):
+            raise ValueError(f"lw={self.lw.tolist()} must be a (non-zero) multiple of the voxel size={self.size} in x and y")
+        self.n_xy: Tuple[int, int] = (int(n_vox[0].round()), int(n_vox[1].round()))
+        self.step_sz = step_sz
+        self.n_steps = max(1, math.ceil(self.size / step_sz - 1e-9))
+        self.scatter_model = get_scatter_model(scatter_model, device=self.device)
+        self.rad_length: Optional[Tensor] = None
+        if rad_length_func is not None:
+            self.load_rad_length(rad_length_func)
+
+    def load_rad_length(self, rad_length_func: Optional[RadLengthFunc]) -> None:
+        """Evaluate ``rad_length_func(z=..., lw=..., size=...)`` into ``rad_length`` (``None`` clears it).
+
+        The map must have shape ``lw / size`` and X0 > 0 (``inf`` = vacuum is allowed, NaN is not).
+        """
+        if rad_length_func is None:
+            self.rad_length = None
+            return
+        rl = torch.as_tensor(rad_length_func(z=self.z, lw=self.lw, size=self.size))
+        rl = rl.detach().to(device=self.device, dtype=DEFAULT_DTYPE).clone()
+        if tuple(rl.shape) != self.n_xy:
+            raise ValueError(
+                f"rad_length_func returned shape {tuple(rl.shape)}, expected (n_x, n_y) = lw/size = {self.n_xy}"
+            )
+        if bool((torch.isnan(rl) | (rl <= 0)).any()):
+            raise ValueError("rad_length_func returned X0 values <= 0 or NaN; X0 [m] must be > 0")
+        self.rad_length = rl
+
+    def abs2idx(self, xy: Union[Tensor, MuonBatch]) -> Tensor:
+        """(N, 2) long voxel indices floor(xy / size) of (N, 2) positions [m] or of a ``MuonBatch``.
+
+        Positions outside the footprint give out-of-range indices (not clamped).
+        """
+        pos = xy.xy if isinstance(xy, MuonBatch) else torch.as_tensor(xy)
+        return torch.floor(pos / self.size).long()
+
+    def _x0_lookup(self, padded: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """X0 [m] of the voxel at (x, y) from the inf-padded map: indices clamp onto the inf border (a gather)."""
+        nx, ny = self.n_xy
+        ix = torch.floor(x * (1.0 / self.size)).long().clamp_(-1, nx) + 1
+        iy = torch.floor(y * (1.0 / self.size)).long().clamp_(-1, ny) + 1
+        return padded[ix * (ny + 2) + iy]
+
+    @torch.no_grad()
+    def forward(self, mu: MuonBatch, generator: Optional[torch.Generator] = None) -> None:
+        """Move muons to the layer top, scatter them down in ``n_steps`` vertical steps, leave them at the bottom.
+
+        Per step (volume frame, trig of the incoming direction): horizontal move dz tan(theta) (cos phi, sin phi);
+        displacement d1 along e_theta becomes d1 / cos(theta) (cos phi, sin phi) at fixed z, d2 along e_phi stays
+        d2 (-sin phi, cos phi); then ``mu.deflect(dtheta_1, dtheta_2)`` (which drops muons turned upwards).
+        """
+        if len(mu) == 0:
+            return
+        mu.propagate_dz(mu.z - self.z_top)
+        if self.rad_length is None:
+            mu.propagate_dz(mu.z - self.z_bottom)
+            return
+        z_top, dz_nom = self.z_top, self.size / self.n_steps
+        padded = torch.nn.functional.pad(self.rad_length, (1, 1, 1, 1), value=float("inf")).reshape(-1)
+        for i in range(self.n_steps):
+            if len(mu) == 0:
+                return
+            z_target = self.z_bottom if i == self.n_steps - 1 else z_top - (i + 1) * dz_nom
+            x, y, z, mom, theta, phi = mu.muons.unbind(1)  # strided views of the state (no copies)
+            ct, cp, sp = torch.cos(theta), torch.cos(phi), torch.sin(phi)
+            inv_ct = 1.0 / ct
+            dz = z - z_target
+            tan_dz = torch.sin(theta) * inv_ct * dz
+            hx, hy = tan_dz * cp, tan_dz * sp
+            x0 = self._x0_lookup(padded, x + 0.5 * hx, y + 0.5 * hy)
+            step_length = dz * inv_ct
+            sc = self.scatter_model.compute_scattering(
+                x0=x0, step_length=step_length, mom=mom, theta=theta, x_traversed=mu.x0_traversed, generator=generator
+            )
+            mu.add_x0_traversed(step_length / x0)  # 0 outside the footprint (X0 = inf)
+            d1 = sc["dx_1"] * inv_ct
+            d2 = sc["dx_2"]
+            mu.scatter_dxyz(hx + d1 * cp - d2 * sp, hy + d1 * sp + d2 * cp, -dz)
+            mu.deflect(sc["dtheta_1"], sc["dtheta_2"], mask=torch.isfinite(x0))  # exact no-op outside the footprint
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, step_sz={self.step_sz:.4g}, n_steps={self.n_steps}, model={self.scatter_model!r}"
