@@ -142,7 +142,4 @@ class PanelDetectorLayer(AbsDetectorLayer):
             panel.assign_budget(budget[k])
 
 
-try:  # the passive layer lives in its own module; re-exported here for TomOpt-compatible imports
-    from .passive_layer import PassiveLayer
-except ImportError:  # pragma: no cover - transitional, until passive_layer.py exists
-    PassiveLayer = None  # type: ignore[assignment,misc]
+from .passive_layer import PassiveLayer  # noqa: E402  (re-exported for TomOpt-compatible imports)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ...core import X0
 from ...runtime import DEFAULT_DTYPE, DeviceLike, make_generator, resolve_device
+from ...volume.passive_layer import RadLengthFunc
 
 __all__ = [
     "RadLengthFunc",
@@ -30,9 +31,8 @@ __all__ = [
     "PassiveYielder",
 ]
 
-RadLengthFunc = Callable[..., Tensor]
-"""``f(*, z: Tensor, lw: Tensor, size: float) -> Tensor (n_x, n_y)`` of X0 [m]."""
 PassiveData = Tuple[RadLengthFunc, Optional[Tensor]]
+"""A passive layout and its optional target."""
 
 _TOL = 1e-6  # [m] geometric tolerance (float32 positions)
 
