@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over the tomopt_lib cores; they take and return file paths and scalars."""

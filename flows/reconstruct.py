@@ -1,0 +1,39 @@
+"""Flow ``reconstruct``: ``ScatterBatch`` per volume -> PoCA / scatter table ``data/scatters.parquet``."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Any, Dict, Mapping
+
+from prefect import flow, get_run_logger
+
+from tasks.reconstruction import merge_scatters, reconstruct_volume
+from tomopt_lib.io import read_h5_attrs
+
+from .params import parse_params
+from .paths import PipelinePaths
+
+__all__ = ["reconstruct_flow"]
+
+
+@flow(name="reconstruct", flow_run_name="reconstruct-seed{params[seed]}", log_prints=False)
+def reconstruct_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, Any]:
+    """Reconstruct every muon of ``data/irradiated.h5``, one task per volume, into ``data/scatters.parquet``."""
+    p = parse_params(params)
+    paths = PipelinePaths.at(workdir)
+    log = get_run_logger()
+    n_volumes = int(read_h5_attrs(paths.irradiated, "muon_hits")["n_volumes"])
+    log.info("reconstructing the muons of %d volumes", n_volumes)
+    work = tempfile.mkdtemp(dir=paths.data_dir, prefix=".reconstruct-")
+    try:
+        futures = [
+            reconstruct_volume.submit(
+                str(paths.irradiated), vid, f"{work}/vol{vid:03d}.parquet", p.volume.model_dump(), p.reconstruct.model_dump(),
+                p.runtime.device,
+            )
+            for vid in range(n_volumes)
+        ]
+        return merge_scatters([f.result() for f in futures], str(paths.scatters))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,175 @@
+"""Report tasks: metrics (JSON + histogram CSV for ``dvc plots``), PNG plots and a markdown summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tomopt_lib.core import X0
+from tomopt_lib.io import atomic_path, read_h5_attrs, read_parquet, read_passives, write_json
+from tomopt_lib.plotting import plot_detector_layout, plot_poca_density_per_layer, plot_scatter_angle_hist
+from tomopt_lib.volume.builders import panel_volume_heights
+
+from .common import build_volume, task_logger
+
+__all__ = ["poca_materials", "compute_metrics", "write_angle_hist_csv", "metrics_markdown", "build_metrics", "render_plots"]
+
+MRAD = 1e3
+
+
+def _stat(a: np.ndarray, fn) -> Optional[float]:
+    a = np.asarray(a, dtype=float)
+    a = a[np.isfinite(a)]
+    return float(fn(a)) if len(a) else None
+
+
+def poca_materials(df: pd.DataFrame, cubes: List[np.ndarray], volume_cfg: Mapping[str, Any]) -> np.ndarray:
+    """Name of the material (nearest known X0) of the voxel holding each PoCA; ``""`` for PoCAs outside the block."""
+    out = np.full(len(df), "", dtype=object)
+    if len(df) == 0:
+        return out
+    size = float(volume_cfg["voxel_size"])
+    _, _, z_bottom = panel_volume_heights(int(volume_cfg["passive_n_layers"]), size)
+    names = np.array(list(X0))
+    log_x0 = np.log(np.array([X0[n] for n in names]))
+    inside = df["poca_inside"].to_numpy(bool)
+    vid = df["volume_id"].to_numpy(int)
+    p = df[["poca_x", "poca_y", "poca_z"]].to_numpy(float)
+    for v in np.unique(vid[inside]):
+        sel = inside & (vid == v)
+        cube = cubes[v]
+        iz = np.clip(np.floor((p[sel, 2] - z_bottom) / size).astype(int), 0, cube.shape[0] - 1)
+        ix = np.clip(np.floor(p[sel, 0] / size).astype(int), 0, cube.shape[1] - 1)
+        iy = np.clip(np.floor(p[sel, 1] / size).astype(int), 0, cube.shape[2] - 1)
+        x0 = cube[iz, ix, iy].astype(float)
+        out[sel] = names[np.abs(np.log(x0)[:, None] - log_x0[None, :]).argmin(1)]
+    return out
+
+
+def compute_metrics(df: pd.DataFrame, materials: np.ndarray, n_generated: int, n_volumes: int) -> Dict[str, Any]:
+    """Counts, fractions, scatter-angle statistics overall and per PoCA material, angular resolution."""
+    reco = df[df["reco_ok"]] if len(df) else df
+    inside = df["poca_inside"].to_numpy(bool) if len(df) else np.zeros(0, bool)
+    n_reco, n_inside = int(len(reco)), int(inside.sum())
+    metrics: Dict[str, Any] = {
+        "n_volumes": int(n_volumes),
+        "muons": {"generated": int(n_generated), "left_volume": int(len(df)), "reconstructed": n_reco, "poca_inside": n_inside},
+        "fractions": {
+            "left_volume": len(df) / n_generated if n_generated else None,
+            "reconstructed": n_reco / n_generated if n_generated else None,
+            "poca_inside_of_reconstructed": n_inside / n_reco if n_reco else None,
+        },
+        "scatter_mrad": {
+            "mean": _stat(reco["total_scatter"] * MRAD, np.mean),
+            "median": _stat(reco["total_scatter"] * MRAD, np.median),
+            "true_mean": _stat(reco["true_total_scatter"] * MRAD, np.mean),
+            "true_median": _stat(reco["true_total_scatter"] * MRAD, np.median),
+            "mean_unc": _stat(reco["total_scatter_unc"] * MRAD, np.mean),
+        },
+        "resolution": {
+            "theta_in_median_abs_err_mrad": _stat((reco["theta_in"] - reco["true_theta_in"]).abs() * MRAD, np.median),
+            "poca_z_median_unc_m": _stat(reco["poca_z_unc"], np.median),
+        },
+        "mean_momentum_gev": _stat(reco["mom"], np.mean),
+        "per_material": {},
+    }
+    for name in sorted(set(materials[inside])):
+        sel = df[inside & (materials == name)]
+        metrics["per_material"][name] = {
+            "n_poca": int(len(sel)),
+            "mean_scatter_mrad": _stat(sel["total_scatter"] * MRAD, np.mean),
+            "median_scatter_mrad": _stat(sel["total_scatter"] * MRAD, np.median),
+            "median_true_scatter_mrad": _stat(sel["true_total_scatter"] * MRAD, np.median),
+        }
+    return metrics
+
+
+def write_angle_hist_csv(df: pd.DataFrame, path: str, *, bins: int, max_angle: float) -> Path:
+    """Histogram of reconstructed and true total scatter of reconstructed muons (overflow in the last bin) as CSV."""
+    edges = np.linspace(0.0, max_angle, bins + 1)
+    reco = df[df["reco_ok"]] if len(df) else df
+    cols = {"angle_mrad": np.round((edges[:-1] + edges[1:]) / 2 * MRAD, 6)}
+    for name, col in (("reco", "total_scatter"), ("true", "true_total_scatter")):
+        a = reco[col].to_numpy(float)
+        a = np.clip(a[np.isfinite(a)], 0.0, max_angle * (1 - 1e-9))
+        cols[name] = np.histogram(a, bins=edges)[0]
+    with atomic_path(path) as tmp:
+        pd.DataFrame(cols).to_csv(tmp, index=False)
+    return Path(path)
+
+
+def metrics_markdown(metrics: Mapping[str, Any]) -> str:
+    """Markdown tables of the report metrics (for a Prefect artifact)."""
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+    lines = ["# Muon-tomography skeleton report", "", "| metric | value |", "|---|---|"]
+    for section in ("muons", "fractions", "scatter_mrad", "resolution"):
+        for k, v in metrics.get(section, {}).items():
+            lines.append(f"| {section}.{k} | {fmt(v)} |")
+    lines.append(f"| mean_momentum_gev | {fmt(metrics.get('mean_momentum_gev'))} |")
+    per = metrics.get("per_material", {})
+    if per:
+        lines += ["", "| material (PoCA voxel) | n | mean [mrad] | median [mrad] | true median [mrad] |", "|---|---|---|---|---|"]
+        for name, m in per.items():
+            lines.append(
+                f"| {name} | {m['n_poca']} | {fmt(m['mean_scatter_mrad'])} | {fmt(m['median_scatter_mrad'])} | {fmt(m['median_true_scatter_mrad'])} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _load(passives_path: str, scatters_path: str, volume_cfg: Mapping[str, Any]):
+    cubes = [r.x0 for r in read_passives(passives_path)]
+    df = read_parquet(scatters_path)
+    return cubes, df, poca_materials(df, cubes, volume_cfg)
+
+
+@task(name="build-metrics", task_run_name="build-metrics", cache_policy=NO_CACHE, persist_result=False)
+def build_metrics(
+    passives_path: str, irradiated_path: str, scatters_path: str, metrics_path: str, hist_csv_path: str,
+    volume_cfg: Mapping[str, Any], report_cfg: Mapping[str, Any],
+) -> Dict[str, Any]:
+    """Write ``metrics_path`` (JSON) and ``hist_csv_path`` (scatter-angle histogram); return the metrics."""
+    cubes, df, materials = _load(passives_path, scatters_path, volume_cfg)
+    n_generated = int(read_h5_attrs(irradiated_path, "muon_hits").get("n_generated", 0))
+    metrics = compute_metrics(df, materials, n_generated, len(cubes))
+    write_json(metrics, metrics_path)
+    write_angle_hist_csv(df, hist_csv_path, bins=int(report_cfg["angle_bins"]), max_angle=float(report_cfg["max_angle"]))
+    task_logger().info(
+        "report: %d generated, %d reconstructed, %d PoCAs inside", n_generated, metrics["muons"]["reconstructed"], metrics["muons"]["poca_inside"]
+    )
+    return metrics
+
+
+@task(name="render-plots", task_run_name="render-plots", cache_policy=NO_CACHE, persist_result=False)
+def render_plots(
+    passives_path: str, scatters_path: str, plot_paths: Mapping[str, str], volume_cfg: Mapping[str, Any], report_cfg: Mapping[str, Any],
+) -> Dict[str, str]:
+    """Write the PoCA-density, scatter-angle and detector-layout PNGs to ``plot_paths`` (keys ``poca_density``,
+    ``scatter_angle``, ``detector_layout``); returns the paths."""
+    cubes, df, materials = _load(passives_path, scatters_path, volume_cfg)
+    size, n_layers = float(volume_cfg["voxel_size"]), int(volume_cfg["passive_n_layers"])
+    _, _, z_bottom = panel_volume_heights(n_layers, size)
+    ins = df["poca_inside"].to_numpy(bool)
+    reco = df["reco_ok"].to_numpy(bool)
+    series = {"all (reco)": df.loc[reco, "total_scatter"].to_numpy(), "all (true)": df.loc[reco, "true_total_scatter"].to_numpy()}
+    for m in sorted(set(materials[ins])):
+        series[f"PoCA in {m}"] = df.loc[ins & (materials == m), "total_scatter"].to_numpy()
+    figs = {
+        "poca_density": plot_poca_density_per_layer(
+            df.loc[ins, ["poca_x", "poca_y", "poca_z"]].to_numpy(float), lw=volume_cfg["lw"], z_bottom=z_bottom, size=size,
+            n_layers=n_layers, bins_per_voxel=int(report_cfg["poca_bins_per_voxel"]),
+        ),
+        "scatter_angle": plot_scatter_angle_hist(series, bins=int(report_cfg["angle_bins"]), max_angle=float(report_cfg["max_angle"])),
+        "detector_layout": plot_detector_layout(build_volume(volume_cfg, "cpu"), x0_cube=cubes[0] if cubes else None),
+    }
+    for key, fig in figs.items():
+        with atomic_path(plot_paths[key]) as tmp:
+            fig.savefig(tmp, format="png", dpi=80)
+    return dict(plot_paths)

@@ -1,0 +1,154 @@
+"""Parameter validation: one clear message naming the key path and the allowed values; CLI exit status 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+import yaml
+
+from flows.params import ParamsError, PipelineParams, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _err(data: Dict[str, Any]) -> str:
+    with pytest.raises(ParamsError) as exc:
+        parse_params(data)
+    return str(exc.value)
+
+
+def test_repo_params_yaml_is_valid_and_complete() -> None:
+    p = load_params(ROOT / "params.yaml")
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def keys(model: Any, prefix: str = "") -> set:
+        out = set()
+        for name, field in type(model).model_fields.items():
+            val = getattr(model, name)
+            out |= keys(val, f"{prefix}{name}.") if hasattr(type(val), "model_fields") else {f"{prefix}{name}"}
+        return out
+
+    def yaml_keys(d: Dict[str, Any], prefix: str = "") -> set:
+        out = set()
+        for k, v in d.items():
+            out |= yaml_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}"}
+        return out
+
+    assert keys(p) == yaml_keys(raw), "params.yaml must list every tunable value"
+    assert p == PipelineParams(), "code defaults and params.yaml agree"
+
+
+def test_defaults_are_valid() -> None:
+    assert isinstance(parse_params({}), PipelineParams)
+    assert parse_params(None).seed == parse_params({}).seed
+
+
+@pytest.mark.parametrize(
+    "data, path, expected",
+    [
+        ({"volume": {"voxel_size": -0.1}}, "volume.voxel_size = -0.1", "> 0"),  # out of range
+        ({"irradiate": {"chunk_size": 0}}, "irradiate.chunk_size = 0", ">= 1 and <= 1000000"),  # out of range
+        ({"volume": {"res": "high"}}, "volume.res = 'high'", "a number > 0"),  # wrong type
+        ({"seed": True}, "seed = True", "an integer >= 0"),  # bool is not an int
+        ({"volume": {"n_panels_above": 2.5}}, "volume.n_panels_above = 2.5", "an integer >= 2 and <= 16"),  # float for int
+        ({"runtime": {"device": "gpu"}}, "runtime.device = 'gpu'", "one of 'cpu', 'auto', 'cuda'"),  # bad choice
+        ({"irradiate": {"flux_model": 2016}}, "irradiate.flux_model = 2016", "one of '2015', '2016'"),  # int for string
+        ({"volume": {"lw": [1.0]}}, "volume.lw = [1.0]", "a list of 2 items"),  # wrong length
+        ({"volume": {"lw": [1.0, -1.0]}}, "volume.lw.1 = -1.0", "a number > 0"),  # bad list item
+        ({"irradiate": {"fixed_mom": 0.0}}, "irradiate.fixed_mom = 0.0", "a number > 0 and <= 10000 or null"),  # optional
+        ({"report": {"max_angle": 5}}, "report.max_angle = 5", "<= 3.1416"),
+    ],
+)
+def test_bad_values_name_key_and_range(data: Dict[str, Any], path: str, expected: str) -> None:
+    msg = _err(data)
+    assert "1 problem" in msg
+    assert path in msg
+    assert f"allowed: {expected}" in msg or expected in msg
+
+
+def test_unknown_keys_list_allowed_keys() -> None:
+    msg = _err({"volume": {"voxelsize": 0.1}})
+    assert "volume.voxelsize: unknown key" in msg and "allowed keys: lw, voxel_size" in msg
+    msg = _err({"irradation": {}})
+    assert "irradation: unknown key" in msg and "irradiate" in msg
+
+
+def test_custom_validators_name_key() -> None:
+    msg = _err({"passives": {"materials": ["lead", "unobtainium"]}})
+    assert "passives.materials" in msg and "unobtainium" in msg and "'beryllium'" in msg
+    assert "volume.lw.0=1.05" in _err({"volume": {"lw": [1.05, 1.0]}})
+    msg = _err({"passives": {"block_size": [0.4, 0.4, 2.0]}})
+    assert "passives.block_size.2=2.0 exceeds the passive extent 0.6 m" in msg
+
+
+def test_several_problems_in_one_message() -> None:
+    msg = _err({"seed": -1, "volume": {"eff": 1.5}, "extra": 1})
+    assert "3 problems" in msg
+    for part in ("seed = -1", "volume.eff = 1.5", "extra: unknown key"):
+        assert part in msg
+
+
+def test_top_level_must_be_mapping() -> None:
+    assert "top level must be a mapping" in _err([1, 2])  # type: ignore[arg-type]
+
+
+def test_yaml_exponent_floats(tmp_path: Path) -> None:
+    f = tmp_path / "p.yaml"
+    f.write_text("volume:\n  res: 1e4\n  step_sz: 5e-3\n")
+    p = load_params(f)
+    assert p.volume.res == 1e4 and p.volume.step_sz == 5e-3
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="cannot read parameter file"):
+        load_params(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("volume: [1, 2\n")
+    with pytest.raises(ParamsError, match="invalid YAML"):
+        load_params(bad)
+
+
+def _run_cli(workdir: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "flows", "generate_passives", "--workdir", str(workdir), *extra],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("passives:\n  n_volumes: -3\n", "passives.n_volumes = -3"),
+        ("volume:\n  res: fast\n", "volume.res = 'fast'"),
+        ("irradiate:\n  n_muons: 10\n", "irradiate.n_muons: unknown key"),
+        ("volume: [1, 2\n", "invalid YAML"),
+    ],
+)
+def test_cli_exits_2_without_touching_outputs(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "params.yaml").write_text(text)
+    out = tmp_path / "data" / "passives.h5"
+    out.parent.mkdir()
+    out.write_bytes(b"old output")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    stat = out.stat()
+    res = _run_cli(tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert needle in res.stderr
+    assert res.stderr.count("error:") == 1
+    assert out.read_bytes() == b"old output" and out.stat().st_mtime_ns == stat.st_mtime_ns
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_cli_missing_params_and_bad_stage(tmp_path: Path) -> None:
+    res = _run_cli(tmp_path, "--params", str(tmp_path / "nope.yaml"))
+    assert res.returncode == 2 and "cannot read parameter file" in res.stderr
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "flows", "nonsense"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "invalid choice" in res.stderr
