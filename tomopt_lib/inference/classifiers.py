@@ -1,0 +1,133 @@
+"""Volume-level classifiers built on a voxelwise X0 inferrer: dense-block presence and integer classes."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any, Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .x0_base import AbsVolumeInferrer, AbsX0Inferrer
+
+__all__ = ["DenseBlockClassifierFromX0s", "AbsIntClassifierFromX0", "make_x0_inferrer"]
+
+X0InferrerLike = Union[str, Callable[..., AbsX0Inferrer]]
+
+
+def make_x0_inferrer(partial_x0_inferrer: X0InferrerLike, volume: Any) -> AbsX0Inferrer:
+    """Instantiate ``partial_x0_inferrer(volume=volume)`` (a class or ``functools.partial``) or a registry name."""
+    if isinstance(partial_x0_inferrer, str):
+        from .volume import get_volume_inferrer  # registry lives in the facade module
+
+        partial_x0_inferrer = get_volume_inferrer(partial_x0_inferrer)
+    inf = partial_x0_inferrer(volume=volume)
+    if not isinstance(inf, AbsX0Inferrer):
+        raise ValueError(f"partial_x0_inferrer must build an AbsX0Inferrer, got {type(inf).__name__}")
+    return inf
+
+
+class _FromX0(AbsVolumeInferrer):
+    """Shared plumbing: scatters and efficiencies go to the wrapped X0 inferrer."""
+
+    def __init__(self, partial_x0_inferrer: X0InferrerLike, volume: Any) -> None:
+        self.x0_inferrer = make_x0_inferrer(partial_x0_inferrer, volume)
+        super().__init__(volume)
+
+    def add_scatters(self, scatters: Any) -> None:
+        """Hand the batch to the X0 inferrer (predictions use every batch added so far)."""
+        super().add_scatters(scatters)
+        self.x0_inferrer.add_scatters(scatters)
+
+    def compute_efficiency(self, scatters: Any) -> Tensor:
+        """(N,) muon efficiencies as computed by the X0 inferrer."""
+        return self.x0_inferrer.compute_efficiency(scatters)
+
+    @property
+    def n_mu(self) -> int:
+        """Number of muons used by the X0 inferrer."""
+        return self.x0_inferrer.n_mu
+
+
+class DenseBlockClassifierFromX0s(_FromX0):
+    """Probability that a small dense block is present, from voxelwise X0 predictions.
+
+    With X (optionally 3x3x3 average-pooled, stride 1, edge voxels averaged over existing neighbours) flattened,
+    the block fraction f = n_block_voxels / n_voxels and k = max(1, round(f n_voxels)) the cut is the midpoint of the
+    k-th and (k+1)-th smallest X0; block weights w = sigmoid(cut_coef (cut - X)) (1 - w for the background);
+    r = 2 (mean_bkg - mean_blk) / (mean_bkg + mean_blk) with weighted means, and the output is
+    sigmoid(ratio_coef (r + ratio_offset)) of shape (1, 1).
+
+    Args:
+        n_block_voxels: expected number of voxels of the dense block, 1 <= n < number of voxels.
+        partial_x0_inferrer: X0 inferrer class / partial (called with ``volume=``) or registry name.
+    """
+
+    def __init__(
+        self,
+        n_block_voxels: int,
+        partial_x0_inferrer: X0InferrerLike,
+        volume: Any,
+        use_avgpool: bool = True,
+        cut_coef: float = 1e4,
+        ratio_offset: float = -1.0,
+        ratio_coef: float = 1.0,
+    ) -> None:
+        super().__init__(partial_x0_inferrer, volume)
+        n = self.n_vox
+        if isinstance(n_block_voxels, bool) or not (1 <= float(n_block_voxels) < n) or int(n_block_voxels) != n_block_voxels:
+            raise ValueError(f"n_block_voxels must be an integer number of voxels in [1, {n - 1}], got {n_block_voxels!r}")
+        self.n_block_voxels = int(n_block_voxels)
+        self.frac = self.n_block_voxels / n
+        self.use_avgpool, self.cut_coef = bool(use_avgpool), float(cut_coef)
+        self.ratio_offset, self.ratio_coef = float(ratio_offset), float(ratio_coef)
+
+    def get_prediction(self) -> Tensor:
+        """(1, 1) probability that a dense block is present."""
+        vox = self.x0_inferrer.get_prediction()
+        if self.use_avgpool:
+            vox = F.avg_pool3d(vox[None], kernel_size=3, stride=1, padding=1, count_include_pad=False)[0]
+        flat = vox.reshape(-1)
+        k = min(max(1, round(self.frac * flat.numel())), flat.numel() - 1)
+        low = torch.topk(flat, k + 1, largest=False).values  # sorted ascending
+        cut = (low[k - 1] + low[k]) / 2
+        w_blk = torch.sigmoid(self.cut_coef * (cut - flat))
+        w_bkg = 1.0 - w_blk
+        blk = (w_blk * flat).sum() / w_blk.sum().clamp_min(1e-12)
+        bkg = (w_bkg * flat).sum() / w_bkg.sum().clamp_min(1e-12)
+        r = 2 * (bkg - blk) / (bkg + blk)
+        return torch.sigmoid(self.ratio_coef * (r + self.ratio_offset)).reshape(1, 1)
+
+
+class AbsIntClassifierFromX0(_FromX0):
+    """Integer-class inference from voxelwise X0s: subclasses implement ``x02probs(vox_preds)``.
+
+    Args:
+        partial_x0_inferrer: X0 inferrer class / partial (called with ``volume=``) or registry name.
+        output_probs: return the class probabilities (differentiable), else their argmax over the last dimension.
+        class2float: optional ``f(class_index, volume) -> Tensor`` applied to the argmax.
+    """
+
+    def __init__(
+        self,
+        partial_x0_inferrer: X0InferrerLike,
+        volume: Any,
+        output_probs: bool = True,
+        class2float: Optional[Callable[[Tensor, Any], Tensor]] = None,
+    ) -> None:
+        super().__init__(partial_x0_inferrer, volume)
+        self.output_probs = bool(output_probs)
+        self.class2float = class2float
+
+    @abstractmethod
+    def x02probs(self, vox_preds: Tensor) -> Tensor:
+        """Class probabilities (..., n_classes) from (n_z, n_x, n_y) X0 predictions [m]."""
+
+    def get_prediction(self) -> Tensor:
+        """Class probabilities, or the most probable class (optionally mapped by ``class2float``; not differentiable)."""
+        probs = self.x02probs(self.x0_inferrer.get_prediction())
+        if self.output_probs:
+            return probs
+        pred = probs.argmax(-1)
+        return pred if self.class2float is None else self.class2float(pred, self.volume)
