@@ -1,0 +1,23 @@
+"""Detector losses."""
+
+from .loss import (
+    AbsDetectorLoss,
+    AbsMaterialClassLoss,
+    VolumeClassLoss,
+    VolumeIntClassLoss,
+    VolumeMSELoss,
+    VoxelClassLoss,
+    VoxelX0Loss,
+)
+from .sub_losses import integer_class_loss
+
+__all__ = [
+    "AbsDetectorLoss",
+    "AbsMaterialClassLoss",
+    "VoxelX0Loss",
+    "VoxelClassLoss",
+    "VolumeClassLoss",
+    "VolumeIntClassLoss",
+    "VolumeMSELoss",
+    "integer_class_loss",
+]

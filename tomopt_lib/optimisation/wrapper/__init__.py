@@ -1,0 +1,7 @@
+"""Optimisation wrappers and their shared fit state."""
+
+from .abs_wrapper import AbsVolumeWrapper
+from .fit_state import STATES, FitParams
+from .volume_wrapper import ArbVolumeWrapper, PanelVolumeWrapper
+
+__all__ = ["AbsVolumeWrapper", "PanelVolumeWrapper", "ArbVolumeWrapper", "FitParams", "STATES"]

@@ -1,0 +1,444 @@
+"""``AbsVolumeWrapper``: the fit / predict loops shared by all volume wrappers.
+
+Hook order of :meth:`AbsVolumeWrapper.fit` (every hook of TomOpt, in its documented order):
+
+1. ``set_wrapper`` on every callback, then ``on_train_begin``
+2. per epoch, ``state = "train"`` (then ``"valid"`` if validation passives are given):
+   ``on_epoch_begin``; per passive volume: [``on_volume_batch_begin`` at the start of a volume batch]
+   -> load layout -> ``on_volume_begin`` -> per muon batch: generate muons -> ``on_mu_batch_begin`` -> propagate ->
+   scatter inference -> ``on_scatter_end`` -> ``volume_inferrer.add_scatters`` -> ``on_mu_batch_end``;
+   -> ``on_x0_pred_begin`` -> prediction -> ``on_x0_pred_end`` -> loss -> ``on_volume_end``
+   -> (training) backward of ``loss_val / passive_bs`` right away (gradients accumulate over the volume batch);
+   at the end of a volume batch: ``mean_loss`` -> ``on_volume_batch_end`` -> (training) ``on_backwards_begin`` ->
+   ``on_backwards_end`` -> guarded optimiser step (skipped while ``skip_opt_step``) -> ``conform_detector`` ->
+   ``on_step_end``; finally ``on_epoch_end``
+3. ``on_train_end``
+
+Differences from TomOpt: gradients are zeroed at ``on_volume_batch_begin`` and each volume is back-propagated as soon
+as its loss exists, so at most one volume's graph is alive (memory independent of ``passive_bs``); a callback may
+still change ``fit_params.loss_val`` in ``on_volume_end`` before that backward. Empty muon batches, volumes without
+reconstructed muons and non-finite losses are skipped with a logged warning; steps with non-finite gradients are
+rejected, and a step that produces non-finite parameters is rolled back. A trailing incomplete training batch is
+skipped (as in TomOpt); validation uses every volume.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABCMeta, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from ...inference.scattering import ScatterBatch
+from ...muon.generation import AbsMuonGenerator, MuonGenerator2016
+from ...muon.muon_batch import MuonBatch
+from ...runtime import make_generator
+from ..callbacks.callback import Callback, CyclicCallback
+from ..data.passives import PassiveYielder
+from .fit_state import FitParams
+from .utils import as_yielder, check_int, conform, grads_finite, opt_params, resolve_volume_inferrer, seeded_iteration
+
+__all__ = ["AbsVolumeWrapper"]
+
+logger = logging.getLogger(__name__)
+
+
+def _is_kind(cb: Any, name: str) -> bool:
+    return any(k.__name__ == name for k in type(cb).__mro__)
+
+
+class AbsVolumeWrapper(metaclass=ABCMeta):
+    """Holds a ``Volume``, its optimisers and loss; optimises the detectors (:meth:`fit`) or predicts (:meth:`predict`).
+
+    Args:
+        volume: the volume whose detectors are optimised.
+        partial_opts: keyword arguments handed to :meth:`_build_opt`.
+        loss_func: detector loss (required by :meth:`fit`).
+        partial_scatter_inferrer: class building the scatter inference of a muon batch (``ScatterBatch``).
+        partial_volume_inferrer: volume-inferrer class/factory, or a registered name ("poca", "path"); None = PoCA.
+        mu_generator: muon generator (default ``MuonGenerator2016.from_volume(volume)``).
+        generator: ``torch.Generator`` for muons, panel hits, conform jitter and passive shuffling.
+        seed: alternative to ``generator``: seed of a new generator (repeatable runs).
+        eval_no_grad: run validation and prediction under ``torch.no_grad()``.
+        dead_lr_factor: when a whole training volume batch yields no reconstructed muon (e.g. panels thrown to their
+            clamps by too large learning rates), the last usable detector is restored, optimiser states are cleared
+            and every learning rate is multiplied by this factor (logged).
+    """
+
+    def __init__(
+        self,
+        volume: Any,
+        *,
+        partial_opts: Dict[str, Any],
+        loss_func: Optional[Callable[..., Tensor]] = None,
+        partial_scatter_inferrer: Callable[..., ScatterBatch] = ScatterBatch,
+        partial_volume_inferrer: Any = None,
+        mu_generator: Optional[AbsMuonGenerator] = None,
+        generator: Optional[torch.Generator] = None,
+        seed: Optional[int] = None,
+        eval_no_grad: bool = True,
+        dead_lr_factor: float = 0.1,
+    ) -> None:
+        if not 0 < dead_lr_factor <= 1:
+            raise ValueError(f"dead_lr_factor must be in (0, 1], got {dead_lr_factor!r}")
+        self.dead_lr_factor = float(dead_lr_factor)
+        self._last_good: Optional[List[Tensor]] = None
+        if generator is not None and seed is not None:
+            raise ValueError("give at most one of generator and seed")
+        self.volume = volume
+        self.device = volume.device
+        self.loss_func = loss_func
+        self.partial_scatter_inferrer = partial_scatter_inferrer
+        self.partial_volume_inferrer = resolve_volume_inferrer(partial_volume_inferrer)
+        self.mu_generator = mu_generator if mu_generator is not None else MuonGenerator2016.from_volume(volume, device=self.device)
+        self.generator = generator if generator is not None else (make_generator(seed, self.device) if seed is not None else None)
+        self.eval_no_grad = bool(eval_no_grad)
+        self.opts: Dict[str, torch.optim.Optimizer] = {}
+        self._build_opt(**partial_opts)
+        self.fit_params = FitParams(device=self.device)
+
+    # ------------------------------------------------------------------ optimisers
+    @abstractmethod
+    def _build_opt(self, **kwargs: Any) -> None:
+        """Fill ``self.opts`` (name -> optimiser)."""
+
+    def _check_opt(self, opt: str) -> torch.optim.Optimizer:
+        if opt not in self.opts:
+            raise ValueError(f"opt={opt!r} is not an optimiser of this wrapper; available: {sorted(self.opts)}")
+        return self.opts[opt]
+
+    def get_opt_lr(self, opt: str) -> float:
+        """Learning rate of the first parameter group of optimiser ``opt``."""
+        return float(self._check_opt(opt).param_groups[0]["lr"])
+
+    def set_opt_lr(self, lr: float, opt: str) -> None:
+        """Set the learning rate of every parameter group of optimiser ``opt``."""
+        for g in self._check_opt(opt).param_groups:
+            g["lr"] = lr
+
+    def get_opt_mom(self, opt: str) -> float:
+        """Momentum (or Adam-style beta1) of optimiser ``opt``."""
+        g = self._check_opt(opt).param_groups[0]
+        if "momentum" in g:
+            return float(g["momentum"])
+        if "betas" in g:
+            return float(g["betas"][0])
+        raise ValueError(f"opt={opt!r}: optimiser {type(self.opts[opt]).__name__} has no momentum or betas")
+
+    def set_opt_mom(self, mom: float, opt: str) -> None:
+        """Set the momentum (or beta1) of optimiser ``opt``."""
+        for g in self._check_opt(opt).param_groups:
+            if "momentum" in g:
+                g["momentum"] = mom
+            elif "betas" in g:
+                g["betas"] = (mom, *tuple(g["betas"])[1:])
+            else:
+                raise ValueError(f"opt={opt!r}: optimiser {type(self.opts[opt]).__name__} has no momentum or betas")
+
+    def get_param_count(self, trainable: bool = True) -> int:
+        """Number of (trainable) parameter elements of the volume."""
+        return int(sum(p.numel() for p in self.volume.parameters() if p.requires_grad or not trainable))
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, name: Union[str, Path]) -> None:
+        """Save the volume state and the optimiser states to ``name``."""
+        state: Dict[str, Any] = {"volume": self.volume.state_dict()}
+        state.update({k: o.state_dict() for k, o in self.opts.items()})
+        coef = getattr(self.loss_func, "cost_coef", None)
+        if coef is not None:
+            state["loss_cost_coef"] = torch.as_tensor(coef).detach().cpu()
+        torch.save(state, str(name))
+
+    def load(self, name: Union[str, Path]) -> None:
+        """Load a state saved with :meth:`save` (missing optimiser states are left as they are)."""
+        state = torch.load(str(name), map_location=self.device, weights_only=False)
+        self.volume.load_state_dict(state["volume"])
+        for k, o in self.opts.items():
+            if k in state:
+                o.load_state_dict(state[k])
+        if "loss_cost_coef" in state and self.loss_func is not None and hasattr(self.loss_func, "cost_coef"):
+            self.loss_func.cost_coef = state["loss_cost_coef"].to(self.device)
+
+    @classmethod
+    def from_save(cls, name: Union[str, Path], *, volume: Any, **kwargs: Any) -> "AbsVolumeWrapper":
+        """New wrapper built with ``kwargs`` and loaded from ``name``."""
+        vw = cls(volume, **kwargs)
+        vw.load(name)
+        return vw
+
+    # ------------------------------------------------------------------ callbacks
+    @staticmethod
+    def _sort_cbs(cbs: List[Callback]) -> Tuple[List[CyclicCallback], Optional[Callback], List[Callback]]:
+        """(cyclic callbacks, the metric logger or None, evaluation metrics), as TomOpt."""
+        cyclic = [c for c in cbs if isinstance(c, CyclicCallback)]
+        loggers = [c for c in cbs if _is_kind(c, "MetricLogger")]
+        metrics = [c for c in cbs if _is_kind(c, "EvalMetric")]
+        return cyclic, (loggers[0] if loggers else None), metrics
+
+    def _cb(self, hook: str) -> None:
+        for c in self.fit_params.cbs:
+            getattr(c, hook)()
+
+    # ------------------------------------------------------------------ loops
+    def _gen_mu(self, n: int) -> MuonBatch:
+        xy_p_theta_phi = self.mu_generator(n, generator=self.generator)
+        return MuonBatch(xy_p_theta_phi, init_z=self.volume.h, device=self.device)
+
+    def _mu_batch_sizes(self) -> List[int]:
+        n, bs = self.fit_params.n_mu_per_volume, self.fit_params.mu_bs
+        sizes = [bs] * (n // bs)
+        return sizes + [n % bs] if n % bs else sizes
+
+    def _scan_volume(self) -> bool:
+        """Irradiate the loaded volume, predict and (outside of prediction) compute the loss. False if skipped."""
+        fp = self.fit_params
+        fp.volume_inferrer = self.partial_volume_inferrer(volume=self.volume)
+        fp.n_mu_used = 0
+        for i, n in enumerate(self._mu_batch_sizes()):
+            fp.mu_batch_id, fp.sb = i, None
+            fp.mu = self._gen_mu(n)
+            self._cb("on_mu_batch_begin")
+            if len(fp.mu) > 0:
+                self.volume(fp.mu, generator=self.generator)
+            if len(fp.mu) == 0:
+                fp.n_skipped_mu_batches += 1
+                logger.warning("volume %s, muon batch %d: no muons left after propagation; batch skipped", fp.volume_id, i)
+                continue
+            fp.sb = self.partial_scatter_inferrer(mu=fp.mu, volume=self.volume)
+            if len(fp.sb) == 0:
+                fp.n_skipped_mu_batches += 1
+                logger.warning("volume %s, muon batch %d: no muon could be reconstructed; batch skipped", fp.volume_id, i)
+                continue
+            self._cb("on_scatter_end")
+            fp.volume_inferrer.add_scatters(fp.sb)
+            fp.n_mu_used += len(fp.sb)
+            self._cb("on_mu_batch_end")
+        fp.mu, fp.sb = None, None
+        if fp.n_mu_used == 0:
+            logger.warning("volume %s: no reconstructed muons in any batch; volume skipped", fp.volume_id)
+            fp.pred, fp.loss_val = None, None
+            return False
+        self._cb("on_x0_pred_begin")
+        fp.pred = fp.volume_inferrer.get_prediction()
+        self._cb("on_x0_pred_end")
+        fp.loss_val = None
+        if fp.state != "test" and self.loss_func is not None:
+            fp.loss_val = self.loss_func(fp.pred, self.volume)
+        self._cb("on_volume_end")
+        return True
+
+    def _backward_volume(self) -> Optional[float]:
+        """Back-propagate the latest volume's loss / passive_bs (training); its detached value or None if unusable."""
+        fp = self.fit_params
+        loss = fp.loss_val
+        if loss is None:
+            return None
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            logger.warning("volume %s: non-finite loss (%s); not back-propagated", fp.volume_id, value)
+            fp.loss_val = loss.detach()
+            return None
+        if fp.state == "train" and not fp.skip_backward and loss.requires_grad:
+            (loss / fp.passive_bs).backward()
+        fp.loss_val = loss.detach()
+        if isinstance(fp.pred, Tensor):
+            fp.pred = fp.pred.detach()
+        return value
+
+    def _step(self) -> None:
+        """Guarded optimiser step: reject non-finite gradients, roll back non-finite parameters, then conform."""
+        fp = self.fit_params
+        params = opt_params(self.opts)
+        if not fp.skip_opt_step:
+            if not any(p.grad is not None for p in params):
+                logger.warning("epoch %d: no gradients in the volume batch; update skipped", fp.epoch)
+            elif not grads_finite(params):
+                fp.n_rejected_updates += 1
+                logger.warning("epoch %d: non-finite gradients; update rejected (parameters unchanged)", fp.epoch)
+            else:
+                saved = [p.detach().clone() for p in params]
+                for opt in self.opts.values():
+                    opt.step()
+                if all(bool(torch.isfinite(p).all()) for p in params):
+                    fp.n_updates += 1
+                else:
+                    with torch.no_grad():
+                        for p, s in zip(params, saved):
+                            p.copy_(s)
+                    fp.n_rejected_updates += 1
+                    logger.warning("epoch %d: the update gave non-finite parameters; rolled back", fp.epoch)
+        with torch.no_grad():
+            conform(self.volume, self.generator)
+
+    def _snapshot(self) -> None:
+        """Remember the current (usable) detector parameters."""
+        self._last_good = [p.detach().clone() for p in opt_params(self.opts)]
+
+    def _recover(self) -> None:
+        """Restore the last usable detector, clear optimiser states and scale the learning rates down."""
+        fp = self.fit_params
+        fp.n_recoveries += 1
+        if self._last_good is not None:
+            with torch.no_grad():
+                for p, s in zip(opt_params(self.opts), self._last_good):
+                    p.copy_(s)
+        for name, opt in self.opts.items():
+            opt.state.clear()
+            for g in opt.param_groups:
+                g["lr"] = g["lr"] * self.dead_lr_factor
+        logger.warning("epoch %d: no muon of the volume batch could be reconstructed; restored the last usable detector "
+                       "and scaled every learning rate by %g", fp.epoch, self.dead_lr_factor)
+
+    def _ensure_usable(self) -> None:
+        """End-of-fit check: if one muon batch through the detector gives no reconstructed muon, restore the last
+        usable detector."""
+        if self._last_good is None:
+            return
+        with torch.no_grad():
+            mu = self._gen_mu(self.fit_params.mu_bs)
+            self.volume(mu, generator=self.generator)
+            n = len(self.partial_scatter_inferrer(mu=mu, volume=self.volume)) if len(mu) else 0
+            if n == 0:
+                for p, s in zip(opt_params(self.opts), self._last_good):
+                    p.copy_(s)
+                self.fit_params.n_recoveries += 1
+                logger.warning("final detector reconstructs no muon; restored the last usable detector")
+
+    def _zero_grad(self) -> None:
+        for opt in self.opts.values():
+            opt.zero_grad(set_to_none=True)
+        self.volume.zero_grad(set_to_none=True)
+
+    def _scan_volumes(self, passives: PassiveYielder) -> None:
+        """One pass over ``passives`` in the current ``fit_params.state``, updating the detector in training."""
+        fp = self.fit_params
+        train = fp.state == "train"
+        bs = fp.passive_bs
+        n_use = (len(passives) // bs) * bs if train else len(passives)
+        batch_losses: List[float] = []
+        for p, (layout, target) in enumerate(passives):
+            if p >= n_use:
+                break
+            if p % bs == 0:
+                batch_losses = []
+                fp.volume_batch_id = p // bs
+                fp.n_volumes_in_batch = min(bs, n_use - p)
+                if train:
+                    self._zero_grad()
+                self._cb("on_volume_batch_begin")
+            fp.volume_id = p
+            self.volume.load_rad_length(layout, target)
+            self._cb("on_volume_begin")
+            if self._scan_volume():
+                val = self._backward_volume()
+                if val is not None:
+                    batch_losses.append(val)
+            if (p + 1) % bs == 0 or p + 1 == n_use:
+                if fp.state != "test":
+                    denom = bs if train else len(batch_losses)
+                    mean = sum(batch_losses) / denom if batch_losses else math.nan
+                    fp.mean_loss = torch.tensor(mean, device=self.device)
+                self._cb("on_volume_batch_end")
+                if train:
+                    self._cb("on_backwards_begin")
+                    self._cb("on_backwards_end")
+                    if batch_losses:
+                        self._snapshot()
+                        self._step()
+                    else:
+                        self._recover()
+                    self._cb("on_step_end")
+
+    def _run_state(self, state: str, passives: PassiveYielder, shuffle: Optional[bool] = None) -> None:
+        fp = self.fit_params
+        fp.state = state
+        fp.passives = passives
+        self.volume.train(state == "train")
+        self._cb("on_epoch_begin")
+        grad_ctx = torch.no_grad() if (state != "train" and self.eval_no_grad) else torch.enable_grad()
+        with grad_ctx, seeded_iteration(passives, self.generator, shuffle):
+            self._scan_volumes(passives)
+        self._cb("on_epoch_end")
+
+    def _fit_epoch(self) -> None:
+        fp = self.fit_params
+        fp.epoch += 1
+        self._run_state("train", fp.trn_passives)
+        if fp.val_passives is not None:
+            self._run_state("valid", fp.val_passives)
+
+    def _setup(self, cbs: Optional[List[Callback]], **kwargs: Any) -> List[Callback]:
+        cbs = [] if cbs is None else (list(cbs) if isinstance(cbs, (list, tuple)) else [cbs])
+        cyclic, metric_log, metric_cbs = self._sort_cbs(cbs)
+        warmup = [c for c in cbs if _is_kind(c, "WarmupCallback")]
+        self.fit_params = FitParams(cbs=cbs, cyclic_cbs=cyclic, metric_log=metric_log, metric_cbs=metric_cbs,
+                                    warmup_cbs=warmup, warmup_done=not warmup, device=self.device, generator=self.generator, **kwargs)
+        for c in cbs:
+            c.set_wrapper(self)
+        return cbs
+
+    def fit(
+        self,
+        n_epochs: int,
+        passive_bs: int,
+        n_mu_per_volume: int,
+        mu_bs: int,
+        trn_passives: Union[PassiveYielder, List[Any]],
+        val_passives: Optional[Union[PassiveYielder, List[Any]]] = None,
+        cbs: Optional[List[Callback]] = None,
+        cb_savepath: Union[str, Path] = Path("train_weights"),
+        *,
+        seed: Optional[int] = None,
+    ) -> List[Callback]:
+        """Optimise the detectors for ``n_epochs`` epochs; returns the callbacks. ``seed`` re-seeds the wrapper."""
+        n_epochs = check_int("n_epochs", n_epochs, 0)
+        passive_bs = check_int("passive_bs", passive_bs)
+        n_mu_per_volume = check_int("n_mu_per_volume", n_mu_per_volume)
+        mu_bs = check_int("mu_bs", mu_bs)
+        if self.loss_func is None:
+            raise ValueError("loss_func: the wrapper has no loss function; give one to optimise the detectors")
+        trn = as_yielder("trn_passives", trn_passives)
+        if len(trn) < passive_bs:
+            raise ValueError(f"passive_bs={passive_bs} exceeds the {len(trn)} training passives (no update possible)")
+        val = as_yielder("val_passives", val_passives) if val_passives is not None else None
+        if seed is not None:
+            self.generator = make_generator(seed, self.device)
+        cbs = self._setup(cbs, n_epochs=n_epochs, passive_bs=passive_bs, n_mu_per_volume=n_mu_per_volume, mu_bs=mu_bs,
+                          trn_passives=trn, val_passives=val, cb_savepath=Path(cb_savepath))
+        self._cb("on_train_begin")
+        for _ in range(n_epochs):
+            self._fit_epoch()
+            if self.fit_params.stop:
+                logger.info("fit stopped by a callback after epoch %d", self.fit_params.epoch)
+                break
+        self.volume.train()
+        self._ensure_usable()
+        self._cb("on_train_end")
+        return cbs
+
+    def predict(
+        self,
+        passives: Union[PassiveYielder, List[Any]],
+        n_mu_per_volume: int,
+        mu_bs: int,
+        pred_cb: Optional[Callback] = None,
+        cbs: Optional[List[Callback]] = None,
+    ) -> Any:
+        """Predict every passive of ``passives`` with the current detector (no shuffling); ``pred_cb.get_preds()``."""
+        from ..callbacks.pred_callbacks import PredHandler
+
+        tst = as_yielder("passives", passives, shuffle=False)
+        n_mu_per_volume = check_int("n_mu_per_volume", n_mu_per_volume)
+        mu_bs = check_int("mu_bs", mu_bs)
+        pred_cb = PredHandler() if pred_cb is None else pred_cb
+        all_cbs = self._setup((list(cbs) if cbs else []) + [pred_cb], passive_bs=1, n_mu_per_volume=n_mu_per_volume,
+                              mu_bs=mu_bs, tst_passives=tst)
+        self._cb("on_pred_begin")
+        self._run_state("test", tst, shuffle=False)
+        self._cb("on_pred_end")
+        del all_cbs
+        return pred_cb.get_preds()

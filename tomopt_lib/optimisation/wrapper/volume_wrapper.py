@@ -1,0 +1,87 @@
+"""Volume wrappers: ``PanelVolumeWrapper`` (panel detectors) and ``ArbVolumeWrapper`` (ready-made optimisers).
+
+``AbsVolumeWrapper`` (the loops and the hook order) and ``FitParams`` are re-exported here for TomOpt-compatible imports.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, List, Optional
+
+import torch
+from torch import nn
+
+from ...volume.layer import PanelDetectorLayer
+from .abs_wrapper import AbsVolumeWrapper
+from .fit_state import FitParams
+
+__all__ = ["AbsVolumeWrapper", "PanelVolumeWrapper", "ArbVolumeWrapper", "FitParams"]
+
+PartialOpt = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class PanelVolumeWrapper(AbsVolumeWrapper):
+    """Wrapper for volumes of ``PanelDetectorLayer`` s: optimisers "xy_pos_opt", "z_pos_opt", "xy_span_opt" over the
+    xy, z and xy_span of all panels, and optionally "budget_opt" over ``volume.budget_weights`` (fixed-budget mode,
+    ``Volume(..., budget=B)``).
+
+    Args:
+        volume: the volume; xy_pos_opt / z_pos_opt / xy_span_opt / budget_opt: partial optimisers
+            (e.g. ``functools.partial(torch.optim.SGD, lr=1e-2)``), called with the parameters of their group;
+            ``None`` leaves that group out. Other keywords: see :class:`AbsVolumeWrapper`.
+    """
+
+    def __init__(
+        self,
+        volume: Any,
+        *,
+        xy_pos_opt: Optional[PartialOpt],
+        z_pos_opt: Optional[PartialOpt],
+        xy_span_opt: Optional[PartialOpt],
+        budget_opt: Optional[PartialOpt] = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            volume,
+            partial_opts={"xy_pos_opt": xy_pos_opt, "z_pos_opt": z_pos_opt, "xy_span_opt": xy_span_opt, "budget_opt": budget_opt},
+            **kwargs,
+        )
+
+    def _panels(self) -> List[nn.Module]:
+        return [p for det in self.volume.get_detectors() if isinstance(det, PanelDetectorLayer) for p in det.panels]
+
+    def _build_opt(self, **kwargs: Optional[PartialOpt]) -> None:
+        panels = self._panels()
+        if not panels:
+            raise ValueError("volume: PanelVolumeWrapper needs a volume with PanelDetectorLayer panels")
+        groups = {"xy_pos_opt": "xy", "z_pos_opt": "z", "xy_span_opt": "xy_span"}
+        for name, attr in groups.items():
+            if kwargs.get(name) is not None:
+                self.opts[name] = kwargs[name]([getattr(p, attr) for p in panels])
+        budget_opt = kwargs.get("budget_opt")
+        if budget_opt is not None:
+            if getattr(self.volume, "budget", None) is None or not hasattr(self.volume, "budget_weights"):
+                raise ValueError("budget_opt: the volume has no budget (build it with Volume(..., budget=B) for "
+                                 "fixed-budget mode)")
+            self.opts["budget_opt"] = budget_opt([self.volume.budget_weights])
+
+
+class ArbVolumeWrapper(AbsVolumeWrapper):
+    """Wrapper taking ready optimisers: ``opts`` maps names to optimisers over parameters of ``volume``.
+
+    Every optimised parameter must belong to ``volume`` (``ValueError`` naming the optimiser otherwise).
+    """
+
+    def __init__(self, volume: Any, *, opts: Dict[str, torch.optim.Optimizer], **kwargs: Any) -> None:
+        super().__init__(volume, partial_opts={"opts": opts}, **kwargs)
+
+    def _build_opt(self, **kwargs: Any) -> None:
+        opts = kwargs["opts"]
+        if not isinstance(opts, dict) or not opts:
+            raise ValueError(f"opts must be a non-empty dict of name -> optimiser, got {opts!r}")
+        own = {id(p) for p in self.volume.parameters()}
+        for name, opt in opts.items():
+            if not isinstance(opt, torch.optim.Optimizer):
+                raise ValueError(f"opts[{name!r}] must be a torch optimiser, got {type(opt)}")
+            if any(id(p) not in own for g in opt.param_groups for p in g["params"]):
+                raise ValueError(f"opts[{name!r}] optimises parameters that are not parameters of the volume")
+        self.opts = dict(opts)
