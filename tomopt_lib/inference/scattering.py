@@ -13,9 +13,10 @@ Muons are left out when (thresholds):
 - the in-track at the passive top or the out-track at the passive bottom lies more than 10 lw outside the block
   in x or y.
 
-The track fits and all variables are computed together on construction (the cuts need them; they are cheap), all
-``<var>_unc`` together on the first request of any of them (error propagation of the hit xy uncertainties through
-per-muon forward-mode Jacobians, see ``track_fit``); everything is memoised. Time and memory are O(N); values and
+The track fits and all variables are computed together on construction (the cuts need them; the variables without
+autograd graph), the differentiable variables and all ``<var>_unc`` together on the first request of any of them
+(error propagation of the hit xy uncertainties through per-muon forward-mode Jacobians, see ``track_fit``; one pass,
+one autograd graph); everything is memoised. Time and memory are O(N); values and
 uncertainties are differentiable w.r.t. hit positions, uncertainties and efficiencies (hence detector parameters).
 Shapes: (N, 1) scalars, (N, 2) xy, (N, 3) xyz; an empty batch gives (0, k) tensors.
 """
@@ -82,15 +83,18 @@ class ScatterBatch:
         raw_in, raw_out = self._stack(self.in_groups), self._stack(self.out_groups)
         fit_in, fit_out = self._fit_inputs(raw_in), self._fit_inputs(raw_out)
         self._lines: Optional[Tuple[LineFit, LineFit]] = (fit_lines(*fit_in, self.z_ref), fit_lines(*fit_out, self.z_ref))
-        self._vals: Optional[Dict[str, Tensor]] = None
-        self._vals = self._get_values()
         self._uncs: Optional[Dict[str, Tensor]] = None
+        with torch.no_grad():  # the cuts only need detached values; differentiable ones are computed lazily
+            self._vals: Optional[Dict[str, Tensor]] = self._split(
+                scatter_vars(self._params(), self.z_ref, self.z_top, self.z_bottom)[0]
+            )
         self.keep_mask = self._keep()
         keep = self.keep_mask
+        self._vals = None
         if not bool(keep.all()):  # refit the kept muons so that no filtered muon enters the autograd graph
             fit_in, fit_out = tuple(v[keep] for v in fit_in), tuple(v[keep] for v in fit_out)
             raw_in, raw_out = {k: v[keep] for k, v in raw_in.items()}, {k: v[keep] for k, v in raw_out.items()}
-            self._lines, self._vals = None, None
+            self._lines = None
         self._raw_in, self._raw_out, self._fit_in, self._fit_out = raw_in, raw_out, fit_in, fit_out
 
     # ------------------------------------------------------------------ construction helpers
@@ -159,17 +163,21 @@ class ScatterBatch:
 
     def _get_values(self) -> Dict[str, Tensor]:
         if self._vals is None:
-            self._vals = self._split(scatter_vars(self._params(), self.z_ref, self.z_top, self.z_bottom)[0])
-        return self._vals
+            self._compute_vars()
+        return self._vals  # type: ignore[return-value]
 
     def _get_uncs(self) -> Dict[str, Tensor]:
         if self._uncs is None:
-            l_in, l_out = self._get_lines()
-            values, jac = scatter_vars(self._params(), self.z_ref, self.z_top, self.z_bottom, with_jac=True)
-            if self._vals is None:
-                self._vals = self._split(values)
-            self._uncs = self._split(propagate_unc(jac, l_in.cov, l_out.cov))
-        return self._uncs
+            self._compute_vars()
+        return self._uncs  # type: ignore[return-value]
+
+    def _compute_vars(self) -> None:
+        """Values and uncertainties in one forward-mode pass (the values of a Jacobian pass are the plain values, and
+        one shared autograd graph costs much less to back-propagate than separate value and Jacobian graphs)."""
+        l_in, l_out = self._get_lines()
+        values, jac = scatter_vars(self._params(), self.z_ref, self.z_top, self.z_bottom, with_jac=True)
+        self._vals = self._split(values)
+        self._uncs = self._split(propagate_unc(jac, l_in.cov, l_out.cov))
 
     # ------------------------------------------------------------------ scatter variables
     poca_xyz = _value("poca_xyz", "(N, 3) point of closest approach of the in- and out-track [m].")

@@ -19,7 +19,12 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["gauss_interval_prob", "axis_window_probs", "voxel_pair_probs", "dense_voxel_probs", "prob_at_least_two"]
+__all__ = [
+    "gauss_interval_prob",
+    "axis_window_probs",
+    "voxel_axis_probs",
+    "voxel_pair_probs",
+    "dense_voxel_probs", "prob_at_least_two"]
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -47,6 +52,25 @@ def axis_window_probs(
     return gauss_interval_prob(u[:, :-1], u[:, 1:]), idx
 
 
+def voxel_axis_probs(
+    poca: Tensor,
+    poca_unc: Tensor,
+    *,
+    low_xyz: Sequence[float],
+    size: float,
+    shp_zxy: Sequence[int],
+    window: Optional[int] = None,
+    min_sigma: float = 1e-7,
+) -> Tuple[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor], Tuple[Tensor, Tensor]]:
+    """Per-axis window factors ``((pz, iz), (px, ix), (py, iy))`` of :func:`voxel_pair_probs` (each (N, w_axis))."""
+    n_z, n_x, n_y = (int(v) for v in shp_zxy)
+    sig = poca_unc + min_sigma
+    px = axis_window_probs(poca[:, 0], sig[:, 0], low=float(low_xyz[0]), size=size, n=n_x, window=window)
+    py = axis_window_probs(poca[:, 1], sig[:, 1], low=float(low_xyz[1]), size=size, n=n_y, window=window)
+    pz = axis_window_probs(poca[:, 2], sig[:, 2], low=float(low_xyz[2]), size=size, n=n_z, window=window)
+    return pz, px, py
+
+
 def voxel_pair_probs(
     poca: Tensor,
     poca_unc: Tensor,
@@ -62,10 +86,9 @@ def voxel_pair_probs(
     ``flat_idx`` indexes the (z, x, y) voxel grid flattened in C order (z from the bottom); sigma = unc + ``min_sigma``.
     """
     n_z, n_x, n_y = (int(v) for v in shp_zxy)
-    sig = poca_unc + min_sigma
-    px, ix = axis_window_probs(poca[:, 0], sig[:, 0], low=float(low_xyz[0]), size=size, n=n_x, window=window)
-    py, iy = axis_window_probs(poca[:, 1], sig[:, 1], low=float(low_xyz[1]), size=size, n=n_y, window=window)
-    pz, iz = axis_window_probs(poca[:, 2], sig[:, 2], low=float(low_xyz[2]), size=size, n=n_z, window=window)
+    (pz, iz), (px, ix), (py, iy) = voxel_axis_probs(
+        poca, poca_unc, low_xyz=low_xyz, size=size, shp_zxy=shp_zxy, window=window, min_sigma=min_sigma
+    )
     probs = pz[:, :, None, None] * px[:, None, :, None] * py[:, None, None, :]
     idx = (iz[:, :, None, None] * n_x + ix[:, None, :, None]) * n_y + iy[:, None, None, :]
     return probs.reshape(len(poca), -1), idx.reshape(len(poca), -1)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..core import SCATTER_COEF_A, SCATTER_COEF_B
+from .merged_batch import merge_scatter_batches
 from .voxel_probs import prob_at_least_two
 
 __all__ = [
@@ -120,9 +121,13 @@ class AbsX0Inferrer(AbsVolumeInferrer):
 
     Subclasses implement ``_compute_x0()`` -> ``(pred, unc)``, both (n_z, n_x, n_y) [m]. ``_muon_vars`` lists the
     ``ScatterBatch`` variables collected (each with its ``<name>_unc``); a muon is dropped if any value is not finite.
+    Compatible batches are merged first (``merge_batches``).
     """
 
     _muon_vars: Tuple[str, ...] = ("poca_xyz", "total_scatter", "theta_in", "theta_out")
+    merge_batches: bool = True
+    """Compute the per-muon data of compatible batches once on their concatenation (:mod:`.merged_batch`; same
+    values, one autograd graph instead of one per muon batch); False: batch by batch."""
 
     def _reset_vars(self) -> None:
         self._muon_data: Optional[Dict[str, Tensor]] = None
@@ -146,7 +151,9 @@ class AbsX0Inferrer(AbsVolumeInferrer):
 
     def _get_muon_data(self) -> Dict[str, Tensor]:
         if self._muon_data is None:
-            parts = [self._batch_data(sb) for sb in self.scatter_batches if sb.n_mu > 0]
+            batches = [sb for sb in self.scatter_batches if sb.n_mu > 0]
+            merged = merge_scatter_batches(batches) if self.merge_batches and len(batches) > 1 else None
+            parts = [self._batch_data(sb) for sb in ([merged] if merged is not None else batches)]
             if not parts:
                 raise NoMuonsError(f"{type(self).__name__}: no muons to infer from; add_scatters() with a non-empty ScatterBatch first")
             data = {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}

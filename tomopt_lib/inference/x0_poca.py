@@ -6,10 +6,12 @@ v in (total_scatter, theta_in, theta_out, mom) the weight is w^v_ij = e_i p_ij a
 
     v_rms_j = sqrt(sum_i w^v_ij v_i^2 / sum_i w^v_ij).
 
-The sums run over the sparse (muon, voxel) pairs and are accumulated with one ``index_add`` (the autograd graph
-keeps one (N, W) probability tensor, not one per variable). X0_j = ``x0_from_scatters(size, ...)`` of the RMSs, with
-or without the Highland log term (``log_term``; default False = TomOpt). A voxel with no weight at all gets the
-estimate of the whole muon population (and a 100 % uncertainty).
+The sums run over the sparse (muon, voxel) pairs and are accumulated in chunks of muons by
+:func:`~.voxel_sums.separable_voxel_sums`: the autograd graph keeps only the (N, w) per-axis probability factors and
+the (N, 9) per-muon columns, never an (N, W) or (N, W, 9) tensor (the backward recomputes each chunk).
+X0_j = ``x0_from_scatters(size, ...)`` of the RMSs, with or without the Highland log term (``log_term``; default
+False = TomOpt). A voxel with no weight at all gets the estimate of the whole muon population (and a 100 %
+uncertainty).
 
 Uncertainty (cheap, no Jacobian): X0_j is proportional to 1 / m_j, m_j the weighted mean of s_i = total_scatter_i^2;
 its standard error is sqrt(var_j / n_eff_j) with var_j the weighted variance of s_i and n_eff_j = (sum w)^2 / sum w^2,
@@ -24,7 +26,8 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .voxel_probs import voxel_pair_probs
+from .voxel_probs import voxel_axis_probs
+from .voxel_sums import DEFAULT_CHUNK_ELEMENTS, separable_voxel_sums
 from .x0_base import AbsX0Inferrer, x0_from_scatters
 
 __all__ = ["PanelX0Inferrer"]
@@ -39,23 +42,26 @@ class PanelX0Inferrer(AbsX0Inferrer):
         volume: the ``Volume`` the muons went through.
         window: voxels per axis around each PoCA that get a probability (``None``: the whole axis, exact).
         log_term: invert Highland with its log term (Newton, ``x0_from_scatters``) instead of TomOpt's plain form.
+        chunk: work-space elements per chunk of muons in the voxel sums (memory / speed trade-off only).
     """
 
-    def __init__(self, volume: Any, *, window: Optional[int] = 7, log_term: bool = False) -> None:
+    def __init__(self, volume: Any, *, window: Optional[int] = 7, log_term: bool = False,
+                 chunk: int = DEFAULT_CHUNK_ELEMENTS) -> None:
         if window is not None and (int(window) != window or window < 1):
             raise ValueError(f"window must be None or an integer >= 1 (voxels per axis), got {window!r}")
         self.window = None if window is None else int(window)
         self.log_term = bool(log_term)
+        self.chunk = int(chunk)
         super().__init__(volume)
 
     def _reset_vars(self) -> None:
         super()._reset_vars()
-        self._pair_probs: Optional[Tuple[Tensor, Tensor]] = None
+        self._axis_probs: Optional[Tuple[Tuple[Tensor, Tensor], ...]] = None
 
-    def _get_pair_probs(self) -> Tuple[Tensor, Tensor]:
-        """``(probs (N, W), flat zxy voxel index (N, W))`` of the PoCAs (memoised)."""
-        if self._pair_probs is None:
-            self._pair_probs = voxel_pair_probs(
+    def _get_axis_probs(self) -> Tuple[Tuple[Tensor, Tensor], ...]:
+        """``((pz, iz), (px, ix), (py, iy))`` per-axis window probabilities of the PoCAs (memoised)."""
+        if self._axis_probs is None:
+            self._axis_probs = voxel_axis_probs(
                 self.muon_poca_xyz,
                 self.muon_poca_xyz_unc,
                 low_xyz=(0.0, 0.0, self.z_bottom),
@@ -63,7 +69,15 @@ class PanelX0Inferrer(AbsX0Inferrer):
                 shp_zxy=self.shp_zxy,
                 window=self.window,
             )
-        return self._pair_probs
+        return self._axis_probs
+
+    def _get_pair_probs(self) -> Tuple[Tensor, Tensor]:
+        """``(probs (N, W), flat zxy voxel index (N, W))`` of the PoCAs (diagnostics; O(N W) memory, not memoised)."""
+        (pz, iz), (px, ix), (py, iy) = self._get_axis_probs()
+        _, n_x, n_y = self.shp_zxy
+        probs = pz[:, :, None, None] * px[:, None, :, None] * py[:, None, None, :]
+        idx = (iz[:, :, None, None] * n_x + ix[:, None, :, None]) * n_y + iy[:, None, None, :]
+        return probs.reshape(len(pz), -1), idx.reshape(len(pz), -1)
 
     @property
     def muon_probs_per_voxel_zxy(self) -> Tensor:
@@ -90,11 +104,9 @@ class PanelX0Inferrer(AbsX0Inferrer):
         w_ts = cols[1]
         cols.append(w_ts * s.square())  # for the weighted variance of s = total_scatter^2
         per_mu = torch.stack(cols, dim=1)  # (N, 9)
-        probs, idx = self._get_pair_probs()
-        flat_idx = idx.reshape(-1)
-        src = (probs[:, :, None] * per_mu[:, None, :]).reshape(-1, per_mu.shape[1])
-        sums = per_mu.new_zeros(self.n_vox, per_mu.shape[1]).index_add(0, flat_idx, src)
-        w2 = per_mu.new_zeros(self.n_vox).index_add(0, flat_idx, (probs * w_ts[:, None]).square().reshape(-1))
+        axis_probs = self._get_axis_probs()
+        sums, w2 = separable_voxel_sums(axis_probs, self.shp_zxy, per_mu, w_ts.square()[:, None], chunk=self.chunk)
+        w2 = w2[:, 0]
         glob = per_mu.sum(0)
 
         def rms(k: int, tot: Tensor) -> Tensor:

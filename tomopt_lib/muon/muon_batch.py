@@ -134,6 +134,18 @@ class MuonBatch:
         """
         return self._x0_traversed
 
+    def set_state(self, muons: Tensor, x0_traversed: Tensor, keep: Optional[Tensor] = None) -> None:
+        """Overwrite the (N, 6) state and (N,) ``x0_traversed`` in place (detached), then drop upward muons.
+
+        ``keep``: the caller's all-True result of the upward-muon test for the new state (skips recomputing it).
+        """
+        self._muons.copy_(muons.detach())
+        self._x0_traversed = x0_traversed.detach()
+        if keep is None:
+            self.remove_upwards_muons()
+        else:
+            self._keep_mask = keep
+
     def add_x0_traversed(self, dx_over_x0: Tensor) -> None:
         """Add (N,) path lengths in radiation lengths to ``x0_traversed``."""
         self._x0_traversed = self._x0_traversed + dx_over_x0.detach()

@@ -12,13 +12,15 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..muon.muon_batch import MuonBatch
 from ..runtime import DEFAULT_DTYPE, DeviceLike
 from .layer_base import AbsLayer
-from .scatter_model import AbsScatterModel, get_scatter_model
+from .passive_step import pdg_step_numpy
+from .scatter_model import AbsScatterModel, PDGScatterModel, get_scatter_model
 
 __all__ = ["PassiveLayer", "RadLengthFunc"]
 
@@ -113,10 +115,16 @@ class PassiveLayer(AbsLayer):
             return
         z_top, dz_nom = self.z_top, self.size / self.n_steps
         padded = torch.nn.functional.pad(self.rad_length, (1, 1, 1, 1), value=float("inf")).reshape(-1)
+        # the PDG model on the CPU: fused NumPy step (``passive_step``), same draws and results to float rounding
+        fused = type(self.scatter_model) is PDGScatterModel and mu.muons.device.type == "cpu"
+        padded_np = padded.cpu().numpy() if fused else None
         for i in range(self.n_steps):
             if len(mu) == 0:
                 return
             z_target = self.z_bottom if i == self.n_steps - 1 else z_top - (i + 1) * dz_nom
+            if fused:
+                self._fused_pdg_step(mu, padded_np, float(z_target), generator)
+                continue
             x, y, z, mom, theta, phi = mu.muons.unbind(1)  # strided views of the state (no copies)
             ct, cp, sp = torch.cos(theta), torch.cos(phi), torch.sin(phi)
             inv_ct = 1.0 / ct
@@ -133,6 +141,19 @@ class PassiveLayer(AbsLayer):
             d2 = sc["dx_2"]
             mu.scatter_dxyz(hx + d1 * cp - d2 * sp, hy + d1 * sp + d2 * cp, -dz)
             mu.deflect(sc["dtheta_1"], sc["dtheta_2"], mask=torch.isfinite(x0))  # exact no-op outside the footprint
+
+    def _fused_pdg_step(
+        self, mu: MuonBatch, padded: np.ndarray, z_target: float, gen: Optional[torch.Generator]
+    ) -> None:
+        """One step for the PDG model on the CPU with :func:`pdg_step_numpy` (same draws, same operations)."""
+        model = self.scatter_model
+        z = torch.randn((2, 2, len(mu)), generator=gen, device=mu.muons.device, dtype=mu.muons.dtype)
+        state, x0_trav, keep = pdg_step_numpy(
+            mu.muons.detach().numpy(), mu.x0_traversed.detach().numpy(), padded, z.numpy(), z_target=z_target,
+            size=float(self.size), n_xy=self.n_xy, log_term=model.log_term, max_angle=model.max_angle,
+        )
+        keep_t = torch.from_numpy(keep) if keep.all() else None  # else set_state filters the muons itself
+        mu.set_state(torch.from_numpy(state), torch.from_numpy(x0_trav), keep=keep_t)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, step_sz={self.step_sz:.4g}, n_steps={self.n_steps}, model={self.scatter_model!r}"
