@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup run test bench bench-ref server ui-screenshot clean
+.PHONY: setup run lumi test bench bench-lumi-grid bench-ref server clean
 
 ## setup: create .venv (if missing) with the pinned dependencies and install the project
 setup: $(STAMP)
@@ -28,13 +28,26 @@ run: setup
 	$(VENV)/bin/dvc config core.analytics false
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 
+## lumi: set up, then reproduce only the luminosity stages (lumi_scan -> lumi_report)
+lumi: setup
+	$(VENV)/bin/dvc config core.analytics false
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro lumi_report
+
 ## test: set up, then run the test suite
 test: setup
 	$(PY) -m pytest
 
-## bench: benchmarks of this project (JSON in bench_out/)
+## bench: every benchmark of this project, 1 thread (JSON in bench_out/; the full 1600-inversion lumi grid is bench-lumi-grid)
 bench: setup
 	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/bench_inference.py
+	$(PY) benchmarks/bench_epoch.py
+	$(PY) benchmarks/bench_lumi_model.py
+	$(PY) benchmarks/bench_lumi_inversion.py
+
+## bench-lumi-grid: the reference's full "last example" grid, 1600 inversions (about 10 min on 1 thread)
+bench-lumi-grid: setup
+	$(PY) benchmarks/bench_lumi_inversion.py --sections grid
 
 ## bench-ref: the same workloads side by side with the reference tomopt==0.1.0 (installed into .refvenv)
 bench-ref: setup

@@ -16,7 +16,7 @@ from typing import List, Optional
 from .env import apply_env_defaults
 from .params import ParamsError, load_params
 
-STAGE_NAMES = ("generate_passives", "irradiate", "reconstruct", "report")
+STAGE_NAMES = ("generate_passives", "irradiate", "reconstruct", "report", "optimise", "evaluate", "lumi_scan", "lumi_report")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -16,6 +16,9 @@ from typing_extensions import Annotated
 
 from tomopt_lib.core import X0
 
+from .lumi_params import LumiBaseParams, LumiPlanParams, LumiReportParams, LumiScanParams
+from .optimise_params import EvaluateParams, LearningRates, OptimiseParams, StartLayout
+
 __all__ = [
     "ParamsError",
     "RuntimeParams",
@@ -24,6 +27,14 @@ __all__ = [
     "IrradiateParams",
     "ReconstructParams",
     "ReportParams",
+    "LumiBaseParams",
+    "LumiPlanParams",
+    "LumiScanParams",
+    "LumiReportParams",
+    "OptimiseParams",
+    "EvaluateParams",
+    "LearningRates",
+    "StartLayout",
     "PipelineParams",
     "load_params",
     "parse_params",
@@ -45,7 +56,20 @@ class RuntimeParams(_Model):
 
     device: Literal["cpu", "auto", "cuda"] = "cpu"
     threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per process")
-    task_workers: int = Field(1, ge=1, le=64, description="Prefect tasks run concurrently (thread pool)")
+    task_workers: int = Field(1, ge=1, le=64, description="concurrent Prefect tasks: pool threads or Dask worker processes")
+    task_runner: Literal["threads", "dask_local", "dask_address"] = Field(
+        "threads", description="threads: ThreadPoolTaskRunner; dask_local: LocalCluster of task_workers processes; "
+        "dask_address: an existing Dask cluster at dask_address"
+    )
+    dask_address: Optional[str] = Field(None, min_length=1, description="scheduler address for task_runner=dask_address")
+
+    @model_validator(mode="after")
+    def _address_iff_needed(self) -> "RuntimeParams":
+        if self.task_runner == "dask_address" and not self.dask_address:
+            raise ValueError("runtime.dask_address must be set (e.g. 'tcp://127.0.0.1:8786') when runtime.task_runner is 'dask_address'")
+        if self.task_runner != "dask_address" and self.dask_address is not None:
+            raise ValueError(f"runtime.dask_address={self.dask_address!r} is only used with runtime.task_runner 'dask_address'; set it to null")
+        return self
 
 
 class VolumeParams(_Model):
@@ -130,6 +154,10 @@ class PipelineParams(_Model):
     irradiate: IrradiateParams = Field(default_factory=IrradiateParams)
     reconstruct: ReconstructParams = Field(default_factory=ReconstructParams)
     report: ReportParams = Field(default_factory=ReportParams)
+    lumi_scan: LumiScanParams = Field(default_factory=LumiScanParams)
+    lumi_report: LumiReportParams = Field(default_factory=LumiReportParams)
+    optimise: OptimiseParams = Field(default_factory=OptimiseParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
 
     @model_validator(mode="after")
     def _block_fits(self) -> "PipelineParams":

@@ -51,3 +51,55 @@ class PipelinePaths:
             "scatter_angle": d / "scatter_angle_hist.png",
             "detector_layout": d / "detector_layout.png",
         }
+
+    # ------------------------------------------------------------------------------------ luminosity inversion
+    @property
+    def lumi_scan(self) -> Path:
+        return self.data_dir / "lumi" / "scan.parquet"
+
+    @property
+    def lumi_metrics(self) -> Path:
+        return self.root / "metrics" / "lumi.json"
+
+    @property
+    def lumi_csvs(self) -> Dict[str, Path]:
+        d = self.root / "metrics"
+        return {"rel_err_hist": d / "lumi_rel_err_hist.csv", "est_vs_truth": d / "lumi_est_vs_truth.csv"}
+
+    @property
+    def lumi_plots(self) -> Dict[str, Path]:
+        d = self.root / "plots" / "lumi"
+        return {
+            "penalty_12": d / "penalty_12.png",
+            "penalty_xy": d / "penalty_xy.png",
+            "penalty_xy_noise": d / "penalty_xy_noise.png",
+            "rel_err_hist": d / "rel_err_hist.png",
+            "est_vs_truth": d / "est_vs_truth.png",
+        }
+
+    # ------------------------------------------------------------------------------------ optimise / evaluate
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.models_dir / "checkpoints"
+
+    @property
+    def optimise_outputs(self) -> Dict[str, Path]:
+        m, p = self.root / "metrics", self.root / "plots" / "optimise"
+        return {
+            "detector_pt": self.models_dir / "detector.pt", "detector_json": self.models_dir / "detector.json",
+            "metrics": m / "train.json", "loss_csv": m / "train_loss.csv", "panels_csv": m / "train_panels.csv",
+            "layout_png": p / "detector_layout.png", "loss_png": p / "loss_curve.png",
+        }
+
+    @property
+    def heldout_passives(self) -> Path:
+        return self.data_dir / "heldout_passives.h5"
+
+    @property
+    def evaluate_outputs(self) -> Dict[str, Path]:
+        return {"metrics": self.root / "metrics" / "evaluate.json", "curve_csv": self.root / "metrics" / "evaluate_per_volume.csv",
+                "plots_dir": self.root / "plots" / "evaluate"}

@@ -1,10 +1,11 @@
-"""The whole skeleton (all four flows) under one Prefect test harness, on tiny parameters in a tmp dir."""
+"""The whole skeleton (all flows) under the session's one Prefect test harness (``prefect_harness`` in conftest.py),
+on tiny parameters in a tmp dir."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pandas as pd
 import pytest
@@ -22,18 +23,14 @@ TINY: Dict[str, Any] = {
     "irradiate": {"n_muons_per_volume": 400, "chunk_size": 200},
     "reconstruct": {"chunk_size": 150},
     "report": {"angle_bins": 20},
+    # tiny optimisation / evaluation (tested in tests/test_optimise_flows.py)
+    "optimise": {"n_epochs": 1, "n_volumes": 2, "n_val_volumes": 0, "n_mu_per_volume": 100, "mu_bs": 100},
+    "evaluate": {"n_volumes": 1, "n_mu_per_volume": 100, "mu_bs": 100, "baselines": ["start"], "n_images": 0},
+    # tiny luminosity scan, so that "all" stays fast (the lumi stages are tested in tests/test_lumi_flows.py)
+    "lumi_scan": {"mode": "xy", "n_inversions": 2, "chunk_size": 2,
+                  "plan": {"bases": [{"crossing_plane": "y"}], "parameters": ["sep_x"], "n_shifts": 1, "product": False}},
+    "lumi_report": {"landscape_grid": 8, "hist_bins": 4},
 }
-
-
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """One temporary Prefect API server for the session, with the flow heartbeat off (saves ~1 s per flow)."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
 
 
 def _params(**overrides: Dict[str, Any]) -> PipelineParams:

@@ -152,3 +152,41 @@ def test_cli_missing_params_and_bad_stage(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, "-m", "flows", "nonsense"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "invalid choice" in res.stderr
+
+
+# ------------------------------------------------------------------------------------------------ luminosity sections
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"lumi_scan": {"mode": "x"}}, "lumi_scan.mode = 'x'"),
+        ({"lumi_scan": {"n_inversions": 0}}, "lumi_scan.n_inversions = 0"),
+        ({"lumi_scan": {"rel_noise": -0.1}}, "lumi_scan.rel_noise = -0.1"),
+        ({"lumi_scan": {"bounds": [2.4e-6, 3e-6]}}, "lumi_scan.bounds=[2.4e-06, 3e-06] must satisfy 0 < lower < lumi_scan.eps_nominal"),
+        ({"lumi_scan": {"plan": {"parameters": ["mu0x"]}}}, "lumi_scan.plan.parameters = ['mu0x']: unknown shift parameter(s)"),
+        ({"lumi_scan": {"plan": {"target": 0.0}}}, "lumi_scan.plan.target = 0.0"),
+        ({"lumi_scan": {"plan": {"n_shifts": 100}}}, "lumi_scan.plan.n_shifts=100 gives"),
+        ({"lumi_scan": {"plan": {"bases": [{"crossing_plane": "z"}]}}}, "lumi_scan.plan.bases.0.crossing_plane = 'z'"),
+        ({"lumi_scan": {"plan": {"bases": [{"overrides": {"sigma_z1": 0.0}}]}}}, "lumi_scan.plan.bases.0.overrides = {'sigma_z1': 0.0}"),
+        ({"lumi_scan": {"plan": {"bases": [{"overrides": {"betax": 0.3}}]}}}, "unknown IPConfig field(s) ['betax']; valid names: f_rev"),
+        ({"lumi_report": {"landscape_grid": 1}}, "lumi_report.landscape_grid = 1"),
+        ({"lumi_report": {"grid": 10}}, "lumi_report.grid: unknown key"),
+        ({"runtime": {"task_runner": "ray"}}, "runtime.task_runner = 'ray'"),
+        ({"runtime": {"task_runner": "dask_address"}}, "runtime.dask_address must be set"),
+        ({"runtime": {"dask_address": "tcp://h:8786"}}, "runtime.dask_address='tcp://h:8786' is only used with"),
+    ],
+)
+def test_lumi_and_runner_bad_values_name_key(data: Dict[str, Any], needle: str) -> None:
+    msg = _err(data)
+    assert "1 problem" in msg and needle in msg, msg
+
+
+def test_lumi_cli_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("lumi_scan:\n  chunk_size: 0\n  plan:\n    parameters: [sep_q]\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("PREFECT_API_URL", None)
+    res = subprocess.run([sys.executable, "-m", "flows", "lumi_scan", "--workdir", str(tmp_path)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("error:") == 1 and "2 problems" in res.stderr
+    assert "lumi_scan.chunk_size = 0" in res.stderr and "lumi_scan.plan.parameters = ['sep_q']" in res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "nothing written"

@@ -1,0 +1,140 @@
+"""Parameter sections ``lumi_scan`` and ``lumi_report`` (luminosity-based emittance inversion).
+
+Models only; ``flows.params`` composes them into ``PipelineParams`` and formats errors. Validators name the full
+dotted key path (``lumi_scan.bounds``) so that the one error message points at the offending key.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["LumiBaseParams", "LumiPlanParams", "LumiScanParams", "LumiReportParams"]
+
+_MAX_CONFIGS = 1_000_000
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class LumiBaseParams(_Model):
+    """One base configuration (an IP): the LHC-like default set with its crossing plane, beta* asymmetry, overrides."""
+
+    crossing_plane: Literal["x", "y"] = "y"
+    beta2_ratio: float = Field(1.0, gt=0, le=10, description="beta*_u2 = ratio x beta*_u1 (u = x, y), after the overrides")
+    overrides: Dict[str, float] = Field(default_factory=dict, description="any IPConfig field -> value (SI units)")
+
+    @field_validator("overrides")
+    @classmethod
+    def _known_fields(cls, v: Dict[str, float]) -> Dict[str, float]:
+        from lumi_lib.config import IPConfig, field_names
+
+        unknown = sorted(set(v) - set(field_names()))
+        if unknown:
+            raise ValueError(f"unknown IPConfig field(s) {unknown}; valid names: {', '.join(field_names())}")
+        try:
+            IPConfig.lhc_default("y", **v)
+        except ValueError as err:
+            raise ValueError(str(err)) from None
+        return v
+
+
+def _default_bases() -> List[LumiBaseParams]:
+    return [
+        LumiBaseParams(crossing_plane="x"),
+        LumiBaseParams(crossing_plane="y"),
+        LumiBaseParams(crossing_plane="x", beta2_ratio=0.98),
+        LumiBaseParams(crossing_plane="y", beta2_ratio=0.98),
+    ]
+
+
+class LumiPlanParams(_Model):
+    """Measurement plan (``lumi_lib.design.design_scan``); the default is the reference's "last example"."""
+
+    bases: List[LumiBaseParams] = Field(default_factory=_default_bases, min_length=1, max_length=64)
+    parameters: List[str] = Field(default_factory=lambda: ["sep_x", "sep_y", "cross_x", "cross_y"], min_length=1, max_length=6)
+    n_shifts: int = Field(6, ge=1, le=100, description="shifts per parameter: {0, d} if 1, else {0} + linspace(-d, d, n)")
+    product: bool = Field(True, description="tensor product of all parameters' shifts (else one parameter at a time)")
+    target: float = Field(-0.01, gt=-0.5, lt=0.5, description="relative luminosity change that sizes each shift (!= 0)")
+
+    @field_validator("parameters")
+    @classmethod
+    def _known_parameters(cls, v: List[str]) -> List[str]:
+        from lumi_lib.design import SHIFT_PARAMETERS
+
+        unknown = [p for p in v if p not in SHIFT_PARAMETERS]
+        if unknown:
+            raise ValueError(f"unknown shift parameter(s) {unknown}; valid names: {', '.join(SHIFT_PARAMETERS)}")
+        if len(set(v)) != len(v):
+            raise ValueError("shift parameters must be unique")
+        return v
+
+    @field_validator("target")
+    @classmethod
+    def _nonzero(cls, v: float) -> float:
+        if v == 0.0:
+            raise ValueError("the target relative luminosity change must be non-zero")
+        return v
+
+    @property
+    def n_configs(self) -> int:
+        """Number of measurement configurations (residuals per inversion) the plan produces."""
+        pts = self.n_shifts + 1 if self.n_shifts == 1 or self.n_shifts % 2 == 0 else self.n_shifts
+        per_base = pts ** len(self.parameters) if self.product else 1 + (pts - 1) * len(self.parameters)
+        return len(self.bases) * per_base
+
+
+class LumiScanParams(_Model):
+    """``lumi_scan`` stage: seeded random true emittances x batched inversion, in coarse chunks."""
+
+    seed: int = Field(42, ge=0, le=2**63 - 1, description="base seed; chunk c draws truths and noise from (seed, c)")
+    mode: Literal["xy", "12", "xy12"] = Field("xy12", description="unknowns: xy (2), 12 (2) or xy12 (4)")
+    plan: LumiPlanParams = Field(default_factory=LumiPlanParams)
+    rel_noise: float = Field(1e-3, ge=0, le=0.5, description="relative rms luminosity noise (0 = noise-free)")
+    eps_nominal: float = Field(2.3e-6, gt=0, le=1e-3, description="nominal emittance [m rad]: design point and start")
+    eps_spread: float = Field(0.2, ge=0, lt=1, description="truths ~ U(eps_nominal (1 - s), eps_nominal (1 + s))")
+    n_inversions: int = Field(32, ge=1, le=10_000_000)
+    chunk_size: int = Field(8, ge=1, le=1_000_000, description="inversions per Prefect task (one batched solve each)")
+    solver_batch: Optional[int] = Field(None, ge=1, le=1_000_000, description="memory sub-batch; null = library default")
+    bounds: List[float] = Field(default_factory=lambda: [1.84e-6, 2.76e-6], min_length=2, max_length=2, description="[m rad]")
+    max_iter: int = Field(50, ge=1, le=10_000)
+    jacobian: Literal["reverse", "forward"] = "reverse"
+    cond_warn: float = Field(1e8, gt=1, description="warn when the Jacobian condition number exceeds this")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LumiScanParams":
+        lo, hi = self.bounds
+        if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < self.eps_nominal < hi):
+            raise ValueError(
+                f"lumi_scan.bounds={self.bounds} must satisfy 0 < lower < lumi_scan.eps_nominal={self.eps_nominal:g} < upper "
+                "(the start of every inversion)"
+            )
+        if self.plan.n_configs > _MAX_CONFIGS:
+            raise ValueError(
+                f"lumi_scan.plan.n_shifts={self.plan.n_shifts} gives {self.plan.n_configs} configurations per inversion "
+                f"(more than {_MAX_CONFIGS}); use fewer shifts, parameters or bases, or product: false"
+            )
+        return self
+
+
+class LumiReportParams(_Model):
+    """``lumi_report`` stage: metrics, histograms, estimate-vs-truth and penalty landscapes."""
+
+    hist_bins: int = Field(40, ge=2, le=10_000, description="bins of the relative-error histograms")
+    outlier_sigma: float = Field(7.0, gt=0, le=1000, description="outlier: |estimate - truth| > k sigma_cov in any component")
+    outlier_rel_error: float = Field(0.05, gt=0, le=10, description="also reported: fraction with any |rel. error| > this")
+    landscape_grid: int = Field(200, ge=5, le=2000, description="grid points per axis of each penalty landscape")
+    landscape_span: float = Field(0.2, gt=0, lt=1, description="landscape axes: eps_nominal (1 +- span)")
+    landscape_seed: int = Field(42, ge=0, le=2**63 - 1, description="truth and noise draw of the landscape inversions")
+    landscape_rel_noise: float = Field(1e-3, gt=0, le=0.5, description="noise of the xy-with-noise (2 IPs) case")
+    landscape_target: float = Field(-0.01, gt=-0.5, lt=0.5, description="design luminosity change of the landscape plans")
+
+    @field_validator("landscape_target")
+    @classmethod
+    def _nonzero(cls, v: float) -> float:
+        if v == 0.0:
+            raise ValueError("the target relative luminosity change must be non-zero")
+        return v

@@ -1,0 +1,82 @@
+"""Parameter sections of the ``optimise`` and ``evaluate`` stages (pydantic v2, strict, bounded, no unknown keys)."""
+
+from __future__ import annotations
+
+from typing import List, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["LearningRates", "StartLayout", "OptimiseParams", "EvaluateParams"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class LearningRates(_Model):
+    """Learning rate per panel-parameter group (null = the group is not optimised). With Adam a rate is roughly the
+    physical step per update [m]; with SGD it multiplies the gradient."""
+
+    xy: Optional[float] = Field(0.005, gt=0, le=1e6)
+    z: Optional[float] = Field(0.01, gt=0, le=1e6)
+    xy_span: Optional[float] = Field(0.005, gt=0, le=1e6)
+
+    @model_validator(mode="after")
+    def _one_group(self) -> "LearningRates":
+        if self.xy is None and self.z is None and self.xy_span is None:
+            raise ValueError("optimise.lr.xy, optimise.lr.z and optimise.lr.xy_span are all null: set at least one (nothing to optimise)")
+        return self
+
+
+class StartLayout(_Model):
+    """Starting detector of the optimisation: the ``volume`` layout with these changes (a deliberately poor start)."""
+
+    panel_span: Optional[float] = Field(None, gt=0, le=100, description="starting full panel width [m]; null = volume.panel_span")
+    xy_offset: List[float] = Field(default_factory=lambda: [0.0, 0.0], min_length=2, max_length=2,
+                                   description="shift of every panel centre from the footprint centre [m]")
+    z_gap: Optional[float] = Field(0.01, gt=0, le=10, description="panels of each detector layer packed this far apart "
+                                   "[m] next to the passive volume (short lever arm); null = volume spacing")
+
+
+class OptimiseParams(_Model):
+    """Detector optimisation (``PanelVolumeWrapper.fit``, one checkpointed Prefect task per epoch)."""
+
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="seed of passives and muons; null = derived from seed")
+    n_epochs: int = Field(10, ge=1, le=100000)
+    n_volumes: int = Field(10, ge=1, le=100000, description="training passives (generated with the passives settings)")
+    n_val_volumes: int = Field(4, ge=0, le=100000, description="validation passives (0 = no validation loss)")
+    passive_bs: int = Field(2, ge=1, le=100000, description="passive volumes per update")
+    n_mu_per_volume: int = Field(1000, ge=1, le=10_000_000)
+    mu_bs: int = Field(1000, ge=1, le=1_000_000)
+    inferrer: Literal["poca", "path"] = "poca"
+    optimiser: Literal["adam", "sgd"] = "adam"
+    lr: LearningRates = Field(default_factory=LearningRates)
+    target_budget: Optional[float] = Field(None, gt=0, le=1e9, description="VoxelX0Loss budget (total panel area x m2_cost); null = no cost term")
+    start: StartLayout = Field(default_factory=StartLayout)
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> "OptimiseParams":
+        if self.passive_bs > self.n_volumes:
+            raise ValueError(f"optimise.passive_bs={self.passive_bs} exceeds optimise.n_volumes={self.n_volumes} (no update possible)")
+        return self
+
+
+class EvaluateParams(_Model):
+    """Held-out evaluation of the trained detector against fixed baselines."""
+
+    seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="seed of held-out passives and muons; null = derived from seed")
+    n_volumes: int = Field(10, ge=1, le=100000, description="held-out passives (a different seed from training)")
+    n_mu_per_volume: int = Field(3000, ge=1, le=10_000_000)
+    mu_bs: int = Field(1000, ge=1, le=1_000_000)
+    inferrer: Optional[Literal["poca", "path"]] = Field(None, description="null = optimise.inferrer")
+    baselines: List[Literal["start", "reference"]] = Field(
+        default_factory=lambda: ["start", "reference"], min_length=1, max_length=2,
+        description="start: the untrained starting layout; reference: the volume section's centred layout",
+    )
+    n_images: int = Field(1, ge=0, le=20, description="X0 prediction-vs-truth images per detector (first held-out volumes)")
+
+    @model_validator(mode="after")
+    def _unique(self) -> "EvaluateParams":
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError(f"evaluate.baselines={self.baselines} must not repeat a baseline")
+        return self

@@ -1,0 +1,187 @@
+"""Optimisation tasks: prepare the run (passives, epoch-0 checkpoint) and run ONE checkpointed epoch.
+
+A checkpoint ``<ckpt_dir>/epoch_NNNN.pt`` holds everything the next epoch needs: detector (volume state), optimiser
+states, the loss's cost coefficient, the wrapper's torch generator state and last usable detector, and the history
+(per-epoch losses, panel rows). It is written atomically (temporary file + rename), so a killed epoch leaves the
+previous checkpoint intact and a rerun resumes from it; the result is bitwise that of an uninterrupted run on CPU.
+``<ckpt_dir>/run.json`` records a fingerprint of the parameters that shape the run (all but ``optimise.n_epochs``) and
+of the code: a mismatch discards the old checkpoints, so changing ``n_epochs`` extends or shortens a run without
+retraining while any other change starts afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tomopt_lib.io import atomic_path, read_json, write_json
+from tomopt_lib.optimisation.callbacks import Callback, NoMoreNaNs
+from tomopt_lib.optimisation.wrapper import PanelVolumeWrapper
+
+from .common import derive_seed, task_logger
+from .detector import build_start_volume, make_wrapper, panel_rows, passive_layouts, write_passive_set, yielder
+
+__all__ = [
+    "OPTIMISE_STAGE_KEY", "CHECKPOINT_SCHEMA_VERSION", "code_hash", "run_fingerprint", "checkpoint_path", "train_seed",
+    "prepare_optimisation", "run_epoch", "load_checkpoint", "restore_wrapper", "LossRecorder",
+]
+
+OPTIMISE_STAGE_KEY = 5
+"""Stage key mixed into the seeds of this stage (training passives differ from ``generate_passives``' volumes)."""
+CHECKPOINT_SCHEMA_VERSION = 1
+
+
+def train_seed(seed: int, opt_cfg: Mapping[str, Any]) -> int:
+    """``optimise.seed`` or a seed derived from the pipeline seed."""
+    return int(opt_cfg["seed"]) if opt_cfg.get("seed") is not None else derive_seed(seed, OPTIMISE_STAGE_KEY)
+
+
+def code_hash() -> str:
+    """Hash of the Python sources an epoch runs (``tomopt_lib`` and ``tasks``): new code never resumes old checkpoints."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted([*(root / "tomopt_lib").rglob("*.py"), *(root / "tasks").glob("*.py")]):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_fingerprint(seed: int, volume_cfg: Mapping[str, Any], passives_cfg: Mapping[str, Any], opt_cfg: Mapping[str, Any]) -> str:
+    """Hash of everything that shapes the epochs (parameters except ``n_epochs``, which only says how many to run;
+    the code)."""
+    shaping = {k: v for k, v in opt_cfg.items() if k != "n_epochs"}
+    blob = json.dumps({"v": CHECKPOINT_SCHEMA_VERSION, "seed": train_seed(seed, opt_cfg), "volume": volume_cfg,
+                       "passives": passives_cfg, "optimise": shaping, "code": code_hash()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def checkpoint_path(ckpt_dir: str, epoch: int) -> Path:
+    return Path(ckpt_dir) / f"epoch_{epoch:04d}.pt"
+
+
+class LossRecorder(Callback):
+    """Volume-weighted mean loss per state (train / valid) over one fit call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sums: Dict[str, float] = {}
+        self.counts: Dict[str, int] = {}
+
+    def on_volume_batch_end(self) -> None:
+        fp = self.wrapper.fit_params
+        if fp.state in ("train", "valid") and fp.mean_loss is not None:
+            v = float(fp.mean_loss)
+            if math.isfinite(v):
+                self.sums[fp.state] = self.sums.get(fp.state, 0.0) + v * fp.n_volumes_in_batch
+                self.counts[fp.state] = self.counts.get(fp.state, 0) + fp.n_volumes_in_batch
+
+    def mean(self, state: str) -> float:
+        return self.sums[state] / self.counts[state] if self.counts.get(state) else float("nan")
+
+
+def _save_checkpoint(vw: PanelVolumeWrapper, path: Path, epoch: int, fingerprint: str, history: List[Dict[str, Any]],
+                     panels: List[Dict[str, Any]]) -> None:
+    coef = getattr(vw.loss_func, "cost_coef", None)
+    state = {
+        "schema_version": CHECKPOINT_SCHEMA_VERSION, "fingerprint": fingerprint, "epoch": epoch,
+        "volume": vw.volume.state_dict(), "opts": {k: o.state_dict() for k, o in vw.opts.items()},
+        "cost_coef": None if coef is None else torch.as_tensor(coef).detach().cpu(),
+        "generator": vw.generator.get_state(), "last_good": vw._last_good,  # noqa: SLF001 - part of the resumable state
+        "history": history, "panels": panels,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, str(tmp))
+
+
+def load_checkpoint(path: Path, fingerprint: Optional[str] = None) -> Dict[str, Any]:
+    """Read a checkpoint; ``ValueError`` if it is unreadable, of another schema or of another run."""
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from err
+    if state.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
+        raise ValueError(f"{path}: checkpoint schema {state.get('schema_version')!r}, expected {CHECKPOINT_SCHEMA_VERSION}")
+    if fingerprint is not None and state.get("fingerprint") != fingerprint:
+        raise ValueError(f"{path}: checkpoint of another run (fingerprint {state.get('fingerprint')} != {fingerprint})")
+    return state
+
+
+def restore_wrapper(vw: PanelVolumeWrapper, state: Mapping[str, Any]) -> None:
+    """Load detector, optimiser states, cost coefficient, generator state and last usable detector into ``vw``."""
+    vw.volume.load_state_dict(state["volume"])
+    for k, o in vw.opts.items():
+        o.load_state_dict(state["opts"][k])
+    if state.get("cost_coef") is not None and vw.loss_func is not None:
+        vw.loss_func.cost_coef = state["cost_coef"].to(vw.device)
+    vw.generator.set_state(state["generator"])
+    last = state.get("last_good")
+    vw._last_good = None if last is None else [t.to(vw.device) for t in last]  # noqa: SLF001
+
+
+@task(name="optimise-prepare", cache_policy=NO_CACHE, persist_result=False)
+def prepare_optimisation(ckpt_dir: str, seed: int, volume_cfg: Mapping[str, Any], passives_cfg: Mapping[str, Any],
+                         opt_cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """Start or resume a run in ``ckpt_dir``: training/validation passives and the epoch-0 checkpoint (starting layout).
+
+    Returns ``{"fingerprint", "last_epoch"}`` where ``last_epoch`` is the newest consecutive valid checkpoint.
+    """
+    log, d = task_logger(), Path(ckpt_dir)
+    fp = run_fingerprint(seed, volume_cfg, passives_cfg, opt_cfg)
+    meta = d / "run.json"
+    if d.exists() and not (meta.is_file() and read_json(meta).get("fingerprint") == fp):
+        log.info("checkpoints in %s belong to other parameters or code; starting afresh", d)
+        shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    s = train_seed(seed, opt_cfg)
+    if not meta.is_file():
+        write_passive_set(str(d / "train_passives.h5"), volume_cfg, passives_cfg, int(opt_cfg["n_volumes"]), derive_seed(s, 1))
+        if int(opt_cfg["n_val_volumes"]) > 0:
+            write_passive_set(str(d / "val_passives.h5"), volume_cfg, passives_cfg, int(opt_cfg["n_val_volumes"]), derive_seed(s, 2))
+        vw = make_wrapper(build_start_volume(volume_cfg, opt_cfg["start"]), opt_cfg, seed=derive_seed(s, 3))
+        _save_checkpoint(vw, checkpoint_path(ckpt_dir, 0), 0, fp, [], panel_rows(vw.volume, 0))
+        write_json({"fingerprint": fp, "seed": s}, meta)
+    last = 0
+    while checkpoint_path(ckpt_dir, last + 1).is_file():
+        try:
+            load_checkpoint(checkpoint_path(ckpt_dir, last + 1), fp)
+        except ValueError as err:
+            log.warning("ignoring %s", err)
+            break
+        last += 1
+    if last:
+        log.info("resuming from the checkpoint of epoch %d in %s", last, d)
+    return {"fingerprint": fp, "last_epoch": last}
+
+
+@task(name="optimise-epoch", task_run_name="epoch-{epoch}", cache_policy=NO_CACHE, persist_result=False)
+def run_epoch(ckpt_dir: str, epoch: int, volume_cfg: Mapping[str, Any], opt_cfg: Mapping[str, Any], fingerprint: str) -> Dict[str, Any]:
+    """Load the checkpoint of ``epoch - 1``, train one epoch (``wrapper.fit(1, ...)``), write the checkpoint of
+    ``epoch`` atomically; returns scalars ``{epoch, train_loss, valid_loss, n_updates, n_rejected, seconds}``."""
+    t0 = time.perf_counter()
+    d = Path(ckpt_dir)
+    state = load_checkpoint(checkpoint_path(ckpt_dir, epoch - 1), fingerprint)
+    vw = make_wrapper(build_start_volume(volume_cfg, opt_cfg["start"]), opt_cfg, seed=0)
+    restore_wrapper(vw, state)
+    trn, _ = passive_layouts(str(d / "train_passives.h5"), vw.volume)
+    val = passive_layouts(str(d / "val_passives.h5"), vw.volume)[0] if (d / "val_passives.h5").is_file() else None
+    rec = LossRecorder()
+    vw.fit(1, int(opt_cfg["passive_bs"]), int(opt_cfg["n_mu_per_volume"]), int(opt_cfg["mu_bs"]), yielder(trn, True),
+           yielder(val, False) if val else None, cbs=[NoMoreNaNs(), rec], cb_savepath=d)
+    fit = vw.fit_params
+    row = {"epoch": epoch, "train_loss": rec.mean("train"), "valid_loss": rec.mean("valid"), "n_updates": int(fit.n_updates),
+           "n_rejected": int(fit.n_rejected_updates), "n_recoveries": int(fit.n_recoveries),
+           "cost": float(vw.volume.get_cost().detach()), "seconds": round(time.perf_counter() - t0, 3)}
+    _save_checkpoint(vw, checkpoint_path(ckpt_dir, epoch), epoch, fingerprint, [*state["history"], row],
+                     [*state["panels"], *panel_rows(vw.volume, epoch)])
+    task_logger().info("epoch %d: train loss %.4g, valid loss %.4g, %d updates (%.1f s)", epoch, row["train_loss"],
+                       row["valid_loss"], row["n_updates"], row["seconds"])
+    return row
