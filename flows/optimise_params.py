@@ -49,9 +49,12 @@ class OptimiseParams(_Model):
     n_mu_per_volume: int = Field(1000, ge=1, le=10_000_000)
     mu_bs: int = Field(1000, ge=1, le=1_000_000)
     inferrer: Literal["poca", "path"] = "poca"
+    loss: Literal["voxel_x0", "voxel_log_x0"] = Field(
+        "voxel_x0", description="voxel_x0: MSE of X0 (TomOpt VoxelX0Loss); voxel_log_x0: MSE of log X0 (VoxelLogX0Loss)"
+    )
     optimiser: Literal["adam", "sgd"] = "adam"
     lr: LearningRates = Field(default_factory=LearningRates)
-    target_budget: Optional[float] = Field(None, gt=0, le=1e9, description="VoxelX0Loss budget (total panel area x m2_cost); null = no cost term")
+    target_budget: Optional[float] = Field(None, gt=0, le=1e9, description="loss budget (total panel area x m2_cost); null = no cost term")
     start: StartLayout = Field(default_factory=StartLayout)
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ import torch
 
 from tomopt_lib.io import PassiveRecord, read_passives, write_json, write_passives
 from tomopt_lib.optimisation.data import PassiveYielder
-from tomopt_lib.optimisation.loss import VoxelX0Loss
+from tomopt_lib.optimisation.loss import VoxelLogX0Loss, VoxelX0Loss
 from tomopt_lib.optimisation.wrapper import PanelVolumeWrapper
 from tomopt_lib.volume.builders import rad_length_func_from_cube
 from tomopt_lib.volume.volume import Volume
@@ -79,9 +79,13 @@ def panels(volume: Volume) -> List[Any]:
     return [p for det in volume.get_detectors() for p in getattr(det, "panels", [])]
 
 
+_LOSSES = {"voxel_x0": VoxelX0Loss, "voxel_log_x0": VoxelLogX0Loss}
+
+
 def make_wrapper(volume: Volume, opt_cfg: Mapping[str, Any], *, seed: Optional[int] = None, inferrer: Optional[str] = None) -> PanelVolumeWrapper:
     """``PanelVolumeWrapper`` with one optimiser per group of ``opt_cfg["lr"]`` (null rate = group frozen) and
-    ``VoxelX0Loss(target_budget=opt_cfg["target_budget"])``."""
+    the loss named by ``opt_cfg["loss"]`` (``voxel_x0``: ``VoxelX0Loss``, ``voxel_log_x0``: ``VoxelLogX0Loss``) with
+    ``target_budget=opt_cfg["target_budget"]``."""
     opt, lr = _OPTS[opt_cfg["optimiser"]], opt_cfg["lr"]
 
     def mk(rate: Optional[float]) -> Any:
@@ -91,7 +95,7 @@ def make_wrapper(volume: Volume, opt_cfg: Mapping[str, Any], *, seed: Optional[i
     if all(v is None for v in part.values()):
         raise ValueError("optimise.lr: every group is null; nothing to optimise")
     return PanelVolumeWrapper(
-        volume, **part, loss_func=VoxelX0Loss(target_budget=opt_cfg.get("target_budget")),
+        volume, **part, loss_func=_LOSSES[opt_cfg.get("loss", "voxel_x0")](target_budget=opt_cfg.get("target_budget")),
         partial_volume_inferrer=inferrer or opt_cfg["inferrer"], seed=seed,
     )
 

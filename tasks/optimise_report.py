@@ -38,7 +38,7 @@ def _loss_figure(hist: pd.DataFrame) -> Figure:
     if hist["valid_loss"].notna().any():
         ax.plot(hist["epoch"], hist["valid_loss"], "s--", label="validation")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("VoxelX0Loss")
+    ax.set_ylabel("loss")
     if (hist[["train_loss", "valid_loss"]].dropna(how="all").fillna(1) > 0).all().all():
         ax.set_yscale("log")
     ax.set_title("Detector optimisation: loss per epoch")

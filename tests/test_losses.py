@@ -145,3 +145,34 @@ def test_volume_mse_loss():
     assert float(VolumeMSELoss(target_budget=None)(torch.tensor([[1.5]]), vol)) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="target"):
         VolumeMSELoss(target_budget=None)(torch.tensor([[1.5]]), FakeVolume())
+
+
+def test_voxel_log_x0_loss_is_relative_and_differentiable():
+    """MSE of log X0: a factor-2 error costs the same for lead and beryllium; zero for a perfect prediction."""
+    from tomopt_lib.core import X0
+    from tomopt_lib.optimisation.loss import VoxelLogX0Loss
+
+    class _Vol:
+        def __init__(self, cube):
+            self._cube = cube
+
+        def get_rad_cube(self):
+            return self._cube
+
+        def get_cost(self):
+            return torch.tensor(1.0)
+
+    true = torch.tensor([[[X0["lead"], X0["beryllium"]]]])
+    loss = VoxelLogX0Loss(target_budget=None)
+    assert float(loss(true.clone(), _Vol(true))) == pytest.approx(0.0, abs=1e-12)
+    pred_pb = true.clone()
+    pred_pb[0, 0, 0] *= 2
+    pred_be = true.clone()
+    pred_be[0, 0, 1] *= 2
+    assert float(loss(pred_pb, _Vol(true))) == pytest.approx(float(loss(pred_be, _Vol(true))), rel=1e-5)
+    assert float(loss(pred_pb, _Vol(true))) == pytest.approx(math.log(2) ** 2 / 2, rel=1e-5)
+    pred = true.clone().requires_grad_(True)
+    (loss(pred * 1.5, _Vol(true))).backward()
+    assert torch.isfinite(pred.grad).all() and (pred.grad > 0).all()
+    with pytest.raises(ValueError, match="min_x0"):
+        VoxelLogX0Loss(target_budget=None, min_x0=0.0)

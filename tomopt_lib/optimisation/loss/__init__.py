@@ -7,6 +7,7 @@ from .loss import (
     VolumeIntClassLoss,
     VolumeMSELoss,
     VoxelClassLoss,
+    VoxelLogX0Loss,
     VoxelX0Loss,
 )
 from .sub_losses import integer_class_loss
@@ -15,6 +16,7 @@ __all__ = [
     "AbsDetectorLoss",
     "AbsMaterialClassLoss",
     "VoxelX0Loss",
+    "VoxelLogX0Loss",
     "VoxelClassLoss",
     "VolumeClassLoss",
     "VolumeIntClassLoss",

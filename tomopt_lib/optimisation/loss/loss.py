@@ -16,6 +16,7 @@ __all__ = [
     "AbsDetectorLoss",
     "AbsMaterialClassLoss",
     "VoxelX0Loss",
+    "VoxelLogX0Loss",
     "VoxelClassLoss",
     "VolumeClassLoss",
     "VolumeIntClassLoss",
@@ -136,6 +137,26 @@ class VoxelX0Loss(AbsDetectorLoss):
     def _get_inference_loss(self, pred: Tensor, volume: Any) -> Tensor:
         true_x0 = volume.get_rad_cube().to(pred.device, pred.dtype)
         return F.mse_loss(pred.reshape(true_x0.shape), true_x0)
+
+
+class VoxelLogX0Loss(AbsDetectorLoss):
+    """Error = MSE between log(X0 predicted) and log(X0 true) per voxel (X0 in m).
+
+    Unlike ``VoxelX0Loss``, every material counts on the same relative scale: a factor-2 error on lead (X0 ~ 6 mm)
+    weighs as much as one on beryllium (X0 ~ 0.35 m), and single wild predictions of low-density voxels do not
+    dominate. Predictions are floored at ``min_x0`` [m] before the log.
+    """
+
+    def __init__(self, *, target_budget: Optional[float], min_x0: float = 1e-4, **kwargs: Any) -> None:
+        super().__init__(target_budget=target_budget, **kwargs)
+        if not min_x0 > 0:
+            raise ValueError(f"min_x0 must be > 0 m, got {min_x0}")
+        self.min_x0 = float(min_x0)
+
+    def _get_inference_loss(self, pred: Tensor, volume: Any) -> Tensor:
+        true_x0 = volume.get_rad_cube().to(pred.device, pred.dtype)
+        log_pred = torch.log(pred.reshape(true_x0.shape).clamp_min(self.min_x0))
+        return F.mse_loss(log_pred, torch.log(true_x0))
 
 
 def _x0_to_id(x0: Tensor, x02id: Dict[float, int]) -> Tensor:
