@@ -30,3 +30,15 @@ def prefect_harness() -> Iterator[None]:
     with prefect_test_harness(server_startup_timeout=120):
         with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             yield
+
+
+@pytest.fixture(scope="session")
+def dask_local_cluster_ok() -> None:
+    """Skip (with the reason) where a local Dask cluster of worker processes cannot start."""
+    try:
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+            assert client.submit(sum, [1, 2]).result(timeout=60) == 3
+    except Exception as err:  # noqa: BLE001 - any failure to start means: no local Dask here
+        pytest.skip(f"a local Dask cluster (worker processes) cannot start here: {type(err).__name__}: {err}")

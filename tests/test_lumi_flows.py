@@ -156,21 +156,10 @@ def test_lumi_flows(prefect_harness: None, tmp_path: Path) -> None:
     assert progress is not None and float(progress.data) == 100.0
 
 
-def _local_cluster_or_skip() -> None:
-    try:
-        from distributed import Client, LocalCluster
-
-        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-            assert client.submit(sum, [1, 2]).result(timeout=60) == 3
-    except Exception as err:  # noqa: BLE001 - any failure to start means: no local Dask here
-        pytest.skip(f"a local Dask cluster (worker processes) cannot start here: {type(err).__name__}: {err}")
-
-
 @pytest.mark.flow
-def test_dask_local_equals_threads(prefect_harness: None, tmp_path: Path) -> None:
+def test_dask_local_equals_threads(prefect_harness: None, dask_local_cluster_ok: None, tmp_path: Path) -> None:
     from flows.pipeline import run_stage
 
-    _local_cluster_or_skip()
     frames = {}
     for runner in ("threads", "dask_local"):
         p = _params({"n_inversions": 6, "chunk_size": 2}, runtime={"task_runner": runner, "task_workers": 2})
