@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup run lumi test bench bench-lumi-grid bench-ref server clean
+.PHONY: setup run lumi test bench bench-lumi-grid bench-ref server serve clean
 
 ## setup: create .venv (if missing) with the pinned dependencies and install the project
 setup: $(STAMP)
@@ -56,6 +56,10 @@ bench-ref: setup
 ## server: start a local Prefect server + UI on http://127.0.0.1:4200 (export PREFECT_API_URL=http://127.0.0.1:4200/api)
 server: setup
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+## serve: serve the cron deployments of params.yaml's schedules section (needs `make server` + PREFECT_API_URL)
+serve: setup
+	$(PY) -m flows.serve
 
 clean:
 	rm -rf bench_out .pytest_cache

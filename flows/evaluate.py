@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict, Mapping
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
+from tasks.artifacts import publish_images
 from tasks.evaluation import compare_detectors, evaluate_markdown, make_heldout, predict_detector
 
 from .params import parse_params
@@ -37,6 +39,9 @@ def evaluate_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, An
         update_progress_artifact(progress, 100.0 * i / (len(names) + 1))
     metrics = compare_detectors(heldout, {n: str(pred_dir / f"pred_{n}.h5") for n in names}, costs, out, p.evaluate.n_images)
     update_progress_artifact(progress, 100.0)
+    pngs = sorted(Path(out["plots_dir"]).glob("*.png")) if Path(out["plots_dir"]).is_dir() else []
+    if pngs:
+        publish_images({f.stem: f for f in pngs}, key="tomoflow-evaluate-images", title="Held-out evaluation: X0 prediction vs truth and curves")
     create_markdown_artifact(markdown=evaluate_markdown(metrics), key="tomoflow-evaluate", description="Held-out evaluation")
     for k, v in metrics.items():
         if k.startswith("trained_vs_"):

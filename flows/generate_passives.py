@@ -6,6 +6,7 @@ from typing import Any, Dict, Mapping
 
 from prefect import flow, get_run_logger
 
+from tasks.artifacts import publish_summary
 from tasks.passives import generate_passives
 
 from .params import parse_params
@@ -21,6 +22,9 @@ def generate_passives_flow(params: Dict[str, Any], workdir: str = ".") -> Mappin
     paths = PipelinePaths.at(workdir)
     log = get_run_logger()
     log.info("generating %d %s passive volumes", p.passives.n_volumes, p.passives.generator)
-    return generate_passives(
+    out = generate_passives(
         str(paths.passives), p.passives.n_volumes, p.volume.model_dump(), p.passives.model_dump(), p.seed, p.runtime.device
     )
+    publish_summary("Passive volumes", {"n_volumes": p.passives.n_volumes, "generator": p.passives.generator, **out},
+                    key="tomoflow-generate-passives")
+    return out

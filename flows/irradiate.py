@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from typing import Any, Dict, Mapping
 
 from prefect import flow, get_run_logger
 
+from tasks.artifacts import Progress, publish_summary
+from tasks.caching import records_dir, remove_stage_workdir, stage_workdir
 from tasks.irradiation import chunk_sizes, irradiate_chunk, merge_irradiation
 from tomopt_lib.io import read_h5_attrs
 
@@ -27,18 +27,25 @@ def irradiate_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, A
     sizes = chunk_sizes(p.irradiate.n_muons_per_volume, p.irradiate.chunk_size)
     log.info("irradiating %d volumes with %d muons each in %d chunk(s)", n_volumes, p.irradiate.n_muons_per_volume, len(sizes))
     paths.data_dir.mkdir(parents=True, exist_ok=True)
-    work = tempfile.mkdtemp(dir=paths.data_dir, prefix=".irradiate-")
-    try:
-        futures = [
-            irradiate_chunk.submit(
-                str(paths.passives), vid, cid, n, f"{work}/vol{vid:03d}_chunk{cid:04d}.h5",
-                p.volume.model_dump(), p.irradiate.model_dump(), p.seed, p.runtime.device,
-            )
-            for vid in range(n_volumes)
-            for cid, n in enumerate(sizes)
-        ]
-        results = [f.result() for f in futures]
-        attrs = {"flux_model": p.irradiate.flux_model, "realistic_panels": p.irradiate.realistic_panels, "seed": p.seed}
-        return merge_irradiation(results, str(paths.irradiated), attrs=attrs)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    # chunk files and their cache records persist in .work/irradiate until the merged file is written: a killed
+    # run resumes from its finished chunks (tasks/caching.py)
+    work = stage_workdir(workdir, "irradiate")
+    chunk_task = irradiate_chunk.with_options(result_storage=records_dir(work))
+    futures = [
+        chunk_task.submit(
+            str(paths.passives), vid, cid, n, f"{work}/vol{vid:03d}_chunk{cid:04d}.h5",
+            p.volume.model_dump(), p.irradiate.model_dump(), p.seed, p.runtime.device,
+        )
+        for vid in range(n_volumes)
+        for cid, n in enumerate(sizes)
+    ]
+    progress = Progress("irradiate-progress", len(futures), "irradiate: chunks done [%]")
+    results = []
+    for f in futures:
+        results.append(f.result())
+        progress.step()
+    attrs = {"flux_model": p.irradiate.flux_model, "realistic_panels": p.irradiate.realistic_panels, "seed": p.seed}
+    merged = merge_irradiation(results, str(paths.irradiated), attrs=attrs)
+    remove_stage_workdir(work)
+    publish_summary("Irradiation", {"n_volumes": n_volumes, "n_chunks": len(futures), **merged}, key="tomoflow-irradiate")
+    return merged

@@ -9,6 +9,7 @@ from typing import Any, Dict, Mapping
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
+from tasks.artifacts import publish_images
 from tasks.lumi_report import LANDSCAPE_CASES, build_lumi_metrics, landscape_case, lumi_metrics_markdown, render_scan_plots
 
 from .params import parse_params
@@ -40,6 +41,7 @@ def lumi_report_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str,
     metrics = build_lumi_metrics(str(paths.lumi_scan), str(paths.lumi_metrics), {k: str(v) for k, v in paths.lumi_csvs.items()},
                                  rep, landscapes)
     update_progress_artifact(progress, 100.0)
+    publish_images(plots, key="lumi-report-images", title="Luminosity penalty landscapes and estimate distributions")
     create_markdown_artifact(markdown=lumi_metrics_markdown(metrics), key="lumi-report", description="Luminosity inversion metrics")
     log.info("lumi report written: %s; plots under %s", paths.lumi_metrics, paths.lumi_plots["penalty_12"].parent)
     return metrics

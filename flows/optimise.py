@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
+from tasks.artifacts import publish_images
 from tasks.optimisation import prepare_optimisation, run_epoch
 from tasks.optimise_report import finalise_optimisation, train_markdown
 
@@ -41,6 +42,9 @@ def optimise_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, An
     if prep["last_epoch"] >= n:
         log.info("all %d epochs were already checkpointed (resumed run)", n)
     res = finalise_optimisation(ckpt, n, prep["fingerprint"], vol, opt, {k: str(v) for k, v in paths.optimise_outputs.items()})
+    outs = paths.optimise_outputs
+    publish_images({"detector layout": outs["layout_png"], "loss curve": outs["loss_png"]},
+                   key="tomoflow-optimise-images", title="Optimised detector layout and loss curve")
     create_markdown_artifact(markdown=train_markdown(res["metrics"], res["history"]), key="tomoflow-optimise",
                              description="Detector optimisation summary")
     log.info("optimise: %d epochs (%d run now), final train loss %s", n, len(rows), res["metrics"]["loss"]["train_last"])

@@ -18,6 +18,7 @@ from tomopt_lib.core import X0
 
 from .lumi_params import LumiBaseParams, LumiPlanParams, LumiReportParams, LumiScanParams
 from .optimise_params import EvaluateParams, LearningRates, OptimiseParams, StartLayout
+from .schedule_params import SchedulesParams
 
 __all__ = [
     "ParamsError",
@@ -158,6 +159,7 @@ class PipelineParams(_Model):
     lumi_report: LumiReportParams = Field(default_factory=LumiReportParams)
     optimise: OptimiseParams = Field(default_factory=OptimiseParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    schedules: SchedulesParams = Field(default_factory=SchedulesParams)
 
     @model_validator(mode="after")
     def _block_fits(self) -> "PipelineParams":

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from typing import Any, Dict, Mapping
 
 from prefect import flow, get_run_logger
 
+from tasks.artifacts import Progress, publish_summary
+from tasks.caching import records_dir, remove_stage_workdir, stage_workdir
 from tasks.reconstruction import merge_scatters, reconstruct_volume
 from tomopt_lib.io import read_h5_attrs
 
@@ -25,15 +25,22 @@ def reconstruct_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str,
     log = get_run_logger()
     n_volumes = int(read_h5_attrs(paths.irradiated, "muon_hits")["n_volumes"])
     log.info("reconstructing the muons of %d volumes", n_volumes)
-    work = tempfile.mkdtemp(dir=paths.data_dir, prefix=".reconstruct-")
-    try:
-        futures = [
-            reconstruct_volume.submit(
-                str(paths.irradiated), vid, f"{work}/vol{vid:03d}.parquet", p.volume.model_dump(), p.reconstruct.model_dump(),
-                p.runtime.device,
-            )
-            for vid in range(n_volumes)
-        ]
-        return merge_scatters([f.result() for f in futures], str(paths.scatters))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    # per-volume parts and their cache records persist in .work/reconstruct until the merged table is written
+    work = stage_workdir(workdir, "reconstruct")
+    volume_task = reconstruct_volume.with_options(result_storage=records_dir(work))
+    futures = [
+        volume_task.submit(
+            str(paths.irradiated), vid, f"{work}/vol{vid:03d}.parquet", p.volume.model_dump(), p.reconstruct.model_dump(),
+            p.runtime.device,
+        )
+        for vid in range(n_volumes)
+    ]
+    progress = Progress("reconstruct-progress", len(futures), "reconstruct: volumes done [%]")
+    parts = []
+    for f in futures:
+        parts.append(f.result())
+        progress.step()
+    merged = merge_scatters(parts, str(paths.scatters))
+    remove_stage_workdir(work)
+    publish_summary("Reconstruction", {"n_volumes": n_volumes, **merged}, key="tomoflow-reconstruct")
+    return merged

@@ -7,6 +7,7 @@ from typing import Any, Dict, Mapping
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from tasks.artifacts import Progress, publish_images
 from tasks.reporting import build_metrics, metrics_markdown, render_plots
 
 from .params import parse_params
@@ -22,11 +23,16 @@ def report_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, Any]
     paths = PipelinePaths.at(workdir)
     log = get_run_logger()
     vol, rep = p.volume.model_dump(), p.report.model_dump()
+    progress = Progress("report-progress", 2, "report: metrics and plots done [%]")
     metrics_f = build_metrics.submit(
         str(paths.passives), str(paths.irradiated), str(paths.scatters), str(paths.metrics), str(paths.angle_hist_csv), vol, rep
     )
     plots_f = render_plots.submit(str(paths.passives), str(paths.scatters), {k: str(v) for k, v in paths.plots.items()}, vol, rep)
-    metrics, plots = metrics_f.result(), plots_f.result()
+    metrics = metrics_f.result()
+    progress.step()
+    plots = plots_f.result()
+    progress.finish()
+    publish_images(plots, key="tomoflow-report-images", title="Skeleton report plots (PoCA density, scatter angles, detector layout)")
     create_markdown_artifact(markdown=metrics_markdown(metrics), key="tomoflow-skeleton-report", description="Skeleton pipeline metrics")
     log.info("report written: %s; plots: %s", paths.metrics, ", ".join(plots.values()))
     return metrics

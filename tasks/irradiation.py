@@ -19,15 +19,19 @@ from tomopt_lib.muon.muon_batch import MuonBatch
 from tomopt_lib.runtime import make_generator, resolve_device
 from tomopt_lib.volume.builders import rad_length_func_from_cube
 
+from .caching import FileCachePolicy, with_output_hashes
 from .common import build_volume, derive_seed, task_logger
 
-__all__ = ["chunk_sizes", "irradiate_chunk", "merge_irradiation", "IRRADIATE_STAGE_KEY"]
+__all__ = ["CHUNK_CACHE", "chunk_sizes", "irradiate_chunk", "merge_irradiation", "IRRADIATE_STAGE_KEY"]
 
 IRRADIATE_STAGE_KEY = 2
 """Stage key mixed into the seeds of this stage."""
 
 _GENERATORS = {"2015": MuonGenerator2015, "2016": MuonGenerator2016}
 _TRUE_VARS = ("theta_in", "theta_out", "total_scatter")
+_ROOT = Path(__file__).resolve().parents[1]
+CHUNK_CACHE = FileCachePolicy(input_files=("passives_path",), code_paths=(str(_ROOT / "tomopt_lib"), str(_ROOT / "tasks")))
+"""Cache of irradiation chunks: content of the passives file, parameters, task and library code (tasks/caching.py)."""
 
 
 def chunk_sizes(n_muons: int, chunk_size: int) -> List[int]:
@@ -49,7 +53,7 @@ def _true_scatter(mu: MuonBatch, volume: Any) -> Dict[str, np.ndarray]:
     return out
 
 
-@task(name="irradiate-chunk", task_run_name="irradiate-vol{volume_id}-chunk{chunk_id}", cache_policy=NO_CACHE, persist_result=False)
+@task(name="irradiate-chunk", task_run_name="irradiate-vol{volume_id}-chunk{chunk_id}", cache_policy=CHUNK_CACHE, persist_result=True)
 def irradiate_chunk(
     passives_path: str,
     volume_id: int,
@@ -63,7 +67,8 @@ def irradiate_chunk(
 ) -> Dict[str, Any]:
     """Generate ``n_muons`` muons, pass them through passive volume ``volume_id`` and write their hits to ``out_path``.
 
-    Returns ``{"path", "volume_id", "chunk_id", "n_generated", "n_kept"}`` (kept = still in the batch after the volume).
+    Returns ``{"path", "volume_id", "chunk_id", "n_generated", "n_kept", "output_sha256"}`` (kept = still in the batch
+    after the volume). Cached with ``CHUNK_CACHE``: a rerun of a killed stage reuses chunks whose file is intact.
     """
     log = task_logger()
     dev = resolve_device(device)
@@ -92,7 +97,8 @@ def irradiate_chunk(
     record = MuonRecord(generated=generated.cpu().numpy(), final=mu.to_numpy(), hits=hits, extra=extra)
     write_muon_records(out_path, {volume_id: record}, attrs={"volume_id": volume_id, "chunk_id": chunk_id})
     log.info("volume %d chunk %d: %d muons generated, %d left the volume", volume_id, chunk_id, record.n_generated, record.n_kept)
-    return {"path": str(out_path), "volume_id": volume_id, "chunk_id": chunk_id, "n_generated": record.n_generated, "n_kept": record.n_kept}
+    res = {"path": str(out_path), "volume_id": volume_id, "chunk_id": chunk_id, "n_generated": record.n_generated, "n_kept": record.n_kept}
+    return with_output_hashes(res, out_path)
 
 
 def _concat(records: List[MuonRecord]) -> MuonRecord:

@@ -16,9 +16,10 @@ from tomopt_lib.io import MuonRecord, read_muon_records, read_parquet, write_par
 from tomopt_lib.muon.muon_batch import MuonBatch
 from tomopt_lib.runtime import resolve_device
 
+from .caching import FileCachePolicy, with_output_hashes
 from .common import build_volume, task_logger
 
-__all__ = ["SCATTER_COLUMNS", "empty_scatter_table", "record_to_muon_batch", "scatter_table", "reconstruct_volume", "merge_scatters"]
+__all__ = ["VOLUME_CACHE", "SCATTER_COLUMNS", "empty_scatter_table", "record_to_muon_batch", "scatter_table", "reconstruct_volume", "merge_scatters"]
 
 # scatter variable -> column names (one per component); every one also gets "<column>_unc"
 _VARS: Dict[str, List[str]] = {
@@ -35,6 +36,9 @@ _VARS: Dict[str, List[str]] = {
     "xyz_out": ["x_out", "y_out", "z_out"],
 }
 _TRUE = ["true_theta_in", "true_theta_out", "true_total_scatter"]
+_ROOT = Path(__file__).resolve().parents[1]
+VOLUME_CACHE = FileCachePolicy(input_files=("irradiated_path",), code_paths=(str(_ROOT / "tomopt_lib"), str(_ROOT / "tasks")))
+"""Cache of per-volume reconstructions: content of the irradiated file, parameters, task and library code."""
 
 SCATTER_COLUMNS: Dict[str, str] = {
     "volume_id": "int32",
@@ -110,7 +114,7 @@ def scatter_table(rec: MuonRecord, volume: Any, volume_id: int, chunk_size: int,
     return df
 
 
-@task(name="reconstruct-volume", task_run_name="reconstruct-vol{volume_id}", cache_policy=NO_CACHE, persist_result=False)
+@task(name="reconstruct-volume", task_run_name="reconstruct-vol{volume_id}", cache_policy=VOLUME_CACHE, persist_result=True)
 def reconstruct_volume(
     irradiated_path: str,
     volume_id: int,
@@ -121,7 +125,7 @@ def reconstruct_volume(
 ) -> Dict[str, Any]:
     """Reconstruct every muon of volume ``volume_id`` and write the rows to the Parquet file ``out_path``.
 
-    Returns ``{"path", "volume_id", "n_rows", "n_reco", "n_inside"}``.
+    Returns ``{"path", "volume_id", "n_rows", "n_reco", "n_inside", "output_sha256"}``; cached with ``VOLUME_CACHE``.
     """
     log = task_logger()
     dev = resolve_device(device)
@@ -132,7 +136,8 @@ def reconstruct_volume(
     write_parquet(df, out_path)
     n_reco, n_inside = int(df["reco_ok"].sum()), int(df["poca_inside"].sum())
     log.info("volume %d: %d muons, %d reconstructed, %d with PoCA inside the passive block", volume_id, len(df), n_reco, n_inside)
-    return {"path": str(out_path), "volume_id": volume_id, "n_rows": len(df), "n_reco": n_reco, "n_inside": n_inside}
+    res = {"path": str(out_path), "volume_id": volume_id, "n_rows": len(df), "n_reco": n_reco, "n_inside": n_inside}
+    return with_output_hashes(res, out_path)
 
 
 @task(name="merge-scatters", task_run_name="merge-scatters", cache_policy=NO_CACHE, persist_result=False)

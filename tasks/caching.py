@@ -1,0 +1,174 @@
+"""Prefect cache policy for coarse file-producing tasks (irradiation chunks, reconstruction volumes ...).
+
+The key of :class:`FileCachePolicy` combines
+
+* the task's identity: its name and the qualified name of its function (two tasks never share a record);
+* a sha256 of the task function's source and of the Python files named in ``code_paths`` (new code misses);
+* its plain parameters (numbers, strings, booleans, ``None`` and lists / mappings of them) as canonical JSON;
+  tensors and other objects are refused, never hashed (their pickles differ between processes);
+* sha256 CONTENT hashes of the input files named by ``input_files`` (parameter names holding paths).
+
+A record is reused only if the output files it recorded (``output_sha256`` in the task's returned mapping, see
+:func:`with_output_hashes`) still exist with the same content; otherwise the policy moves to the next "generation"
+of the key (``<key>-1``, ``<key>-2`` ...), so the task recomputes and writes a fresh record.
+
+Records are plain Prefect result records; where they are stored is the task's ``result_storage`` (the flows pass a
+``Path`` inside the stage's work folder, see :func:`stage_workdir`) or ``PREFECT_RESULTS_LOCAL_STORAGE_PATH``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+from prefect.cache_policies import CachePolicy
+
+__all__ = [
+    "OUTPUT_HASHES_KEY", "WORK_DIR_NAME", "FileCachePolicy", "file_sha256", "code_sha256", "with_output_hashes",
+    "stage_workdir", "records_dir", "remove_stage_workdir",
+]
+
+OUTPUT_HASHES_KEY = "output_sha256"
+"""Key of the ``{path: sha256}`` mapping in a cached task's returned mapping."""
+WORK_DIR_NAME = ".work"
+"""Folder (under the pipeline's working directory) of in-stage intermediate files and cache records; git- and
+DVC-ignored, removed per stage once the stage's final output is written."""
+
+_PathLike = Union[str, "os.PathLike[str]"]
+_FILE_HASHES: Dict[Tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: _PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's content (memoised per process on path, size and mtime)."""
+    p = Path(path)
+    st = p.stat()
+    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _FILE_HASHES:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(chunk), b""):
+                h.update(block)
+        _FILE_HASHES[memo] = h.hexdigest()
+    return _FILE_HASHES[memo]
+
+
+def code_sha256(paths: Sequence[_PathLike]) -> str:
+    """sha256 over the ``*.py`` files of ``paths`` (files or folders, recursively), with their relative names."""
+    h = hashlib.sha256()
+    for root in paths:
+        r = Path(root)
+        files = [r] if r.is_file() else sorted(r.rglob("*.py"))
+        for f in files:
+            h.update((f.name if f == r else f.relative_to(r).as_posix()).encode())
+            h.update(file_sha256(f).encode())
+    return h.hexdigest()
+
+
+def _plain(value: Any, where: str) -> Any:
+    """``value`` as canonical JSON-able data; anything else (tensors, arrays, objects) is an error."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(f"FileCachePolicy: parameter {where} of type {type(value).__name__} is not a plain value; "
+                    "pass files by path (their content is hashed) instead of tensors or objects")
+
+
+def with_output_hashes(result: Mapping[str, Any], *paths: _PathLike) -> Dict[str, Any]:
+    """``result`` plus ``{OUTPUT_HASHES_KEY: {path: sha256}}`` for the output files ``paths`` (call after writing)."""
+    return {**result, OUTPUT_HASHES_KEY: {os.fspath(p): file_sha256(p) for p in paths}}
+
+
+def _outputs_valid(result: Any) -> bool:
+    """Whether every output file recorded in a cached ``result`` still exists with the recorded content."""
+    if not isinstance(result, Mapping):
+        return True
+    for path, digest in dict(result.get(OUTPUT_HASHES_KEY) or {}).items():
+        if not Path(path).is_file() or file_sha256(path) != digest:
+            return False
+    return True
+
+
+@dataclass
+class FileCachePolicy(CachePolicy):
+    """Cache key from task identity + source (+ ``code_paths``), plain parameters and input-file content hashes.
+
+    ``input_files``: names of parameters holding input file paths (their content is hashed; the path string is left
+    out of the key, so a moved work area still hits). ``exclude``: parameters left out of the key entirely.
+    ``code_paths``: extra Python files / folders whose content enters the key (the library code a task runs, so
+    that a stale record is never served after a code change DVC would rerun the stage for).
+    """
+
+    input_files: Tuple[str, ...] = ()
+    exclude: Tuple[str, ...] = ()
+    code_paths: Tuple[str, ...] = ()
+    max_generations: int = 16
+    _code_memo: Dict[str, str] = field(default_factory=dict, repr=False)
+
+    def base_key(self, task: Any, inputs: Mapping[str, Any]) -> str:
+        """The key before output validation (a hex sha256)."""
+        fn = task.fn
+        src = inspect.getsource(fn)
+        memo = "|".join(self.code_paths)
+        if memo not in self._code_memo:
+            self._code_memo[memo] = code_sha256(self.code_paths) if self.code_paths else ""
+        missing = [n for n in self.input_files if n not in inputs]
+        if missing:
+            raise KeyError(f"FileCachePolicy: task {task.name!r} has no parameter(s) {missing}")
+        blob = {
+            "task": task.name,
+            "fn": f"{fn.__module__}.{fn.__qualname__}",
+            "source": hashlib.sha256(src.encode()).hexdigest(),
+            "code": self._code_memo[memo],
+            "params": {k: _plain(v, k) for k, v in sorted(inputs.items()) if k not in self.exclude and k not in self.input_files},
+            "files": {n: file_sha256(inputs[n]) for n in self.input_files},
+        }
+        return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+    def compute_key(self, task_ctx: Any, inputs: Dict[str, Any], flow_parameters: Dict[str, Any], **kwargs: Any) -> Optional[str]:
+        """First key generation that has no record yet or whose record's output files are intact."""
+        base = self.base_key(task_ctx.task, inputs)
+        store = task_ctx.result_store
+        for gen in range(self.max_generations):
+            key = base if gen == 0 else f"{base}-{gen}"
+            if store is None or not store.exists(key):
+                return key
+            try:
+                if _outputs_valid(store.read(key).result):
+                    return key
+            except Exception:  # noqa: BLE001 - an unreadable record is a miss
+                continue
+        return f"{base}-{self.max_generations}"
+
+
+def stage_workdir(workdir: _PathLike, stage: str) -> Path:
+    """``<workdir>/.work/<stage>``: a stage's intermediate files (kept when the stage is killed, for resumption)."""
+    path = Path(workdir) / WORK_DIR_NAME / stage
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def records_dir(stage_dir: _PathLike) -> Path:
+    """Result storage (Prefect cache records) of one stage's tasks, inside its work folder."""
+    return Path(stage_dir).resolve() / "records"
+
+
+def remove_stage_workdir(stage_dir: _PathLike) -> None:
+    """Delete a stage's work folder (call only after the stage's final output was written atomically)."""
+    shutil.rmtree(stage_dir, ignore_errors=True)
+    parent = Path(stage_dir).parent
+    if parent.name == WORK_DIR_NAME:
+        try:
+            parent.rmdir()
+        except OSError:
+            pass
