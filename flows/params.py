@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from typing_extensions import Annotated
 
-from tomopt_lib.core import X0
+from tomopt_lib.optimisation.data.passives import check_materials
 
 from .lumi_params import LumiBaseParams, LumiPlanParams, LumiReportParams, LumiScanParams
 from .optimise_params import EvaluateParams, LearningRates, OptimiseParams, StartLayout
@@ -111,12 +111,7 @@ class PassiveParams(_Model):
     @field_validator("materials")
     @classmethod
     def _known_materials(cls, v: List[str]) -> List[str]:
-        bad = [m for m in v if m not in X0]
-        if bad:
-            raise ValueError(f"unknown material(s) {bad}; allowed: {sorted(X0)}")
-        if len(set(v)) != len(v):
-            raise ValueError("materials must be unique")
-        return v
+        return check_materials(v)
 
 
 class IrradiateParams(_Model):

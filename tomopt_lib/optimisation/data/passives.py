@@ -23,6 +23,7 @@ from ...volume.passive_layer import RadLengthFunc
 
 __all__ = [
     "RadLengthFunc",
+    "check_materials",
     "AbsPassiveGenerator",
     "AbsBlockPassiveGenerator",
     "RandomBlockPassiveGenerator",
@@ -37,7 +38,7 @@ PassiveData = Tuple[RadLengthFunc, Optional[Tensor]]
 _TOL = 1e-6  # [m] geometric tolerance (float32 positions)
 
 
-def _check_materials(materials: Optional[Sequence[str]]) -> List[str]:
+def check_materials(materials: Optional[Sequence[str]]) -> List[str]:
     """Material names (default: every key of ``X0``, in table order); ``ValueError`` for unknown or repeated names."""
     if materials is None:
         return list(X0)
@@ -82,7 +83,7 @@ class AbsPassiveGenerator(metaclass=ABCMeta):
         if generator is not None and seed is not None:
             raise ValueError("give at most one of generator or seed")
         self.volume = volume
-        self.materials = _check_materials(materials)
+        self.materials = check_materials(materials)
         self.generator = generator if generator is not None else (make_generator(seed) if seed is not None else None)
         lw = torch.as_tensor(volume.lw).detach()
         self.device = resolve_device(device) if device is not None else lw.device
