@@ -56,6 +56,7 @@ def sub_batch(mu, idx):
     """MuonBatch holding muons ``idx`` of ``mu`` with their hits (graph kept)."""
     sub = MuonBatch(torch.zeros(len(idx), 5), init_z=0.0)
     sub._muons = mu._muons[idx]
+    sub._mom_in = mu._mom_in[idx]
     sub._hits = {g: {k: [h[idx] for h in v] for k, v in d.items()} for g, d in mu._hits.items()}
     return sub
 
@@ -226,7 +227,7 @@ def test_x0_exact_from_noise_free_scatters(log_term):
     vol = make_volume()
     gen = torch.Generator().manual_seed(0)
     truth = torch.exp(torch.empty(6, 10, 10).uniform_(math.log(0.003), math.log(0.5), generator=gen)).double()
-    inf = PanelX0Inferrer(vol, log_term=log_term)
+    inf = PanelX0Inferrer(vol, log_term=log_term, tomopt_exact=True)  # the PoCA-voxel-only scatter model of TomOpt
     inf.add_scatters(fake_scatters(truth, log_term=log_term))
     pred, unc = inf.get_prediction_and_unc()
     assert ((pred - truth).abs() / truth).max() < 1e-4

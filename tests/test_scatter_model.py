@@ -16,6 +16,7 @@ from tomopt_lib.volume.scatter_model import (
     build_scatter_table,
     get_scatter_model,
     highland_theta0,
+    beta_p,
 )
 
 SQRT3_2 = math.sqrt(3) / 2
@@ -55,7 +56,7 @@ def test_highland_values():
 def test_pdg_moments(material, length, mom):
     n = 200_000
     out = _sample(PDGScatterModel(), X0[material], length, mom, n)
-    theta0 = highland_theta0(torch.tensor(length / X0[material]), torch.tensor(mom)).item()
+    theta0 = highland_theta0(torch.tensor(length / X0[material]), beta_p(torch.tensor(mom))).item()
     for k in (1, 2):
         assert _rms(out[f"dtheta_{k}"]) == pytest.approx(theta0, rel=0.01)
         assert _rms(out[f"dx_{k}"]) == pytest.approx(length * theta0 / math.sqrt(3), rel=0.01)
@@ -132,12 +133,15 @@ def test_tabulated_step_scaling(pdg_table):
 
 
 def test_tabulated_rescale_momentum(pdg_table):
-    """Bin (2, 8) GeV has p_ref = 4 GeV: with rescaling, p = 3 and p = 6 GeV scale as 1/p, without they are equal."""
+    """Bin (2, 8) GeV has p_ref = 4 GeV: with rescaling, p = 3 and p = 6 GeV scale as 1/(beta p), without they are
+    equal."""
     plain, scaled = TabulatedScatterModel(pdg_table), TabulatedScatterModel(pdg_table, rescale_momentum=True)
     a, b = _sample(plain, X0["iron"], 0.01, 3.0, 1000, seed=2), _sample(plain, X0["iron"], 0.01, 6.0, 1000, seed=2)
     assert torch.equal(a["dtheta_1"], b["dtheta_1"])
     a, b = _sample(scaled, X0["iron"], 0.01, 3.0, 1000, seed=2), _sample(scaled, X0["iron"], 0.01, 6.0, 1000, seed=2)
-    assert torch.allclose(a["dtheta_1"], 2 * b["dtheta_1"], rtol=1e-5) and torch.allclose(a["dx_1"], 2 * b["dx_1"], rtol=1e-5)
+    ratio = float(beta_p(torch.tensor(6.0)) / beta_p(torch.tensor(3.0)))
+    assert torch.allclose(a["dtheta_1"], ratio * b["dtheta_1"], rtol=1e-5)
+    assert torch.allclose(a["dx_1"], ratio * b["dx_1"], rtol=1e-5)
 
 
 def test_tabulated_correlation_option(pdg_table):
@@ -201,3 +205,13 @@ def test_get_scatter_model_resolution(pdg_table):
     assert get_scatter_model(inst) is inst
     tab = get_scatter_model(f"tabulated:{pdg_table}", device="cpu")
     assert isinstance(tab, TabulatedScatterModel) and tab.n_mat == 3 and tab.n_mom == 3
+
+
+def test_highland_uses_the_muon_beta():
+    """theta0 scales with 1 / (beta p): 6 % above the beta = 1 value at 0.3 GeV, equal to it with use_beta=False."""
+    x0, length, mom, n = X0["iron"], 0.01, 0.3, 200_000
+    with_beta = _rms(_sample(PDGScatterModel(), x0, length, mom, n)["dtheta_1"])
+    no_beta = _rms(_sample(PDGScatterModel(use_beta=False), x0, length, mom, n)["dtheta_1"])
+    beta = mom / math.sqrt(mom**2 + 0.1056583755**2)
+    assert with_beta / no_beta == pytest.approx(1 / beta, rel=0.01)
+    assert no_beta == pytest.approx(highland_theta0(torch.tensor(length / x0), torch.tensor(mom)).item(), rel=0.01)

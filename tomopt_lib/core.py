@@ -40,7 +40,7 @@ X0: Dict[str, float] = {
     "iron": 0.01757,
     "copper": 0.01436,
     "lead": 0.005612,
-    "uranium": 3.141e-3,
+    "uranium": 3.166e-3,
     "air": 303.9,
     "water": 0.3608,
     "SiO2": 0.1229,

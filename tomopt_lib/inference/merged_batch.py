@@ -36,6 +36,7 @@ class MergedScatterBatch(ScatterBatch):
         self._all_hits = {}
         self._lines, self._vals, self._uncs = None, None, None
         self._mom = torch.cat([b.mom for b in batches])
+        self._mom_in = torch.cat([b.mom_in for b in batches])
         self.keep_mask = torch.ones(len(self._mom), dtype=torch.bool, device=self._mom.device)
 
     @property
@@ -44,6 +45,11 @@ class MergedScatterBatch(ScatterBatch):
         return self._mom
 
     reco_mom = mom
+
+    @property
+    def mom_in(self) -> Tensor:
+        """(N,) momenta [GeV] before any energy loss of the muons of all merged batches."""
+        return self._mom_in
 
 
 def merge_scatter_batches(batches: Sequence[Any]) -> Optional[MergedScatterBatch]:

@@ -291,6 +291,12 @@ class ScatterBatch:
     reco_mom = mom
 
     @property
+    def mom_in(self) -> Tensor:
+        """(N,) momenta [GeV] of the kept muons when they were generated, i.e. before any energy loss (``mom`` is
+        their momentum after the volume)."""
+        return self.mu.mom_in.to(self.device)[self.keep_mask]
+
+    @property
     def hits(self) -> Dict[str, Dict[str, Tensor]]:
         """``{group: {var: (N, n, k)}}`` of all groups, kept muons only."""
         return {g: {k: v[self.keep_mask] for k, v in d.items()} for g, d in self._all_hits.items()}

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..core import SCATTER_COEF_A, SCATTER_COEF_B
 from .merged_batch import merge_scatter_batches
+from .momentum import MomentumModel, SpectrumMomentum, muon_momentum_factor
 from .voxel_probs import prob_at_least_two
 
 __all__ = [
@@ -79,7 +80,10 @@ class AbsVolumeInferrer(ABC):
     ``scatter_batches`` (list of added batches).
     """
 
-    def __init__(self, volume: Any) -> None:
+    def __init__(self, volume: Any, *, momentum: Any = None, mu_generator: Any = None) -> None:
+        self.momentum = MomentumModel.coerce(momentum)
+        self.mu_generator = mu_generator
+        self._spectrum: Optional[SpectrumMomentum] = None
         self.volume = volume
         self.device = volume.device
         self.size = float(volume.passive_size)
@@ -98,6 +102,18 @@ class AbsVolumeInferrer(ABC):
         """Number of passive voxels."""
         n_z, n_x, n_y = self.shp_zxy
         return n_z * n_x * n_y
+
+    def momentum_spectrum(self) -> SpectrumMomentum:
+        """The flux spectrum of ``mu_generator`` (default: ``MuonGenerator2016.from_volume(volume)``, the wrappers'
+        default) used by the ``"unknown"`` momentum model (memoised)."""
+        if self._spectrum is None:
+            gen = self.mu_generator
+            if gen is None:
+                from ..muon.generation import MuonGenerator2016
+
+                gen = MuonGenerator2016.from_volume(self.volume, device=self.device)
+            self._spectrum = SpectrumMomentum(gen, device=self.device)
+        return self._spectrum
 
     def add_scatters(self, scatters: Any) -> None:
         """Append a ``ScatterBatch``; later predictions use every batch added so far (memoised values are reset)."""
@@ -120,8 +136,13 @@ class AbsX0Inferrer(AbsVolumeInferrer):
     """Base of voxelwise X0 inference: concatenated per-muon variables, memoised (z, x, y) X0 predictions.
 
     Subclasses implement ``_compute_x0()`` -> ``(pred, unc)``, both (n_z, n_x, n_y) [m]. ``_muon_vars`` lists the
-    ``ScatterBatch`` variables collected (each with its ``<name>_unc``); a muon is dropped if any value is not finite.
-    Compatible batches are merged first (``merge_batches``).
+    ``ScatterBatch`` variables collected (each with its ``<name>_unc``); a muon is dropped if any value is not finite
+    or if ``_keep_muons`` rejects it. Compatible batches are merged first (``merge_batches``).
+
+    Momentum (``momentum``, see :mod:`.momentum`): ``"true"`` (default), ``"smeared"`` or ``"unknown"`` (a name or a
+    ``MomentumModel``); per muon the data hold ``mom`` (true momentum after the volume, TomOpt's ``reco_mom``),
+    ``mom_in`` (before the volume), ``inv_p2`` = u = 1 / (beta p)^2 of the crossing under the model [GeV^-2] and
+    ``mom_var`` = E[u^2] / E[u]^2. ``mu_generator``: the generator whose spectrum the ``"unknown"`` model uses.
     """
 
     _muon_vars: Tuple[str, ...] = ("poca_xyz", "total_scatter", "theta_in", "theta_out")
@@ -146,6 +167,7 @@ class AbsX0Inferrer(AbsVolumeInferrer):
             d[f"{name}_unc"] = getattr(sb, f"{name}_unc").to(self.device)
         mom = sb.mom.to(self.device).reshape(-1, 1)
         d["mom"], d["mom_unc"] = mom, torch.zeros_like(mom)
+        d["mom_in"] = getattr(sb, "mom_in", sb.mom).to(self.device).reshape(-1, 1)
         d["efficiency"] = self.compute_efficiency(sb).to(self.device).reshape(-1, 1)
         return d
 
@@ -157,14 +179,48 @@ class AbsX0Inferrer(AbsVolumeInferrer):
             if not parts:
                 raise NoMuonsError(f"{type(self).__name__}: no muons to infer from; add_scatters() with a non-empty ScatterBatch first")
             data = {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}
-            ok = torch.ones(len(data["mom"]), dtype=torch.bool, device=self.device)
-            for v in data.values():
-                ok &= torch.isfinite(v.detach()).all(1)
-            ok &= data["mom"][:, 0].detach() > 0
+            spec = self.momentum_spectrum() if self.momentum.kind == "unknown" else None
+            u, var, p_in, p_out = muon_momentum_factor(
+                self.momentum, mom_in=data["mom_in"][:, 0].detach(), mom_out=data["mom"][:, 0].detach(),
+                theta_in=data["theta_in"][:, 0].detach(), spectrum=spec)
+            if spec is not None and self._volume_has_energy_loss():
+                u, var = self._unknown_with_energy_loss(spec, data, u)
+            data["inv_p2"], data["mom_var"] = u[:, None], var[:, None]
+            data["p_in_known"], data["p_out_known"] = p_in[:, None], p_out[:, None]
+            ok = self._keep_muons(data)
+            for k, v in data.items():
+                if not k.endswith("_known"):  # NaN = unknown momentum, by design
+                    ok &= torch.isfinite(v.detach()).all(1)
+            ok &= (data["mom"][:, 0].detach() > 0) & (data["inv_p2"][:, 0] > 0)
             if not bool(ok.any()):
                 raise NoMuonsError(f"{type(self).__name__}: all {len(ok)} muons have non-finite scatter variables")
             self._muon_data = data if bool(ok.all()) else {k: v[ok] for k, v in data.items()}
         return self._muon_data
+
+    def _volume_has_energy_loss(self) -> bool:
+        get = getattr(self.volume, "get_passives", None)
+        return bool(callable(get) and any(getattr(layer, "energy_loss", False) for layer in get()))
+
+    def _unknown_with_energy_loss(self, spec: SpectrumMomentum, data: Dict[str, Tensor], u: Tensor) -> Tuple[Tensor, Tensor]:
+        """``"unknown"`` momentum with energy loss: a first homogeneous X0 of the block (mean squared scatter over
+        A^2 u L) names the material (:class:`~..volume.energy_loss.EnergyLossTable`), whose stopping power at 1 GeV
+        times each muon's straight path L_i = height / cos(theta_in) gives its energy loss; u and its spread are then
+        the spectrum's averages over crossings that lose that much and survive (``lookup_after_loss``)."""
+        from ..volume.energy_loss import EnergyLossTable
+
+        theta_in = data["theta_in"][:, 0].detach()
+        path = (self.z_top - self.z_bottom) / torch.cos(theta_in).clamp_min(0.2)
+        msc = data["total_scatter"][:, 0].detach()
+        ok = torch.isfinite(msc) & torch.isfinite(u)
+        rho = (msc[ok].square() / 2).sum() / (SCATTER_COEF_A**2 * (u * path)[ok]).sum().clamp_min(1e-30)
+        x0 = float((1.0 / rho).clamp(1e-3, 1e3)) if bool(ok.any()) else 1.0
+        table = EnergyLossTable.from_x0([x0], device=self.device)
+        dedx = float(table.dedx(torch.tensor([1.0], dtype=torch.float64, device=self.device), table.rows_for(torch.tensor([x0]))))
+        return spec.lookup_after_loss(theta_in, dedx * path)
+
+    def _keep_muons(self, data: Dict[str, Tensor]) -> Tensor:
+        """(N,) bool: muons used by this inferrer before the finiteness test (all, unless a subclass cuts)."""
+        return torch.ones(len(data["mom"]), dtype=torch.bool, device=self.device)
 
     @property
     def n_mu(self) -> int:
@@ -185,6 +241,8 @@ class AbsX0Inferrer(AbsVolumeInferrer):
     muon_mom = property(lambda self: self._get_muon_data()["mom"], doc="(N, 1) momenta [GeV].")
     muon_mom_unc = property(lambda self: self._get_muon_data()["mom_unc"], doc="(N, 1) momentum uncertainties (0) [GeV].")
     muon_efficiency = property(lambda self: self._get_muon_data()["efficiency"], doc="(N, 1) muon efficiencies.")
+    muon_inv_p2 = property(lambda self: self._get_muon_data()["inv_p2"],
+                           doc="(N, 1) 1 / (beta p)^2 of each crossing under the momentum model [GeV^-2].")
 
     # ------------------------------------------------------------------ predictions
     @abstractmethod

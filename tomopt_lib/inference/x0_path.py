@@ -27,16 +27,17 @@ starting from the homogeneous estimate rho_0 = sum_i e_i (y_i - n_i) / sum_i e_i
 change per projection, n: its noise variance, L: path length in the block). The number of updates is
 fixed (no data-dependent control flow) and every update is differentiable.
 
-Paths (``path``): ``"poca"`` (default) follows the in-track from the passive top down to the PoCA height (clamped to
-the block) and the out-track below it; ``"straight"`` is the straight line from ``xyz_in`` (in-track at the top) to
-``xyz_out`` (out-track at the bottom). Each passive layer is sampled at ``n_samples`` equally spaced heights
-(midpoint rule, vertical step size / n_samples; path step = that times sqrt(1 + |slope|^2)); samples outside the
-footprint are dropped. The voxel assignment of the samples is detached; the path lengths, angles, noise and
-efficiencies carry gradients. Memory held per update is O(N) (the (N, S) sample tensors are shared by all updates).
+Paths, observables and measurement noise: :mod:`.path_model` (``path="poca"`` by default). The voxel assignment
+of the path samples is detached; the path lengths, angles, noise and efficiencies carry gradients. Memory held per
+update is O(N) (the (N, S) sample tensors are shared by all updates). k_i = A^2 u_i with u_i the momentum model's
+1 / (beta p)^2 (:mod:`.momentum`).
 
-Uncertainty: diagonal Fisher information I_j = 1/2 sum_i e_i sum_proj tr(S K_ij S K_ij), K_ij = k f W_ij, with the
-muon's path through voxel j approximated by its path through the voxel's layer (exact when the layer crossing stays in one voxel, otherwise an overestimate of the
-information); sigma_X0_j = sigma_rho_j / rho_j^2 with sigma_rho_j = I_j^-1/2 (voxel correlations ignored).
+Uncertainty: diagonal Fisher information I_j = 1/2 sum_i (e_i / c_i) sum_proj tr(S K_ij S K_ij), K_ij = k f W_ij,
+with c_i = E[u^2] / E[u]^2 the momentum model's spread (1 for a known momentum), the muon's path through voxel j
+approximated by its path through the voxel's layer; sigma_X0_j = sigma_rho_j / rho_j^2 with
+sigma_rho_j = I_j^-1/2 (voxel correlations ignored). A voxel whose information is worth fewer than ``min_muons``
+well-measured muons (n_eff = 2 rho^2 I < min_muons) is set by the prior alone: it is flagged in ``low_data`` and its
+uncertainty is at least its prediction (100 %).
 """
 
 from __future__ import annotations
@@ -47,16 +48,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core import SCATTER_COEF_A, SCATTER_COEF_B
+from ..core import SCATTER_COEF_B
+from .path_model import PATH_MODES, PathModelMixin
 from .x0_base import AbsX0Inferrer
 
 __all__ = ["PathX0Inferrer", "PATH_MODES"]
 
-PATH_MODES = ("poca", "straight")
 _TINY = 1e-30
 
 
-class PathX0Inferrer(AbsX0Inferrer):
+class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
     """Voxelwise X0 by maximum likelihood of the muon scattering angles along their paths (see module docstring).
 
     Args:
@@ -66,12 +67,14 @@ class PathX0Inferrer(AbsX0Inferrer):
         path: ``"poca"`` or ``"straight"`` (see module docstring).
         log_term: include Highland's log term (linearised per update).
         relax: exponent of the update ratio (> 1 over-relaxes and converges faster; 1 = plain EM-type update).
-        prior_strength: weight of the smoothness prior relative to a typical voxel's data (0 = pure ML).
+        prior_strength: weight of the smoothness prior in voxel crossings of a typical voxel (0 = pure ML).
         x0_range: (min, max) X0 [m] the estimate is clamped to.
+        min_data_fraction: voxels whose data carry less than this fraction of the prior's information are flagged
+            ``low_data`` (the prediction is the prior's).
+        momentum, mu_generator: momentum model and the generator of the ``"unknown"`` model (``AbsX0Inferrer``).
     """
 
-    _muon_vars = ("poca_xyz", "total_scatter", "theta_in", "theta_out", "dtheta_xy", "theta_xy_in", "theta_xy_out",
-                  "xyz_in", "xyz_out")
+    _muon_vars = PathModelMixin.PATH_MUON_VARS
 
     def __init__(
         self,
@@ -81,9 +84,14 @@ class PathX0Inferrer(AbsX0Inferrer):
         n_samples: int = 8,
         path: str = "poca",
         log_term: bool = True,
-        relax: float = 1.5,
+        relax: float = 1.0,
         prior_strength: float = 0.1,
         x0_range: Tuple[float, float] = (1e-4, 1e4),
+        min_data_fraction: float = 1.0,
+        moment_anchor: bool = True,
+        shrink_crossings: float = 3.0,
+        momentum: Any = None,
+        mu_generator: Any = None,
     ) -> None:
         for name, v in (("n_iter", n_iter), ("n_samples", n_samples)):
             if isinstance(v, bool) or int(v) != v or v < 1:
@@ -99,85 +107,30 @@ class PathX0Inferrer(AbsX0Inferrer):
             raise ValueError(f"prior_strength must be >= 0, got {prior_strength!r}")
         self.log_term, self.relax, self.prior_strength = bool(log_term), float(relax), float(prior_strength)
         self.x0_range = (float(x0_range[0]), float(x0_range[1]))
-        super().__init__(volume)
+        if not (float(min_data_fraction) >= 0):
+            raise ValueError(f"min_data_fraction must be >= 0, got {min_data_fraction!r}")
+        self.min_data_fraction = float(min_data_fraction)
+        self.moment_anchor = bool(moment_anchor)
+        if not float(shrink_crossings) >= 0:
+            raise ValueError(f"shrink_crossings must be >= 0, got {shrink_crossings!r}")
+        self.shrink_crossings = float(shrink_crossings)
+        super().__init__(volume, momentum=momentum, mu_generator=mu_generator)
 
-    # ------------------------------------------------------------------ geometry
-    def _slopes(self) -> Tuple[Tensor, Tensor]:
-        """(N, 2) slopes (dx/dz, dy/dz) of the in- and out-tracks."""
-        return -torch.tan(self._get_muon_data()["theta_xy_in"]), -torch.tan(self._get_muon_data()["theta_xy_out"])
+    def _reset_vars(self) -> None:
+        super()._reset_vars()
+        self._low_data: Optional[Tensor] = None
 
-    def path_samples(self) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """``(idx, m_in, m_out, l_in, l_out)``: (N, S) flat zxy voxel index of each sample (``n_vox`` = outside),
-        (N, S) float masks of samples on the in-/out-branch inside the block, (N,) path length per sample [m] on each
-        branch. S = n_layers * n_samples; samples ordered bottom layer first."""
-        d = self._get_muon_data()
-        n_z, n_x, n_y = self.shp_zxy
-        k = self.n_samples
-        dev, dt = d["mom"].device, d["mom"].dtype
-        frac = (torch.arange(k, device=dev, dtype=dt) + 0.5) / k
-        layer = torch.arange(n_z, device=dev).repeat_interleave(k)
-        z_s = self.z_bottom + self.size * (layer.to(dt) + frac.repeat(n_z))  # (S,)
-        top, bottom = self.z_top, self.z_bottom
-        xy_in, xy_out = d["xyz_in"][:, :2].detach(), d["xyz_out"][:, :2].detach()
-        a_in, a_out = self._slopes()
-        step = self.size / k
-        if self.path == "poca":
-            z_b = d["poca_xyz"][:, 2].detach().clamp(bottom, top)
-            use_in = z_s[None, :] > z_b[:, None]
-            pos_in = xy_in[:, None, :] + a_in.detach()[:, None, :] * (z_s - top)[None, :, None]
-            pos_out = xy_out[:, None, :] + a_out.detach()[:, None, :] * (z_s - bottom)[None, :, None]
-            xy = torch.where(use_in[..., None], pos_in, pos_out)
-            l_in = step * torch.sqrt(1 + a_in.square().sum(1))
-            l_out = step * torch.sqrt(1 + a_out.square().sum(1))
-        else:
-            f = ((top - z_s) / (top - bottom))[None, :, None]
-            xy = xy_in[:, None, :] + f * (xy_out - xy_in)[:, None, :]
-            use_in = torch.ones(xy.shape[:2], dtype=torch.bool, device=dev)
-            slope = (d["xyz_out"][:, :2] - d["xyz_in"][:, :2]) / (bottom - top)
-            l_in = step * torch.sqrt(1 + slope.square().sum(1))
-            l_out = torch.zeros_like(l_in)
-        ij = torch.floor(xy / self.size).long()
-        valid = (ij[..., 0] >= 0) & (ij[..., 0] < n_x) & (ij[..., 1] >= 0) & (ij[..., 1] < n_y)
-        idx = (layer[None, :] * n_x + ij[..., 0].clamp(0, n_x - 1)) * n_y + ij[..., 1].clamp(0, n_y - 1)
-        idx = torch.where(valid, idx, torch.full_like(idx, self.n_vox))
-        m_in = (use_in & valid).to(dt)
-        m_out = (~use_in & valid).to(dt)
-        t = (self.z_bottom - z_s).expand(len(idx), -1)  # (N, S) signed lever arm to the exit plane [m]
-        return idx, m_in, m_out, l_in, l_out, t
+    @property
+    def low_data(self) -> Tensor:
+        """(n_z, n_x, n_y) bool: voxels set by the smoothness prior because their data are too few."""
+        self._ensure_x0()
+        return self._low_data  # type: ignore[return-value]
 
-    # ------------------------------------------------------------------ data
+    def _keep_muons(self, data: Dict[str, Tensor]) -> Tensor:
+        return self.steep_track_mask(data)
+
     def _batch_data(self, sb: Any) -> Dict[str, Tensor]:
-        d = super()._batch_data(sb)
-        d["noise_cov"] = self._noise_cov(sb, d).reshape(len(d["mom"]), 6)
-        return d
-
-    def _noise_cov(self, sb: Any, d: Dict[str, Tensor]) -> Tensor:
-        """(N, 2, 3) per projection (x, y) the measurement covariance (var da, cov, var dx) of (da, dx) [-, m]."""
-        lines = getattr(sb, "_get_lines", None)
-        if callable(lines):  # exact: propagate the (position at z_ref, slope) fit covariances of both tracks
-            covs = [l.cov.to(self.device) for l in lines()]  # (N, axis, 2, 2)
-            h = self.z_bottom - sb.z_ref
-            jac = covs[0].new_tensor([[0.0, 1.0], [1.0, h]])
-            tot = sum(jac @ c @ jac.T for c in covs)
-            return torch.stack([tot[..., 0, 0], tot[..., 0, 1], tot[..., 1, 1]], dim=-1)
-        a_in, a_out = -torch.tan(d["theta_xy_in"]), -torch.tan(d["theta_xy_out"])  # diagonal fallback
-        s_in = d["theta_xy_in_unc"] * (1 + a_in.square())
-        s_out = d["theta_xy_out_unc"] * (1 + a_out.square())
-        h = self.z_bottom - self.z_top
-        var_dx = d["xyz_out_unc"][:, :2].square() + d["xyz_in_unc"][:, :2].square() + (h * s_in).square()
-        return torch.stack([s_in.square() + s_out.square(), torch.zeros_like(var_dx), var_dx], dim=-1)
-
-    def _observables(self) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Per muon: d (N, 2, 2) = (da, dx) per projection, noise (N, 2, 3), f (N, 2) slope-kick factors,
-        k0 = (A / p)^2 (N,), efficiency (N,)."""
-        d = self._get_muon_data()
-        a_in, a_out = self._slopes()
-        da = a_out - a_in
-        dx = d["xyz_out"][:, :2] - (d["xyz_in"][:, :2] + a_in * (self.z_bottom - self.z_top))
-        a = (a_in + a_out) / 2
-        f = (1 + a.square().sum(1, keepdim=True)) * (1 + a.square())
-        k0 = (SCATTER_COEF_A / d["mom"][:, 0]) ** 2
-        return torch.stack([da, dx], dim=-1), d["noise_cov"].reshape(-1, 2, 3), f, k0, d["efficiency"][:, 0]
+        return self._path_batch_data(sb, super()._batch_data(sb))
 
     def _log_factor(self, x: Tensor) -> Tensor:
         if not self.log_term:
@@ -185,10 +138,14 @@ class PathX0Inferrer(AbsX0Inferrer):
         return (1.0 + SCATTER_COEF_B * torch.log(x.clamp_min(1e-6))).clamp_min(0.05).square()
 
     # ------------------------------------------------------------------ solve
-    def _add_prior(self, rho: Tensor, num: Tensor, den: Tensor) -> Tuple[Tensor, Tensor]:
-        """Add the log-normal smoothness prior's gradient to the update's numerator / denominator."""
-        rho_v, den_v = rho[: self.n_vox], den[: self.n_vox]
-        beta = self.prior_strength * (rho_v * den_v).median().clamp_min(_TINY)
+    def _prior_beta(self, rho: Tensor, den: Tensor) -> Tensor:
+        """Prior weight beta = prior_strength x median_j(rho_j D_j), D_j the update's denominator (~ the voxel's
+        information per unit log rho): the prior is worth ``prior_strength`` of a typical voxel's data."""
+        return self.prior_strength * (rho[: self.n_vox] * den[: self.n_vox]).median().clamp_min(_TINY)
+
+    def _add_prior(self, rho: Tensor, num: Tensor, den: Tensor, beta: Tensor) -> Tuple[Tensor, Tensor]:
+        """Add the log-normal smoothness prior's gradient to the update's numerator / denominator (one-step-late)."""
+        rho_v = rho[: self.n_vox]
         log_v = torch.log(rho_v).reshape(1, *self.shp_zxy)
         log_bar = F.avg_pool3d(log_v, 3, stride=1, padding=1, count_include_pad=False).reshape(-1)
         pen = beta * (log_v.reshape(-1) - log_bar) / rho_v
@@ -208,7 +165,8 @@ class PathX0Inferrer(AbsX0Inferrer):
         y = obs[..., 0].square().sum(1) / 2  # mean squared slope kick per projection
         n0 = (noise[..., 0]).sum(1) / 2
         fm = f.mean(1)
-        rho0 = (eff * (y - n0)).sum() / (eff * k0 * fm * lw.sum(1)).sum().clamp_min(_TINY)
+        obs_tot = (eff * (y - n0)).sum()
+        rho0 = obs_tot / (eff * k0 * fm * lw.sum(1)).sum().clamp_min(_TINY)
         rho = rho0.clamp(rho_lo, rho_hi).expand(n_tot)
 
         def moments(r: Tensor) -> List[Tensor]:
@@ -229,6 +187,8 @@ class PathX0Inferrer(AbsX0Inferrer):
             det = (s11 * s22 - s12.square()).clamp_min(_TINY)
             return torch.stack([s22, -s12, s11], dim=-1) / det[..., None], kf  # (N, 2, 3) inverse, (N, 2)
 
+        crossings = lw.new_zeros(n_tot).index_add(0, flat, (lw / self.size).reshape(-1))  # voxel crossings (lengths)
+        beta = lw.new_zeros(())
         for _ in range(self.n_iter):
             inv, kf = inv_cov(rho)
             w = eff[:, None] * kf
@@ -237,17 +197,45 @@ class PathX0Inferrer(AbsX0Inferrer):
             num = back([(w * u1.square()).sum(1), 2 * (w * u1 * u2).sum(1), (w * u2.square()).sum(1)])
             den = back([(w * inv[..., 0]).sum(1), 2 * (w * inv[..., 1]).sum(1), (w * inv[..., 2]).sum(1)])
             if self.prior_strength > 0:  # smoothness prior, one-step-late MAP (see module docstring)
-                num, den = self._add_prior(rho, num, den)
+                beta = self._prior_beta(rho.detach(), den.detach())
+                num, den = self._add_prior(rho, num, den, beta)
             ratio = torch.where(den > _TINY, num / den.clamp_min(_TINY), torch.ones_like(den))
-            rho = (rho * ratio.clamp_min(1e-6) ** self.relax).clamp(rho_lo, rho_hi)
-        inv, kf = inv_cov(rho)
-        q = inv[..., None, 0] + 2 * t[:, None] * inv[..., None, 1] + t[:, None].square() * inv[..., None, 2]  # (N, 2, S)
-        per_s = 0.5 * (eff[:, None, None] * (kf[..., None] * q).square()).sum(1)  # (N, S)
+            rho = (rho * ratio.clamp(1 / 3, 3) ** self.relax).clamp(rho_lo, rho_hi)
+            if self.moment_anchor:  # global method of moments: sum e (y - n) = sum e k f X(rho)
+                m0 = moments(rho)[0]
+                pred = (eff * k0 * self._log_factor(m0) * fm * m0).sum()
+                rho = (rho * (obs_tot / pred.clamp_min(_TINY))).clamp(rho_lo, rho_hi)
+        m0 = moments(rho)[0]
+        kf = (k0 * self._log_factor(m0))[:, None] * f  # (N, 2)
+        c11 = noise[..., 0] + kf * m0[:, None]  # variance of the slope change per projection
+        # sandwich for the efficiency-weighted likelihood: H = sum e I, J = sum e^2 I, var = J / H^2 (I: Fisher
+        # information of the slope change, reduced by the momentum model's spread)
+        per_len2 = 0.5 * ((kf / c11.clamp_min(_TINY)).square()).sum(1) / self._get_muon_data()["mom_var"][:, 0]
         seg = lw * self.n_samples  # path through the sample's layer (one-voxel approximation)
-        info = lw.new_zeros(n_tot).index_add(0, flat, (lw * seg * per_s).reshape(-1))
+        per_sample = (lw * seg * per_len2[:, None])
+        info = lw.new_zeros(n_tot).index_add(0, flat, (eff[:, None] * per_sample).reshape(-1))[: self.n_vox]
+        info_j = lw.new_zeros(n_tot).index_add(0, flat, (eff.square()[:, None] * per_sample).reshape(-1))[: self.n_vox]
         rho_v = rho[: self.n_vox]
-        x0 = 1.0 / rho_v
-        unc = torch.where(info[: self.n_vox] > 0, info[: self.n_vox].clamp_min(_TINY).rsqrt() / rho_v.square(), x0)
+        # empirical-Bayes shrinkage in ln rho towards the information-weighted neighbourhood mean, worth
+        # ``shrink_crossings`` crossings of the voxel: pulls data-poor voxels (corners, few muons) back from runaway
+        info_log = rho_v.square() * info  # Fisher information of ln rho_j
+        cross = crossings[: self.n_vox]
+        per_cross = (info_log / cross.clamp_min(_TINY))[cross > 0]
+        p_log = self.shrink_crossings * (per_cross.median() if len(per_cross) else info_log.new_ones(()))
+        shp = (1, *self.shp_zxy)
+        ln_rho = torch.log(rho_v)
+        w_nb = F.avg_pool3d(info_log.detach().reshape(shp), 3, stride=1, padding=1, count_include_pad=False).reshape(-1)
+        ln_nb = F.avg_pool3d((info_log.detach() * ln_rho).reshape(shp), 3, stride=1, padding=1,
+                             count_include_pad=False).reshape(-1) / w_nb.clamp_min(_TINY)
+        ln_nb = torch.where(w_nb > 0, ln_nb, ln_rho)
+        ln_post = (info_log * ln_rho + p_log * ln_nb) / (info_log + p_log).clamp_min(_TINY)
+        x0 = torch.exp(-ln_post).clamp(self.x0_range[0], self.x0_range[1])
+        j_log = rho_v.square() * info_j
+        sigma_ln = j_log.clamp_min(_TINY).sqrt() / (info_log + p_log).clamp_min(_TINY)  # spread of the estimate
+        low = info_log.detach() < self.min_data_fraction * p_log
+        unc = x0 * sigma_ln
+        unc = torch.where(low, torch.maximum(unc, x0), unc)
+        self._low_data = low.reshape(self.shp_zxy)
         return x0.reshape(self.shp_zxy), unc.reshape(self.shp_zxy)
 
     @property

@@ -55,6 +55,8 @@ class MuonBatch:
         self._upwards_muons: List[Tensor] = []
         self._keep_mask: Optional[Tensor] = None
         self._x0_traversed = torch.zeros(len(src), dtype=dtype, device=dev)
+        self._mom_in = src[:, 2].clone()
+        self._stopped_muons: List[Tensor] = []
 
     # ------------------------------------------------------------------ state access
     def __len__(self) -> int:
@@ -95,8 +97,14 @@ class MuonBatch:
 
     @property
     def reco_mom(self) -> Tensor:
-        """Reconstructed momentum [GeV]; currently the true momentum (no momentum measurement is simulated)."""
+        """Reconstructed momentum [GeV]; the true current momentum (measurements are modelled by the inferrers'
+        momentum models, ``tomopt_lib.inference.momentum``)."""
         return self.mom
+
+    @property
+    def mom_in(self) -> Tensor:
+        """(N,) momentum [GeV] each muon was generated with (before any energy loss); ``mom`` is the current one."""
+        return self._mom_in
 
     @property
     def theta(self) -> Tensor:
@@ -146,6 +154,10 @@ class MuonBatch:
         else:
             self._keep_mask = keep
 
+    def update_momentum(self, mom: Tensor) -> None:
+        """Set the (N,) current momenta [GeV] (energy loss); detached, in place."""
+        self._muons[:, self.p_dim] = torch.as_tensor(mom, dtype=self._muons.dtype, device=self.device).detach()
+
     def add_x0_traversed(self, dx_over_x0: Tensor) -> None:
         """Add (N,) path lengths in radiation lengths to ``x0_traversed``."""
         self._x0_traversed = self._x0_traversed + dx_over_x0.detach()
@@ -154,6 +166,21 @@ class MuonBatch:
     def xyz_hist(self) -> List[Tensor]:
         """Positions recorded by ``snapshot_xyz`` (a list of (N_at_the_time, 3) detached tensors)."""
         return self._xyz_hist
+
+    @property
+    def stopped_muons(self) -> Tensor:
+        """States (M, 6) of muons removed because they stopped (energy loss) inside a passive layer."""
+        if not self._stopped_muons:
+            return self._muons.new_zeros((0, 6))
+        return torch.cat(self._stopped_muons, dim=0)
+
+    def remove_stopped_muons(self, stopped: Tensor) -> None:
+        """Drop the muons flagged in the (N,) bool ``stopped`` (kept in ``stopped_muons``); no-op if none."""
+        stopped = stopped.to(self.device).bool()
+        if not bool(stopped.any()):
+            return
+        self._stopped_muons.append(self._muons[stopped].detach().clone())
+        self.filter_muons(~stopped)
 
     @property
     def upwards_muons(self) -> Tensor:
@@ -290,6 +317,7 @@ class MuonBatch:
         self._keep_mask = keep_mask
         self._muons = self._muons[keep_mask]
         self._x0_traversed = self._x0_traversed[keep_mask]
+        self._mom_in = self._mom_in[keep_mask]
         for group in self._hits.values():
             for var, hits in group.items():
                 group[var] = [h[keep_mask] for h in hits]
@@ -361,6 +389,7 @@ class MuonBatch:
         xy_p_theta_phi = self._muons[:, [0, 1, 3, 4, 5]].detach().clone()
         out = MuonBatch(xy_p_theta_phi, init_z=self.z.detach().clone(), device=self.device)
         out._x0_traversed = self._x0_traversed.detach().clone()
+        out._mom_in = self._mom_in.detach().clone()
         return out
 
     def to_numpy(self) -> np.ndarray:

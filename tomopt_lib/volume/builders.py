@@ -19,6 +19,7 @@ from ..runtime import DEFAULT_DTYPE, DeviceLike, resolve_device
 from .layer import PanelDetectorLayer
 from .panel import DetectorPanel, SigmoidDetectorPanel
 from .passive_layer import PassiveLayer
+from .scatter_model import PDGScatterModel
 from .volume import Volume
 
 __all__ = ["build_panel_volume", "panel_volume_heights", "rad_length_func_from_cube"]
@@ -70,6 +71,8 @@ def build_panel_volume(
     scatter_model: str = "pdg",
     sigmoid_smooth: Optional[float] = None,
     budget: Optional[float] = None,
+    energy_loss: bool = False,
+    highland_beta: bool = True,
     device: DeviceLike = None,
 ) -> Volume:
     """Panel volume: ``n_panels_above`` panels, ``passive_n_layers`` passive layers, ``n_panels_below`` panels.
@@ -80,6 +83,8 @@ def build_panel_volume(
         step_sz, scatter_model: passive-layer propagation step [m] and scattering model.
         sigmoid_smooth: ``None`` for Gaussian ``DetectorPanel`` s, else ``SigmoidDetectorPanel`` s with this smoothness.
         budget: optional total detector budget (fixed-budget mode); device: device of every layer.
+        energy_loss: continuous energy loss in the passive layers (``PassiveLayer``); off = TomOpt.
+        highland_beta: Highland with the muon's beta (``PDGScatterModel(use_beta=True)``); off = TomOpt's beta = 1.
     """
     dev = resolve_device(device)
     n_above = _pos_int("n_panels_above", n_panels_above, 1)
@@ -101,7 +106,9 @@ def build_panel_volume(
     ]
     for i in range(n_pass):
         z = round(passive_top - i * size, 10)
-        layers.append(PassiveLayer(lw=lw_t, z=z, size=size, step_sz=step_sz, scatter_model=scatter_model, device=dev))
+        model = PDGScatterModel(use_beta=highland_beta) if scatter_model == "pdg" else scatter_model
+        layers.append(PassiveLayer(lw=lw_t, z=z, size=size, step_sz=step_sz, scatter_model=model,
+                                   energy_loss=energy_loss, device=dev))
     layers.append(PanelDetectorLayer("below", lw=lw_t, z=det, size=det, panels=_panels(n_below, det, det, lw_t, span, **pkw)))
     return Volume(nn.ModuleList(layers), budget=budget)
 

@@ -5,6 +5,12 @@ holds one radiation length X0 [m]. Muons are stepped down through the slab in ``
 equal vertical steps dz; each step has path length L = dz / cos(theta), uses the X0 of the voxel containing the
 step's straight-line midpoint (muons outside the xy footprint see X0 = inf, i.e. no scattering), moves the muon
 straight down by dz, adds the lateral displacement of the scatter model and then deflects its direction.
+
+With ``energy_loss`` the momentum is also updated every step with the mean continuous energy loss of the voxel's
+material (:mod:`.energy_loss`: the X0 value identifies the material; midpoint rule on the kinetic energy), the step
+scatters with the step's effective momentum sqrt(p_before p_after) (exact for a constant stopping power:
+integral dx / p^2 = L / (p_before p_after)), and muons that stop are removed from the batch
+(``MuonBatch.stopped_muons``): they leave no out-track.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from torch import Tensor
 
 from ..muon.muon_batch import MuonBatch
 from ..runtime import DEFAULT_DTYPE, DeviceLike
+from .energy_loss import EnergyLossTable
 from .layer_base import AbsLayer
 from .passive_step import pdg_step_numpy
 from .scatter_model import AbsScatterModel, PDGScatterModel, get_scatter_model
@@ -38,6 +45,7 @@ class PassiveLayer(AbsLayer):
         rad_length_func: optional X0 map function (see :data:`RadLengthFunc`), also loadable later.
         step_sz: maximal vertical step [m]; the layer uses ``ceil(size / step_sz)`` equal steps.
         scatter_model: ``"pdg"``, ``"tabulated:<path>"`` or an :class:`AbsScatterModel`.
+        energy_loss: update the momentum with the continuous energy loss of each voxel's material (off: TomOpt).
         device: device of the X0 map and of any model tables.
     """
 
@@ -49,9 +57,13 @@ class PassiveLayer(AbsLayer):
         rad_length_func: Optional[RadLengthFunc] = None,
         step_sz: float = 0.01,
         scatter_model: Union[str, AbsScatterModel] = "pdg",
+        energy_loss: bool = False,
         device: DeviceLike = None,
     ) -> None:
         super().__init__(lw, z, size, device)
+        self.energy_loss = bool(energy_loss)
+        self._eloss: Optional[EnergyLossTable] = None
+        self._eloss_rows: Optional[Tensor] = None
         step_sz = float(step_sz)
         if not (step_sz > 0 and math.isfinite(step_sz)):
             raise ValueError(f"step_sz must be a finite length > 0 m, got {step_sz}")
@@ -73,6 +85,7 @@ class PassiveLayer(AbsLayer):
         """
         if rad_length_func is None:
             self.rad_length = None
+            self._eloss, self._eloss_rows = None, None
             return
         rl = torch.as_tensor(rad_length_func(z=self.z, lw=self.lw, size=self.size))
         rl = rl.detach().to(device=self.device, dtype=DEFAULT_DTYPE).clone()
@@ -83,6 +96,9 @@ class PassiveLayer(AbsLayer):
         if bool((torch.isnan(rl) | (rl <= 0)).any()):
             raise ValueError("rad_length_func returned X0 values <= 0 or NaN; X0 [m] must be > 0")
         self.rad_length = rl
+        if self.energy_loss:
+            self._eloss = EnergyLossTable.from_x0(rl.reshape(-1), device=self.device)
+            self._eloss_rows = self._eloss.rows_for(rl)
 
     def abs2idx(self, xy: Union[Tensor, MuonBatch]) -> Tensor:
         """(N, 2) long voxel indices floor(xy / size) of (N, 2) positions [m] or of a ``MuonBatch``.
@@ -115,6 +131,9 @@ class PassiveLayer(AbsLayer):
             return
         z_top, dz_nom = self.z_top, self.size / self.n_steps
         padded = torch.nn.functional.pad(self.rad_length, (1, 1, 1, 1), value=float("inf")).reshape(-1)
+        rows_padded = None
+        if self.energy_loss and self._eloss_rows is not None:  # vacuum row 0 around the footprint
+            rows_padded = torch.nn.functional.pad(self._eloss_rows, (1, 1, 1, 1), value=0).reshape(-1)
         # the PDG model on the CPU: fused NumPy step (``passive_step``), same draws and results to float rounding
         fused = type(self.scatter_model) is PDGScatterModel and mu.muons.device.type == "cpu"
         padded_np = padded.cpu().numpy() if fused else None
@@ -123,7 +142,7 @@ class PassiveLayer(AbsLayer):
                 return
             z_target = self.z_bottom if i == self.n_steps - 1 else z_top - (i + 1) * dz_nom
             if fused:
-                self._fused_pdg_step(mu, padded_np, float(z_target), generator)
+                self._fused_pdg_step(mu, padded_np, rows_padded, float(z_target), generator)
                 continue
             x, y, z, mom, theta, phi = mu.muons.unbind(1)  # strided views of the state (no copies)
             ct, cp, sp = torch.cos(theta), torch.cos(phi), torch.sin(phi)
@@ -133,6 +152,12 @@ class PassiveLayer(AbsLayer):
             hx, hy = tan_dz * cp, tan_dz * sp
             x0 = self._x0_lookup(padded, x + 0.5 * hx, y + 0.5 * hy)
             step_length = dz * inv_ct
+            stopped = None
+            if rows_padded is not None:
+                rows = self._x0_lookup(rows_padded, x + 0.5 * hx, y + 0.5 * hy)
+                mom_new, stopped = self._eloss.step(mom, rows, step_length)  # type: ignore[union-attr]
+                mom = torch.where(stopped, mom, torch.sqrt(mom * mom_new))  # the step's effective momentum
+                mu.update_momentum(mom_new)
             sc = self.scatter_model.compute_scattering(
                 x0=x0, step_length=step_length, mom=mom, theta=theta, x_traversed=mu.x0_traversed, generator=generator
             )
@@ -141,19 +166,38 @@ class PassiveLayer(AbsLayer):
             d2 = sc["dx_2"]
             mu.scatter_dxyz(hx + d1 * cp - d2 * sp, hy + d1 * sp + d2 * cp, -dz)
             mu.deflect(sc["dtheta_1"], sc["dtheta_2"], mask=torch.isfinite(x0))  # exact no-op outside the footprint
+            if stopped is not None:
+                _drop_stopped(mu, stopped)
 
     def _fused_pdg_step(
-        self, mu: MuonBatch, padded: np.ndarray, z_target: float, gen: Optional[torch.Generator]
+        self, mu: MuonBatch, padded: np.ndarray, rows_padded: Optional[Tensor], z_target: float,
+        gen: Optional[torch.Generator],
     ) -> None:
         """One step for the PDG model on the CPU with :func:`pdg_step_numpy` (same draws, same operations)."""
         model = self.scatter_model
         z = torch.randn((2, 2, len(mu)), generator=gen, device=mu.muons.device, dtype=mu.muons.dtype)
-        state, x0_trav, keep = pdg_step_numpy(
+        eloss = None
+        if rows_padded is not None and self._eloss is not None:
+            t = self._eloss
+            eloss = (t.table.cpu().numpy(), rows_padded.cpu().numpy(), t._ln_p_min, t._dln_p)  # noqa: SLF001
+        state, x0_trav, keep, stopped = pdg_step_numpy(
             mu.muons.detach().numpy(), mu.x0_traversed.detach().numpy(), padded, z.numpy(), z_target=z_target,
             size=float(self.size), n_xy=self.n_xy, log_term=model.log_term, max_angle=model.max_angle,
+            use_beta=model.use_beta, eloss=eloss,
         )
         keep_t = torch.from_numpy(keep) if keep.all() else None  # else set_state filters the muons itself
         mu.set_state(torch.from_numpy(state), torch.from_numpy(x0_trav), keep=keep_t)
+        if stopped is not None:
+            _drop_stopped(mu, torch.from_numpy(stopped))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, step_sz={self.step_sz:.4g}, n_steps={self.n_steps}, model={self.scatter_model!r}"
+        return (f"{super().extra_repr()}, step_sz={self.step_sz:.4g}, n_steps={self.n_steps}, "
+                f"model={self.scatter_model!r}, energy_loss={self.energy_loss}")
+
+
+def _drop_stopped(mu: MuonBatch, stopped: Tensor) -> None:
+    """Remove the muons flagged in ``stopped`` (indexed before this step's upward-muon removal) from ``mu``."""
+    keep = mu._keep_mask  # noqa: SLF001 - the mask of the upward-muon removal of this step
+    if keep is not None and len(keep) == len(stopped) and len(mu) != len(stopped):
+        stopped = stopped[keep]
+    mu.remove_stopped_muons(stopped)

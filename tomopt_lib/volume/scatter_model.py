@@ -10,16 +10,20 @@ Tabulated-model HDF5 layout (written by :func:`build_scatter_table`, read by :cl
     model/dtheta            float32 (n_materials, n_mom, n_samples)  sorted |dtheta| [rad] per transverse axis
     model/dxy               float32 (n_materials, n_mom, n_samples)  sorted |dxy| [m] per transverse axis
     meta_data/deltaz        float   ()          path length [m] the samples were made for
-    meta_data/mom_bins      float   (n_mom+1,)  momentum bin edges [GeV], increasing
-    meta_data/x02id         float   (n_keys, 2) rows of (X0 [m], material row in model/*)
+    meta_data/mom_bins      float   (n_mom+1,)  momentum bin edges [GeV], increasing; or (n_mom,) lower edges
+                                                (TomOpt's layout: the last bin is open above)
+    meta_data/x02id         float   (n_keys, 2) rows of (X0 [m], material row in model/*); or a JSON string
+                                                {"X0": row, ...} as a string dataset or as an attribute of meta_data
     meta_data/exp_disp_model float  ()          displacement scaling exponent (see below)
     meta_data/correlation   float   ()          optional Gaussian-copula correlation angle<->displacement
 
-Sorted |values| form an empirical quantile table, so sampling is inverse-CDF sampling.
+Sorted |values| form an empirical quantile table, so sampling is inverse-CDF sampling. Momentum bins are half-open,
+[edge_k, edge_k+1): a momentum exactly on an edge uses the bin that starts there.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -30,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..core import SCATTER_COEF_A, SCATTER_COEF_B
+from ..core import MUON_MASS2, SCATTER_COEF_A, SCATTER_COEF_B
 from ..runtime import DEFAULT_DTYPE, DeviceLike, resolve_device
 
 __all__ = [
@@ -38,13 +42,14 @@ __all__ = [
     "PDGScatterModel",
     "TabulatedScatterModel",
     "highland_theta0",
+    "beta_p",
     "build_scatter_table",
     "build_pdg_scatter_table",
     "get_scatter_model",
     "SCATTER_MODEL_NAMES",
 ]
 
-SCATTER_MODEL_NAMES = ("pdg", "tabulated:<path to hdf5>")
+SCATTER_MODEL_NAMES = ("pdg", "tabulated:<path to hdf5>", "pgeant:<path to hdf5>")
 PDG_CORRELATION = math.sqrt(3.0) / 2.0
 """Correlation between projected angle and lateral displacement of a Gaussian random walk (PDG review)."""
 _LOG_FLOOR = 1e-30
@@ -61,6 +66,11 @@ def highland_theta0(x_over_x0: Tensor, mom: Tensor, *, log_term: bool = True) ->
     if log_term:
         theta0 = theta0 * (1.0 + SCATTER_COEF_B * torch.log(x.clamp_min(_LOG_FLOOR))).clamp_min(0.0)
     return theta0
+
+
+def beta_p(mom: Tensor) -> Tensor:
+    """beta p = p^2 / sqrt(p^2 + m_mu^2) [GeV] of a muon of momentum ``mom`` [GeV] (Highland's momentum factor)."""
+    return mom * mom / torch.sqrt(mom * mom + MUON_MASS2)
 
 
 def _broadcast(x0: Tensor, step_length: Tensor, mom: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -102,16 +112,19 @@ class AbsScatterModel(ABC):
 
 
 class PDGScatterModel(AbsScatterModel):
-    """Gaussian multiple scattering (PDG review, eqs. 34.15-34.19), beta = 1 (p >> m_mu; no energy loss).
+    """Gaussian multiple scattering (PDG review, eqs. 34.15-34.19) with the muon's velocity beta = p / E.
 
-    Per transverse axis, with z1, z2 independent N(0, 1) and theta0 from :func:`highland_theta0` for x = L/X0:
-    angle = z2 theta0 and displacement = L theta0 (z1/sqrt(12) + z2/2), so RMS(disp) = L theta0/sqrt(3) and
-    corr(angle, disp) = sqrt(3)/2. Angles are clamped to +-``max_angle`` [rad] (only matters for p of a few MeV).
+    Per transverse axis, with z1, z2 independent N(0, 1) and theta0 from :func:`highland_theta0` for x = L/X0 and
+    momentum beta p (``use_beta``; ``False`` = TomOpt's beta = 1): angle = z2 theta0 and displacement =
+    L theta0 (z1/sqrt(12) + z2/2), so RMS(disp) = L theta0/sqrt(3) and corr(angle, disp) = sqrt(3)/2. Angles are
+    clamped to +-``max_angle`` [rad] (only matters for p of a few MeV). beta matters below ~1 GeV: theta0 is 1.1 %
+    larger at 0.5 GeV and 6 % at 0.3 GeV.
     """
 
-    def __init__(self, log_term: bool = True, max_angle: float = math.pi / 2.2) -> None:
+    def __init__(self, log_term: bool = True, max_angle: float = math.pi / 2.2, use_beta: bool = True) -> None:
         self.log_term = bool(log_term)
         self.max_angle = float(max_angle)
+        self.use_beta = bool(use_beta)
 
     def theta0(self, x0: Tensor, step_length: Tensor, mom: Tensor) -> Tensor:
         """Highland theta0 [rad] for path length ``step_length`` [m] in material ``x0`` [m] at ``mom`` [GeV]."""
@@ -146,6 +159,8 @@ class PDGScatterModel(AbsScatterModel):
         generator: Optional[torch.Generator] = None,
     ) -> Dict[str, Tensor]:
         x0, step_length, mom = _broadcast(x0, step_length, mom)
+        if self.use_beta:
+            mom = beta_p(mom)
         if x_traversed is None or not self.log_term:
             theta0 = self.theta0(x0, step_length, mom)
         else:
@@ -156,7 +171,7 @@ class PDGScatterModel(AbsScatterModel):
         return {"dtheta_1": a[0], "dtheta_2": a[1], "dx_1": d[0], "dx_2": d[1]}
 
     def __repr__(self) -> str:
-        return f"PDGScatterModel(log_term={self.log_term})"
+        return f"PDGScatterModel(log_term={self.log_term}, use_beta={self.use_beta})"
 
 
 class TabulatedScatterModel(AbsScatterModel):
@@ -169,7 +184,8 @@ class TabulatedScatterModel(AbsScatterModel):
     correlation sqrt(3)/2 this reproduces the PDG joint law; 0 gives independent angle and displacement.
     Step-length scaling with r = step_length / deltaz: angle * sqrt(r), displacement * r**exp_disp_model (Gaussian
     random walk: 1.5; the GEANT fit of the reference used 1.85). With ``rescale_momentum`` both are also scaled by
-    p_ref / p, p_ref = geometric centre of the momentum bin (removes the within-bin momentum dependence).
+    (beta p)_ref / (beta p), p_ref = geometric centre of the momentum bin (removes the within-bin momentum dependence;
+    beta from the muon mass). Momentum bins are half-open [lo, hi) (``bucketize(..., right=True)`` on the inner edges).
     """
 
     def __init__(
@@ -190,7 +206,7 @@ class TabulatedScatterModel(AbsScatterModel):
                 md = f["meta_data"]
                 self.deltaz = float(md["deltaz"][()])
                 mom_bins = np.asarray(md["mom_bins"][()], dtype=np.float64)
-                x02id = np.asarray(md["x02id"][()], dtype=np.float64)
+                x02id = _read_x02id(md)
                 self.exp_disp_model = float(md["exp_disp_model"][()])
                 file_corr = float(md["correlation"][()]) if "correlation" in md else PDG_CORRELATION
         except KeyError as err:
@@ -198,8 +214,14 @@ class TabulatedScatterModel(AbsScatterModel):
         if dtheta.ndim != 3 or dtheta.shape != dxy.shape or dtheta.shape[2] < 2:
             raise ValueError(f"path={str(path)!r}: model/dtheta and model/dxy must share a (n_mat, n_mom, n>=2) shape")
         n_mat, n_mom, _ = dtheta.shape
-        if mom_bins.shape != (n_mom + 1,) or not (np.diff(mom_bins) > 0).all():
-            raise ValueError(f"path={str(path)!r}: meta_data/mom_bins must be {n_mom + 1} increasing edges")
+        if mom_bins.shape not in ((n_mom + 1,), (n_mom,)) or not (np.diff(mom_bins) > 0).all() or mom_bins[0] <= 0:
+            raise ValueError(f"path={str(path)!r}: meta_data/mom_bins must be {n_mom + 1} increasing edges (or "
+                             f"{n_mom} lower edges) > 0 GeV, got shape {mom_bins.shape}")
+        if len(mom_bins) == n_mom:  # lower edges: close the last bin geometrically for its reference momentum
+            upper = np.append(mom_bins[1:], mom_bins[-1] ** 2 / mom_bins[-2] if n_mom > 1 else 2 * mom_bins[-1])
+        else:
+            upper = mom_bins[1:]
+        lower = mom_bins[:n_mom]
         if x02id.ndim != 2 or x02id.shape[1] != 2 or not (x02id[:, 0] > 0).all():
             raise ValueError(f"path={str(path)!r}: meta_data/x02id must be (n, 2) rows of (X0 > 0, row id)")
         rows = x02id[:, 1].astype(int)
@@ -218,8 +240,8 @@ class TabulatedScatterModel(AbsScatterModel):
             "dxy": dxy,
             "log_mids": 0.5 * (log_keys[1:] + log_keys[:-1]),
             "rows": rows[order],
-            "inner_edges": mom_bins[1:-1],
-            "mom_ref": np.sqrt(mom_bins[1:] * mom_bins[:-1]),
+            "inner_edges": lower[1:],
+            "mom_ref": np.sqrt(lower * upper),
         }
         self.mom_bins = mom_bins.tolist()
         self.to(device)
@@ -270,8 +292,8 @@ class TabulatedScatterModel(AbsScatterModel):
         r = step_length / self.deltaz
         s_ang = torch.where(active, torch.sqrt(r), torch.zeros_like(r))
         s_disp = torch.where(active, r.clamp_min(0.0) ** self.exp_disp_model, torch.zeros_like(r))
-        if self.rescale_momentum:
-            p_scale = self._t["mom_ref"][rows % self.n_mom] / mom
+        if self.rescale_momentum:  # beta p scaling of Highland between the bin's reference momentum and the muon's
+            p_scale = beta_p(self._t["mom_ref"][rows % self.n_mom]) / beta_p(mom)
             s_ang, s_disp = s_ang * p_scale, s_disp * p_scale
         rows2 = rows.expand((2,) + tuple(rows.shape))
         u_ang = torch.erf(z_ang.abs() * (1.0 / math.sqrt(2.0)))
@@ -361,6 +383,25 @@ def build_pdg_scatter_table(
     )
 
 
+def _read_x02id(md: "h5py.Group") -> np.ndarray:
+    """(n, 2) rows of (X0, row id) from ``meta_data``: a numeric (n, 2) dataset, or a JSON string mapping X0 -> row
+    stored as a string dataset ``x02id`` or as the attribute ``x02id`` of ``meta_data``."""
+    raw = md["x02id"][()] if "x02id" in md else md.attrs.get("x02id")
+    if raw is None:
+        raise KeyError("meta_data/x02id")
+    if isinstance(raw, (bytes, str, np.bytes_, np.str_)) or (isinstance(raw, np.ndarray) and raw.dtype.kind in "OSU"):
+        text = raw.item() if isinstance(raw, np.ndarray) else raw
+        text = text.decode() if isinstance(text, (bytes, np.bytes_)) else str(text)
+        try:
+            mapping = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"meta_data/x02id is not valid JSON: {err}") from None
+        if not isinstance(mapping, dict) or not mapping:
+            raise ValueError("meta_data/x02id JSON must be a non-empty object {X0: row id}")
+        return np.array([[float(k), float(v)] for k, v in mapping.items()], dtype=np.float64)
+    return np.asarray(raw, dtype=np.float64)
+
+
 def get_scatter_model(name_or_model: Union[str, AbsScatterModel], device: DeviceLike = None) -> AbsScatterModel:
     """Resolve ``"pdg"``, ``"tabulated:<path>"`` or an :class:`AbsScatterModel` instance (moved to ``device``)."""
     if isinstance(name_or_model, AbsScatterModel):
@@ -368,6 +409,12 @@ def get_scatter_model(name_or_model: Union[str, AbsScatterModel], device: Device
     if isinstance(name_or_model, str):
         if name_or_model.lower() == "pdg":
             return PDGScatterModel()
-        if name_or_model.lower().startswith("tabulated:") and len(name_or_model) > len("tabulated:"):
-            return TabulatedScatterModel(name_or_model[len("tabulated:") :], device=device)
+        low = name_or_model.lower()
+        for prefix in ("tabulated:", "pgeant:"):
+            if low.startswith(prefix) and len(name_or_model) > len(prefix):
+                return TabulatedScatterModel(name_or_model[len(prefix) :], device=device)
+        if low in ("pgeant", "tabulated") or low in ("pgeant:", "tabulated:"):
+            raise ValueError(f"scatter_model={name_or_model!r} is the tabulated (parameterised-GEANT) model and needs "
+                             f"its table file: use 'pgeant:<path to hdf5>' (or 'tabulated:<path>'); build one with "
+                             f"build_scatter_table or build_pdg_scatter_table")
     raise ValueError(f"scatter_model={name_or_model!r} is unknown; allowed: {list(SCATTER_MODEL_NAMES)} or an AbsScatterModel")

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from ...inference.scattering import ScatterBatch
+from ...inference.x0_base import NoMuonsError
 from ...muon.generation import AbsMuonGenerator, MuonGenerator2016
 from ...muon.muon_batch import MuonBatch
 from ...runtime import make_generator
@@ -160,7 +161,12 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
             fp.pred, fp.loss_val = None, None
             return False
         self._cb("on_x0_pred_begin")
-        fp.pred = fp.volume_inferrer.get_prediction()
+        try:
+            fp.pred = fp.volume_inferrer.get_prediction()
+        except NoMuonsError as err:  # every reconstructed muon was left out by the inferrer (e.g. non-finite)
+            logger.warning("volume %s: %s; volume skipped", fp.volume_id, err)
+            fp.pred, fp.loss_val = None, None
+            return False
         self._cb("on_x0_pred_end")
         fp.loss_val = None
         if fp.state != "test" and self.loss_func is not None:

@@ -1,0 +1,151 @@
+"""Calibration of the X0 inferrers against truth: median predicted/true X0 and pull widths, over many seeds.
+
+Volumes (default panel volume: 6 layers of 10 x 10 voxels of 0.1 m, 4 + 4 panels, res 1e4 /m, eff 0.9, span 1 m):
+uniform iron, lead and beryllium blocks, and lead-in-beryllium (TomOpt's reference test volume: a 5 x 5 lead corner in
+the layers with tops 0.4 and 0.5 m). Muons from ``MuonGenerator2016.from_volume`` (the wrappers' default), propagated
+with the chosen physics (``--energy-loss``), reconstructed with ``ScatterBatch``; every inferrer x momentum model sees
+the same muons.
+
+Per (volume, material, inferrer, momentum model, muon count), over ``--seeds`` seeds:
+- ``median_ratio``: median over seeds and voxels of predicted / true X0;
+- ``pull_width``: median over the material's voxels of std_seeds(ln pred) / median_seeds(reported unc / pred), the
+  spread of the predictions over the reported uncertainty in relative terms (robust to the long tails of X0
+  estimates; 1 = uncertainties match the spread; voxels flagged ``low_data`` in any seed are left out);
+- ``low_data``: fraction of flagged voxels.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_calibration.py [--seeds 20] [--n-mu 1000 10000]
+        [--inferrers poca path] [--momentum true smeared unknown] [--energy-loss] [--out bench_out/calibration.json]
+
+Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tomopt_lib.core import X0  # noqa: E402
+from tomopt_lib.inference import ScatterBatch  # noqa: E402
+from tomopt_lib.inference.momentum import MomentumModel  # noqa: E402
+from tomopt_lib.inference.volume import get_volume_inferrer  # noqa: E402
+from tomopt_lib.muon import MuonBatch  # noqa: E402
+from tomopt_lib.muon.generation import MuonGenerator2016  # noqa: E402
+from tomopt_lib.volume.builders import build_panel_volume  # noqa: E402
+
+MU_BS = 1000
+
+
+def uniform(material: str) -> Callable[..., torch.Tensor]:
+    return lambda *, z, lw, size: torch.full((10, 10), X0[material])
+
+
+def lead_in_beryllium(*, z: Any, lw: Any, size: float) -> torch.Tensor:
+    top = float(torch.as_tensor(z).reshape(-1)[0])
+    x0 = torch.full((10, 10), X0["beryllium"])
+    if abs(top - 0.4) < 1e-6 or abs(top - 0.5) < 1e-6:
+        x0[:5, :5] = X0["lead"]
+    return x0
+
+
+VOLUMES: Dict[str, Callable[..., torch.Tensor]] = {
+    "iron": uniform("iron"), "lead": uniform("lead"), "beryllium": uniform("beryllium"), "lead_in_beryllium": lead_in_beryllium,
+}
+
+
+def simulate(layout: Callable[..., torch.Tensor], n_mu: int, seed: int, energy_loss: bool) -> Tuple[Any, List[ScatterBatch]]:
+    """Volume with ``layout`` and the scatter batches of ``n_mu`` generated muons (seeded)."""
+    kw = {"energy_loss": True} if energy_loss else {}
+    vol = build_panel_volume(**kw)
+    vol.record_xyz_hist = False
+    vol.load_rad_length(layout)
+    gen = MuonGenerator2016.from_volume(vol)
+    rng = torch.Generator().manual_seed(seed)
+    sbs = []
+    with torch.no_grad():
+        for i in range(0, n_mu, MU_BS):
+            mu = MuonBatch(gen(min(MU_BS, n_mu - i), generator=rng), init_z=vol.h)
+            vol(mu, generator=rng)
+            if len(mu):
+                sb = ScatterBatch(mu, vol)
+                if len(sb):
+                    sbs.append(sb)
+    return vol, sbs
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    rows: List[Dict[str, Any]] = []
+    timing: Dict[str, float] = {}
+    for vname, layout in VOLUMES.items():
+        if args.volumes and vname not in args.volumes:
+            continue
+        for n_mu in args.n_mu:
+            preds: Dict[Tuple[str, str], List[np.ndarray]] = {}
+            uncs: Dict[Tuple[str, str], List[np.ndarray]] = {}
+            lows: Dict[Tuple[str, str], List[np.ndarray]] = {}
+            truth = None
+            for seed in range(args.seeds):
+                vol, sbs = simulate(layout, n_mu, 1000 + seed, args.energy_loss)
+                truth = vol.get_rad_cube().numpy()
+                for inf_name in args.inferrers:
+                    for mom in args.momentum:
+                        inf = get_volume_inferrer(inf_name)(vol, momentum=MomentumModel(kind=mom, seed=seed))
+                        for sb in sbs:
+                            inf.add_scatters(sb)
+                        t0 = time.perf_counter()
+                        with torch.no_grad():
+                            pred, unc = inf.get_prediction_and_unc()
+                        timing[f"{inf_name}/{mom}/{n_mu}"] = time.perf_counter() - t0
+                        key = (inf_name, mom)
+                        preds.setdefault(key, []).append(pred.numpy())
+                        uncs.setdefault(key, []).append(unc.numpy())
+                        lows.setdefault(key, []).append(inf.low_data.numpy())
+            mats = {"lead": truth < 0.01, "beryllium": truth > 0.1} if vname == "lead_in_beryllium" else {vname: truth > 0}
+            for (inf_name, mom), p in preds.items():
+                p_arr, u_arr, l_arr = np.stack(p), np.stack(uncs[(inf_name, mom)]), np.stack(lows[(inf_name, mom)])
+                for mat, mask in mats.items():
+                    ratio = p_arr[:, mask] / truth[mask]
+                    ok = ~l_arr[:, mask].any(0)
+                    spread = np.log(p_arr[:, mask]).std(0, ddof=1)  # relative spread of the predictions
+                    rel_unc = np.median(u_arr[:, mask] / p_arr[:, mask], 0)  # typical reported relative uncertainty
+                    pulls = (spread / rel_unc)[ok] if ok.any() else np.array([np.nan])
+                    rows.append({"volume": vname, "material": mat, "inferrer": inf_name, "momentum": mom, "n_mu": n_mu,
+                                 "median_ratio": float(np.median(ratio)), "mean_rho_ratio": float(np.mean(1 / ratio)),
+                                 "q16": float(np.quantile(ratio, 0.16)),
+                                 "q84": float(np.quantile(ratio, 0.84)), "pull_width": float(np.median(pulls)),
+                                 "low_data": float(l_arr[:, mask].mean()), "seeds": args.seeds})
+                    r = rows[-1]
+                    print(f"{vname:18s} {mat:9s} {inf_name:4s} {mom:8s} {n_mu:6d}  median {r['median_ratio']:.3f} "
+                          f"[{r['q16']:.2f}, {r['q84']:.2f}] rho {r['mean_rho_ratio']:.2f}  pull width {r['pull_width']:.2f}  low {r['low_data']:.2f}",
+                          flush=True)
+    return {"rows": rows, "inference_seconds_last": timing, "energy_loss": args.energy_loss}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--n-mu", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--inferrers", nargs="+", default=["poca", "path"])
+    ap.add_argument("--momentum", nargs="+", default=["true", "smeared", "unknown"])
+    ap.add_argument("--volumes", nargs="*", default=[])
+    ap.add_argument("--energy-loss", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(ROOT / "bench_out" / "calibration.json"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = run(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

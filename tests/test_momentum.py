@@ -1,0 +1,91 @@
+"""Momentum models of the X0 inference: true, smeared (seeded curvature resolution) and unknown (flux spectrum)."""
+
+import math
+
+import pytest
+import torch
+
+from tomopt_lib.core import MUON_MASS
+from tomopt_lib.inference.momentum import MomentumModel, SpectrumMomentum, inv_beta_p2, muon_momentum_factor
+from tomopt_lib.muon.generation import MuonGenerator2015, MuonGenerator2016
+
+
+def test_model_validation():
+    assert MomentumModel.coerce(None).kind == "true"
+    assert MomentumModel.coerce("unknown").kind == "unknown"
+    with pytest.raises(ValueError, match="kind='guess'.*allowed"):
+        MomentumModel(kind="guess")
+    for bad in (0.0, -0.1, 2.0, float("nan")):
+        with pytest.raises(ValueError, match="resolution"):
+            MomentumModel(kind="smeared", resolution=bad)
+    with pytest.raises(ValueError, match="momentum must be"):
+        MomentumModel.coerce(3)
+
+
+def test_inv_beta_p2():
+    p = torch.tensor([0.2, 1.0, 10.0], dtype=torch.float64)
+    beta = p / torch.sqrt(p**2 + MUON_MASS**2)
+    assert torch.allclose(inv_beta_p2(p), 1 / (beta * p) ** 2)
+
+
+def test_true_model_uses_entry_and_exit_momenta():
+    """u is the path average of 1/(beta p)^2 over the slowing-down crossing: 1/(beta p)^2 without energy loss,
+    ~1/(p_in p_out) for a small constant-S loss, and below it near the end of the range where S rises."""
+    p_in = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    p_out = torch.tensor([1.0, 1.8, 0.1], dtype=torch.float64)
+    u, var, pi, po = muon_momentum_factor(MomentumModel("true"), mom_in=p_in, mom_out=p_out, theta_in=torch.zeros(3))
+    plain = torch.sqrt(inv_beta_p2(p_in) * inv_beta_p2(p_out))
+    assert float(u[0]) == pytest.approx(float(inv_beta_p2(p_in[:1])), rel=1e-6)
+    assert float(u[1]) == pytest.approx(float(plain[1]), rel=0.01)
+    assert float(u[2]) < 0.9 * float(plain[2])
+    assert torch.equal(var, torch.ones(3)) and torch.equal(pi, p_in) and torch.equal(po, p_out)
+
+
+def test_crossing_profile_monotone():
+    from tomopt_lib.inference.momentum import crossing_momentum
+
+    p = crossing_momentum().momentum_at(torch.tensor([2.0, 1.0]), torch.tensor([1.0, 1.0]), torch.linspace(0, 1, 5))
+    assert torch.allclose(p[:, 0], torch.tensor([2.0, 1.0]), rtol=1e-3) and torch.allclose(p[:, -1], torch.ones(2), rtol=1e-3)
+    assert bool((p[0, 1:] <= p[0, :-1]).all())
+
+
+def test_smeared_model_unbiased_and_seeded():
+    n = 200_000
+    p = torch.full((n,), 3.0, dtype=torch.float64)
+    model = MomentumModel("smeared", resolution=0.1, seed=7)
+    u, var, _, _ = muon_momentum_factor(model, mom_in=p, mom_out=p, theta_in=torch.zeros(n))
+    truth = float(inv_beta_p2(p[:1]))
+    assert float(u.mean()) == pytest.approx(truth, rel=3e-3)  # E[q_in q_out] = 1 / (beta p)^2
+    assert float(u.std() / u.mean()) == pytest.approx(math.sqrt((1 + 0.01) ** 2 - 1), rel=0.02)
+    assert float(var[0]) == pytest.approx(1.01**2)
+    u2, *_ = muon_momentum_factor(model, mom_in=p, mom_out=p, theta_in=torch.zeros(n))
+    assert torch.equal(u, u2)  # same seed, same measurement errors
+
+
+def test_unknown_model_matches_generator_samples():
+    """E[1/(beta p)^2 | theta] from the flux tables equals the Monte Carlo average of generated muons near theta."""
+    gen = MuonGenerator2016(x_range=(0, 1), y_range=(0, 1))
+    spec = SpectrumMomentum(gen)
+    s = gen(400_000, generator=torch.Generator().manual_seed(3)).double()
+    theta, p = s[:, 3], s[:, 2]
+    for lo, hi in ((0.1, 0.2), (0.8, 0.9)):
+        sel = (theta >= lo) & (theta < hi)
+        mc = float(inv_beta_p2(p[sel]).mean())
+        mean, var = spec.lookup(torch.tensor([0.5 * (lo + hi)], dtype=torch.float64))
+        assert float(mean) == pytest.approx(mc, rel=0.05)
+        assert float(var) > 1.5  # the spectrum's spread of 1/p^2 is large
+    with pytest.raises(ValueError, match="spectrum"):
+        muon_momentum_factor(MomentumModel("unknown"), mom_in=p[:3], mom_out=p[:3], theta_in=theta[:3])
+    # Shukla-Sankrith's spectrum shape does not depend on theta; Guan et al.'s hardens at large zenith angles
+    m_lo, _ = spec.lookup(torch.tensor([0.1]))
+    m_hi, _ = spec.lookup(torch.tensor([1.1]))
+    assert float(m_hi) == pytest.approx(float(m_lo), rel=1e-6)
+    guan = SpectrumMomentum(MuonGenerator2015(x_range=(0, 1), y_range=(0, 1)))
+    assert float(guan.lookup(torch.tensor([1.1]))[0]) < 0.8 * float(guan.lookup(torch.tensor([0.1]))[0])
+
+
+def test_unknown_model_fixed_momentum_generator():
+    gen = MuonGenerator2016(x_range=(0, 1), y_range=(0, 1), fixed_mom=5.0)
+    mean, var = SpectrumMomentum(gen).lookup(torch.tensor([0.3]))
+    assert float(mean) == pytest.approx(float(inv_beta_p2(torch.tensor(5.0))), rel=1e-6)
+    assert float(var) == pytest.approx(1.0, abs=1e-6)

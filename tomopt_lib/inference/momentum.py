@@ -1,0 +1,241 @@
+"""Momentum models of X0 inference: what the inferrer knows about each muon's momentum.
+
+Highland's width depends on the muon momentum through theta0^2 = A^2 F(x) / (beta p)^2, so every X0 estimate needs
+the per-muon factor u = 1 / (beta p)^2 [GeV^-2] averaged over the crossing. With continuous energy loss the
+momentum falls from p_in (entry) to p_out (exit) and the crossing's factor is the path average
+u = integral ds / (beta p)^2 / L = integral u(E) dE / S(E) / integral dE / S(E) over [E_out, E_in]
+(:class:`CrossingMomentum`; S the stopping power, whose shape in E is nearly the same for all materials, so iron's
+is used; u = 1 / (beta p)^2 without energy loss). For a constant S it is 1 / (beta_in p_in beta_out p_out); near
+the end of the range, where S rises, it is smaller.
+
+Models (``MomentumModel.kind``):
+
+- ``"true"``: an ideal spectrometer above and below the volume: u from the true p_in and p_out (TomOpt's
+  assumption of a perfectly known momentum, extended to energy loss).
+- ``"smeared"``: the same spectrometers with a relative resolution r on the measured curvature 1/p (what a magnetic
+  spectrometer measures): q = (1 / (beta p)) (1 + r eps), eps ~ N(0, 1), independently above and below, seeded;
+  u = q_in q_out is then unbiased (E[u] = the true u) and its relative variance is (1 + r^2)^2 - 1.
+- ``"unknown"``: no momentum measurement. u is the mean of 1 / (beta p)^2 over the generator's flux spectrum at the
+  muon's measured incoming zenith angle (the generator and the reconstructed theta_in, never the hidden truth), and
+  the spread of u over the spectrum enters the uncertainties through ``var_factor`` = E[u^2] / E[u]^2.
+
+``var_factor`` (per muon, >= 1) is the factor by which the second moment of the squared scatter angle exceeds the
+known-momentum value; inferrers use it to weight muons and to fold the momentum spread into their uncertainties.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from ..core import MUON_MASS, MUON_MASS2
+from ..runtime import make_generator
+
+__all__ = ["MOMENTUM_MODELS", "MomentumModel", "inv_beta_p2", "SpectrumMomentum", "CrossingMomentum",
+           "muon_momentum_factor"]
+
+MOMENTUM_MODELS = ("true", "smeared", "unknown")
+"""Names of the momentum models (see the module docstring)."""
+
+
+def inv_beta_p2(p: Tensor) -> Tensor:
+    """1 / (beta p)^2 = (p^2 + m_mu^2) / p^4 [GeV^-2] of a muon of momentum ``p`` [GeV]."""
+    p2 = p.square()
+    return (p2 + MUON_MASS2) / p2.square()
+
+
+@dataclass(frozen=True)
+class MomentumModel:
+    """Which momentum information the inference uses (module docstring).
+
+    Args:
+        kind: ``"true"``, ``"smeared"`` or ``"unknown"``.
+        resolution: relative resolution r of the measured curvature 1/p (``"smeared"`` only), 0 < r <= 1.
+        seed: seed of the smearing draws (``"smeared"``); the same seed gives the same measurement errors.
+    """
+
+    kind: str = "true"
+    resolution: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in MOMENTUM_MODELS:
+            raise ValueError(f"momentum model kind={self.kind!r} is unknown; allowed: {list(MOMENTUM_MODELS)}")
+        r = float(self.resolution)
+        if not (math.isfinite(r) and 0 < r <= 1):
+            raise ValueError(f"momentum resolution={self.resolution!r} must be a relative resolution in (0, 1]")
+
+    @classmethod
+    def coerce(cls, spec: Any) -> "MomentumModel":
+        """A ``MomentumModel`` from an instance, a kind name or ``None`` (= ``"true"``)."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, MomentumModel):
+            return spec
+        if isinstance(spec, str):
+            return cls(kind=spec)
+        raise ValueError(f"momentum must be a MomentumModel or one of {list(MOMENTUM_MODELS)}, got {spec!r}")
+
+
+class CrossingMomentum:
+    """Path averages over a continuous-slowing-down crossing from p_in to p_out, with iron's stopping-power shape.
+
+    R(T) = integral_{T_cut}^{T} dT' / S(T') (residual range in mass units) and U(T) = integral u dT' / S on a log grid
+    of kinetic energy T; u_bar(p_in, p_out) = (U_in - U_out) / (R_in - R_out); the momentum at a fraction f of the
+    crossing is the one with R = R_in - f (R_in - R_out). Built once (pure function of the grid, ~5 ms).
+    """
+
+    def __init__(self, n: int = 4000, t_min: float = 1e-3, t_max: float = 1e4) -> None:
+        from ..volume.energy_loss import stopping_power
+
+        t = torch.logspace(math.log10(t_min), math.log10(t_max), n, dtype=torch.float64)
+        p = torch.sqrt(t * (t + 2 * MUON_MASS))
+        s = stopping_power(p, "iron", mass=True).to(torch.float64)  # MeV cm^2 / g; the shape is what matters
+        u = inv_beta_p2(p)
+        dt = t[1:] - t[:-1]
+        inv_s = 1.0 / s
+        r = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(0.5 * (inv_s[1:] + inv_s[:-1]) * dt, 0)])
+        us = u * inv_s
+        uu = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(0.5 * (us[1:] + us[:-1]) * dt, 0)])
+        self.ln_t, self.r, self.u_cum = torch.log(t), r, uu
+
+    def _interp(self, x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+        i = torch.searchsorted(xp, x.contiguous()).clamp(1, len(xp) - 1)
+        w = ((x - xp[i - 1]) / (xp[i] - xp[i - 1])).clamp(0.0, 1.0)
+        return fp[i - 1] + w * (fp[i] - fp[i - 1])
+
+    def _at(self, p: Tensor) -> Tuple[Tensor, Tensor]:
+        t = (torch.sqrt(p.to(torch.float64).square() + MUON_MASS2) - MUON_MASS).clamp_min(float(self.ln_t[0].exp()))
+        ln_t = torch.log(t)
+        return self._interp(ln_t, self.ln_t, self.r), self._interp(ln_t, self.ln_t, self.u_cum)
+
+    def mean_u(self, p_in: Tensor, p_out: Tensor) -> Tensor:
+        """(N,) path-averaged 1 / (beta p)^2 [GeV^-2] of crossings from ``p_in`` to ``p_out`` [GeV]."""
+        r_in, u_in = self._at(p_in)
+        r_out, u_out = self._at(p_out)
+        dr = r_in - r_out
+        plain = torch.sqrt(inv_beta_p2(p_in.to(torch.float64)) * inv_beta_p2(p_out.to(torch.float64)))
+        out = torch.where(dr > 1e-9 * r_in.clamp_min(1e-30), (u_in - u_out) / dr.clamp_min(1e-300), plain)
+        return out.to(p_in.dtype)
+
+    def momentum_at(self, p_in: Tensor, p_out: Tensor, frac: Tensor) -> Tensor:
+        """(N, S) momentum [GeV] after a fraction ``frac`` (S,) of each crossing (by residual range)."""
+        r_in, _ = self._at(p_in)
+        r_out, _ = self._at(p_out)
+        r = r_in[:, None] - frac.to(torch.float64)[None, :] * (r_in - r_out)[:, None]
+        ln_t = self._interp(r.reshape(-1), self.r, self.ln_t).reshape(r.shape)
+        t = torch.exp(ln_t)
+        return torch.sqrt(t * (t + 2 * MUON_MASS)).to(p_in.dtype)
+
+
+_CROSSING: Optional[CrossingMomentum] = None
+
+
+def crossing_momentum() -> CrossingMomentum:
+    """The shared :class:`CrossingMomentum` table (a constant, built on first use)."""
+    global _CROSSING  # noqa: PLW0603 - memoised constant table, never mutated after construction
+    if _CROSSING is None:
+        _CROSSING = CrossingMomentum()
+    return _CROSSING
+
+
+class SpectrumMomentum:
+    """E[1 / (beta p)^2 | theta] and E[u^2] / E[u]^2 of a muon generator's flux, as functions of the zenith angle.
+
+    Built from the generator's bin-integrated flux table (``AbsMuonGenerator._bin_prob``, theta x log E bins):
+    for every theta bin the energy bins are averaged with their probabilities, u evaluated at each energy bin's
+    logarithmic centre (bins are 1-2 % wide in E). Lookup: linear interpolation in theta (clamped to the table).
+    """
+
+    def __init__(self, generator: Any, device: Any = None) -> None:
+        prob = generator._bin_prob.to(torch.float64)  # (n_theta, n_energy)
+        u_edges, t_edges = generator._u_edges.to(torch.float64), generator._t_edges.to(torch.float64)
+        energy = torch.exp(0.5 * (u_edges[1:] + u_edges[:-1]))
+        if getattr(generator, "fixed_mom", None) is not None:
+            mom = torch.full_like(energy, float(generator.fixed_mom))
+        else:
+            mom = torch.sqrt((energy.square() - MUON_MASS2).clamp_min(1e-12))
+        u = inv_beta_p2(mom)
+        w = prob / prob.sum(1, keepdim=True).clamp_min(1e-300)
+        mean, second = w @ u, w @ u.square()
+        dev = device if device is not None else prob.device
+        self.theta_centres = (0.5 * (t_edges[1:] + t_edges[:-1])).to(dev)
+        self.mean_u = mean.to(dev)
+        self.var_factor = (second / mean.square()).to(dev)
+        self._w, self._mom = w.to(dev), mom.to(dev)  # (n_theta, n_energy) bin weights, (n_energy,) momenta
+
+    def lookup_after_loss(self, theta: Tensor, delta_e: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(E[u], E[u^2]/E[u]^2)`` of crossings that lose ``delta_e`` [GeV] (N,) at zenith angles ``theta`` (N,):
+        u is each energy bin's path-averaged 1/(beta p)^2 from p to p(E - delta_e) (:class:`CrossingMomentum`), and
+        muons that would stop (kinetic energy below 1 MeV at the exit) are left out: they are never observed."""
+        tc = self.theta_centres
+        i = torch.bucketize(theta.detach().to(tc.dtype).contiguous(), 0.5 * (tc[1:] + tc[:-1]))
+        w = self._w[i]  # (N, n_energy)
+        p = self._mom[None, :].expand_as(w)
+        e = torch.sqrt(p.square() + MUON_MASS2)
+        e_out = e - delta_e.detach().to(p.dtype)[:, None].clamp_min(0.0)
+        alive = e_out > MUON_MASS + 1e-3
+        p_out = torch.sqrt((e_out.square() - MUON_MASS2).clamp_min(1e-12))
+        u = crossing_momentum().mean_u(p.reshape(-1), torch.where(alive, p_out, p).reshape(-1)).reshape(p.shape)
+        w = w * alive.to(w.dtype)
+        norm = w.sum(1).clamp_min(1e-300)
+        mean = (w * u).sum(1) / norm
+        second = (w * u.square()).sum(1) / norm
+        return mean.to(theta.dtype), (second / mean.square().clamp_min(1e-300)).to(theta.dtype)
+
+    def lookup(self, theta: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(E[u], E[u^2]/E[u]^2)`` at zenith angles ``theta`` [rad] (same shape, dtype of ``theta``)."""
+        tc = self.theta_centres
+        t = theta.detach().to(tc.dtype).clamp(float(tc[0]), float(tc[-1]))
+        i = torch.searchsorted(tc, t.contiguous(), right=True).clamp(1, len(tc) - 1)
+        f = (t - tc[i - 1]) / (tc[i] - tc[i - 1])
+        mean = self.mean_u[i - 1] + f * (self.mean_u[i] - self.mean_u[i - 1])
+        var = self.var_factor[i - 1] + f * (self.var_factor[i] - self.var_factor[i - 1])
+        return mean.to(theta.dtype), var.to(theta.dtype)
+
+
+def muon_momentum_factor(
+    model: MomentumModel,
+    *,
+    mom_in: Tensor,
+    mom_out: Tensor,
+    theta_in: Tensor,
+    spectrum: Optional[SpectrumMomentum] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(u, var_factor, p_in, p_out)``, all (N,): the crossing's 1 / (beta p)^2 [GeV^-2] under ``model``,
+    E[u^2]/E[u]^2, and the entry / exit momenta [GeV] the model knows (measured; NaN for ``"unknown"``).
+
+    Args:
+        mom_in, mom_out: (N,) true momenta [GeV] at entry and exit (equal without energy loss).
+        theta_in: (N,) reconstructed incoming zenith angle [rad] (``"unknown"``).
+        spectrum: the generator's :class:`SpectrumMomentum` (required for ``"unknown"``).
+        generator: draws of the smearing (``"smeared"``); default: a generator seeded with ``model.seed``.
+    """
+    if model.kind == "unknown":
+        if spectrum is None:
+            raise ValueError("momentum model 'unknown' needs the muon generator's spectrum (SpectrumMomentum)")
+        mean, var = spectrum.lookup(theta_in)
+        nan = torch.full_like(mean, float("nan"))
+        return mean, var, nan, nan
+    inv_in = torch.sqrt(inv_beta_p2(mom_in))  # 1 / (beta p) at entry [GeV^-1]
+    inv_out = torch.sqrt(inv_beta_p2(mom_out))
+    cross = crossing_momentum()
+    if model.kind == "true":
+        return cross.mean_u(mom_in, mom_out), torch.ones_like(inv_in), mom_in, mom_out
+    gen = generator if generator is not None else make_generator(model.seed, mom_in.device)
+    eps = torch.randn((2, len(mom_in)), generator=gen, device=mom_in.device, dtype=mom_in.dtype)
+    r = float(model.resolution)
+    q_in = inv_in * (1 + r * eps[0])
+    q_out = inv_out * (1 + r * eps[1])
+    u = (q_in * q_out).clamp_min(1e-6 * inv_in * inv_out)
+    p_in_meas = mom_in / (1 + r * eps[0]).clamp_min(1e-3)  # the measured curvature, as a momentum
+    p_out_meas = mom_out / (1 + r * eps[1]).clamp_min(1e-3)
+    p_out_meas = torch.minimum(p_out_meas, p_in_meas)  # a crossing only loses energy
+    # the end-of-range correction of the path average, evaluated at the measured momenta
+    corr = cross.mean_u(p_in_meas, p_out_meas) / torch.sqrt(inv_beta_p2(p_in_meas) * inv_beta_p2(p_out_meas))
+    return u * corr, torch.full_like(u, (1 + r * r) ** 2), p_in_meas, p_out_meas
