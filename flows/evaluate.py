@@ -9,12 +9,25 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from tasks.artifacts import publish_images
-from tasks.evaluation import compare_detectors, evaluate_markdown, make_heldout, predict_detector
+from tasks.detector import build_reference_volume, build_start_volume, load_detector
+from tasks.evaluation import compare_detectors, eval_seed, evaluate_markdown, make_heldout, predict_detector
+from tasks.plot_io import save_png
+from tomopt_lib.plotting_compare import plot_layouts_overlay
 
 from .params import parse_params
 from .paths import PipelinePaths
 
 __all__ = ["evaluate_flow"]
+
+
+def _publish_layouts(p: Any, paths: PipelinePaths, png: Path) -> None:
+    """Start, trained and reference detectors overlaid (side and top view)."""
+    vol, budget = p.volume.model_dump(), p.optimise.budget
+    start = p.optimise.start.model_dump()
+    trained = load_detector(build_start_volume(vol, start, budget=budget), str(paths.optimise_outputs["detector_pt"]))
+    vols = {"start": build_start_volume(vol, start, budget=budget), "trained": trained,
+            "reference": build_reference_volume(vol, budget=budget)}
+    save_png(plot_layouts_overlay(vols), png)
 
 
 @flow(name="evaluate", flow_run_name="evaluate-seed{params[seed]}", log_prints=False)
@@ -37,7 +50,9 @@ def evaluate_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, An
     for i, (n, f) in enumerate(futures.items(), 1):
         costs[n] = f.result()["total_cost"]
         update_progress_artifact(progress, 100.0 * i / (len(names) + 1))
-    metrics = compare_detectors(heldout, {n: str(pred_dir / f"pred_{n}.h5") for n in names}, costs, out, p.evaluate.n_images)
+    metrics = compare_detectors(heldout, {n: str(pred_dir / f"pred_{n}.h5") for n in names}, costs, out, p.evaluate.n_images,
+                                p.evaluate.n_bootstrap, eval_seed(p.seed, ev), p.volume.voxel_size)
+    _publish_layouts(p, paths, Path(out["plots_dir"]) / "layouts.png")
     update_progress_artifact(progress, 100.0)
     pngs = sorted(Path(out["plots_dir"]).glob("*.png")) if Path(out["plots_dir"]).is_dir() else []
     if pngs:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["LearningRates", "StartLayout", "OptimiseParams", "EvaluateParams"]
+__all__ = ["LearningRates", "StartLayout", "MomentumParams", "OptimiseParams", "EvaluateParams"]
 
 
 class _Model(BaseModel):
@@ -20,12 +20,21 @@ class LearningRates(_Model):
     xy: Optional[float] = Field(0.005, gt=0, le=1e6)
     z: Optional[float] = Field(0.01, gt=0, le=1e6)
     xy_span: Optional[float] = Field(0.005, gt=0, le=1e6)
+    budget: Optional[float] = Field(0.05, gt=0, le=1e6, description="budget weights (fixed-budget mode; null = equal split)")
 
-    @model_validator(mode="after")
-    def _one_group(self) -> "LearningRates":
-        if self.xy is None and self.z is None and self.xy_span is None:
-            raise ValueError("optimise.lr.xy, optimise.lr.z and optimise.lr.xy_span are all null: set at least one (nothing to optimise)")
-        return self
+
+class MomentumParams(_Model):
+    """What the X0 inference knows about the muon momenta (``tomopt_lib.inference.momentum``)."""
+
+    model: Literal["true", "smeared", "unknown"] = Field(
+        "true", description="true: ideal spectrometers above and below; smeared: with a relative curvature resolution; "
+        "unknown: no measurement, the flux spectrum's mean")
+    resolution: float = Field(0.1, gt=0, le=1, description="relative resolution on 1/p (model smeared)")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _yaml_true(cls, v: object) -> object:
+        return "true" if v is True else v  # YAML reads an unquoted `true` as a boolean
 
 
 class StartLayout(_Model):
@@ -48,14 +57,26 @@ class OptimiseParams(_Model):
     passive_bs: int = Field(2, ge=1, le=100000, description="passive volumes per update")
     n_mu_per_volume: int = Field(1000, ge=1, le=10_000_000)
     mu_bs: int = Field(1000, ge=1, le=1_000_000)
-    inferrer: Literal["poca", "path"] = "poca"
+    inferrer: Literal["poca", "path"] = "path"
+    momentum: MomentumParams = Field(default_factory=MomentumParams)
     loss: Literal["voxel_x0", "voxel_log_x0"] = Field(
-        "voxel_x0", description="voxel_x0: MSE of X0 (TomOpt VoxelX0Loss); voxel_log_x0: MSE of log X0 (VoxelLogX0Loss)"
+        "voxel_log_x0", description="voxel_x0: MSE of X0 (TomOpt VoxelX0Loss); voxel_log_x0: MSE of log X0 (VoxelLogX0Loss)"
     )
     optimiser: Literal["adam", "sgd"] = "adam"
     lr: LearningRates = Field(default_factory=LearningRates)
+    budget: Optional[float] = Field(None, gt=0, le=1e6, description="fixed total detector cost (panel area x m2_cost) "
+                                    "the optimiser distributes over the panels (TomOpt's fixed-budget mode); null = free areas")
     target_budget: Optional[float] = Field(None, gt=0, le=1e9, description="loss budget (total panel area x m2_cost); null = no cost term")
     start: StartLayout = Field(default_factory=StartLayout)
+
+    @model_validator(mode="after")
+    def _one_group(self) -> "OptimiseParams":
+        lr = self.lr
+        if lr.xy is None and lr.z is None and lr.xy_span is None and (lr.budget is None or self.budget is None):
+            raise ValueError("optimise.lr.xy, optimise.lr.z and optimise.lr.xy_span are all null (and the budget split "
+                             "is not optimised: optimise.budget or optimise.lr.budget is null): set at least one "
+                             "(nothing to optimise)")
+        return self
 
     @model_validator(mode="after")
     def _batch_fits(self) -> "OptimiseParams":
@@ -68,13 +89,16 @@ class EvaluateParams(_Model):
     """Held-out evaluation of the trained detector against fixed baselines."""
 
     seed: Optional[int] = Field(None, ge=0, le=2**63 - 1, description="seed of held-out passives and muons; null = derived from seed")
-    n_volumes: int = Field(10, ge=1, le=100000, description="held-out passives (a different seed from training)")
+    n_volumes: int = Field(20, ge=2, le=100000, description="held-out passives (a different seed from training)")
     n_mu_per_volume: int = Field(3000, ge=1, le=10_000_000)
     mu_bs: int = Field(1000, ge=1, le=1_000_000)
     inferrer: Optional[Literal["poca", "path"]] = Field(None, description="null = optimise.inferrer")
+    momentum: Optional[MomentumParams] = Field(None, description="null = optimise.momentum")
+    n_bootstrap: int = Field(2000, ge=100, le=1_000_000, description="paired bootstrap resamples of the held-out volumes")
     baselines: List[Literal["start", "reference"]] = Field(
         default_factory=lambda: ["start", "reference"], min_length=1, max_length=2,
-        description="start: the untrained starting layout; reference: the volume section's centred layout",
+        description="start: the untrained starting layout; reference: the hand design at the same budget (centred, "
+        "symmetric, evenly spaced, equal spend)",
     )
     n_images: int = Field(1, ge=0, le=20, description="X0 prediction-vs-truth images per detector (first held-out volumes)")
 

@@ -87,6 +87,8 @@ class VolumeParams(_Model):
     step_sz: float = Field(0.01, gt=0, le=1)
     scatter_model: Literal["pdg"] = "pdg"
     sigmoid_smooth: Optional[float] = Field(None, gt=0, le=10)
+    energy_loss: bool = Field(True, description="continuous muon energy loss in the passive layers (off: TomOpt)")
+    highland_beta: bool = Field(True, description="Highland with the muon's beta (off: TomOpt's beta = 1)")
 
     @model_validator(mode="after")
     def _voxels_fit(self) -> "VolumeParams":

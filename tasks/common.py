@@ -14,7 +14,7 @@ __all__ = ["task_logger", "derive_seed", "build_volume"]
 
 _VOLUME_KEYS = (
     "n_panels_above", "n_panels_below", "passive_n_layers", "lw", "voxel_size", "res", "eff", "panel_span", "step_sz",
-    "scatter_model", "sigmoid_smooth",
+    "scatter_model", "sigmoid_smooth", "energy_loss", "highland_beta",
 )
 
 
@@ -39,7 +39,8 @@ def derive_seed(seed: int, *keys: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1])) & (2**63 - 1)
 
 
-def build_volume(volume_cfg: Mapping[str, Any], device: Optional[str] = None) -> Volume:
-    """``build_panel_volume`` from a ``volume`` parameter section (a mapping of plain values)."""
+def build_volume(volume_cfg: Mapping[str, Any], device: Optional[str] = None, budget: Optional[float] = None) -> Volume:
+    """``build_panel_volume`` from a ``volume`` parameter section (a mapping of plain values); ``budget``: fixed-budget
+    mode with that total detector cost."""
     kwargs = {k: volume_cfg[k] for k in _VOLUME_KEYS if k in volume_cfg}
-    return build_panel_volume(**kwargs, device=device)
+    return build_panel_volume(**kwargs, budget=budget, device=device)

@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from tomopt_lib.inference.momentum import MomentumModel
+from tomopt_lib.inference.volume import get_volume_inferrer
 from tomopt_lib.io import PassiveRecord, read_passives, write_json, write_passives
 from tomopt_lib.optimisation.data import PassiveYielder
 from tomopt_lib.optimisation.loss import VoxelLogX0Loss, VoxelX0Loss
@@ -38,17 +40,28 @@ DETECTOR_SCHEMA_VERSION = 1
 _OPTS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
-def build_reference_volume(volume_cfg: Mapping[str, Any], device: Optional[str] = "cpu") -> Volume:
-    """The ``volume`` section's own layout (panels centred, ``volume.panel_span`` wide)."""
-    return build_volume(volume_cfg, device)
+def build_reference_volume(volume_cfg: Mapping[str, Any], device: Optional[str] = "cpu", budget: Optional[float] = None) -> Volume:
+    """The layout a physicist would build by hand: panels centred, square, ``volume.panel_span`` wide (or, in
+    fixed-budget mode, an equal share of ``budget`` each), evenly spaced in z inside each detector layer at the centres
+    of n equal slices (so the layers above and below mirror each other about the passive block)."""
+    vol = build_volume(volume_cfg, device, budget=budget)
+    with torch.no_grad():
+        for det in vol.get_detectors():
+            ps = sorted(getattr(det, "panels", []), key=lambda p: -float(p.z))
+            top, size = float(det.z.reshape(-1)[0]), float(det.size)
+            for k, p in enumerate(ps):
+                p.z.fill_(top - (k + 0.5) * size / len(ps))
+    return vol
 
 
-def build_start_volume(volume_cfg: Mapping[str, Any], start_cfg: Mapping[str, Any], device: Optional[str] = "cpu") -> Volume:
-    """The optimisation's starting layout: ``volume`` with ``start.panel_span`` and every panel shifted by ``start.xy_offset``."""
+def build_start_volume(volume_cfg: Mapping[str, Any], start_cfg: Mapping[str, Any], device: Optional[str] = "cpu",
+                       budget: Optional[float] = None) -> Volume:
+    """The optimisation's starting layout: ``volume`` with ``start.panel_span`` and every panel shifted by
+    ``start.xy_offset``, packed ``start.z_gap`` apart next to the passive block (``budget``: fixed-budget mode)."""
     cfg = dict(volume_cfg)
     if start_cfg.get("panel_span") is not None:
         cfg["panel_span"] = start_cfg["panel_span"]
-    vol = build_volume(cfg, device)
+    vol = build_volume(cfg, device, budget=budget)
     off = torch.as_tensor(start_cfg.get("xy_offset", [0.0, 0.0]), dtype=vol.lw.dtype, device=vol.device)
     lw = vol.lw.to(off.dtype)
     gap = start_cfg.get("z_gap")
@@ -66,7 +79,7 @@ def _pack_z(vol: Volume, gap: float) -> None:
     for det in vol.get_detectors():
         ps = sorted(getattr(det, "panels", []), key=lambda p: -float(p.z))
         z_hi, z_lo = float(det.z.reshape(-1)[0]), float(det.z.reshape(-1)[0]) - float(det.size)
-        if z_lo >= top - 1e-9:  # above the passive: pack upwards from its bottom edge
+        if z_lo >= top - 1e-5:  # above the passive (float32 heights: compare with a tolerance above their precision)
             zs = [min(z_lo + 1e-3 + gap * (len(ps) - 1 - i), z_hi - 1e-3) for i in range(len(ps))]
         else:  # below: pack downwards from its top edge
             zs = [max(z_hi - 1e-3 - gap * i, z_lo + 1e-3) for i in range(len(ps))]
@@ -82,21 +95,29 @@ def panels(volume: Volume) -> List[Any]:
 _LOSSES = {"voxel_x0": VoxelX0Loss, "voxel_log_x0": VoxelLogX0Loss}
 
 
-def make_wrapper(volume: Volume, opt_cfg: Mapping[str, Any], *, seed: Optional[int] = None, inferrer: Optional[str] = None) -> PanelVolumeWrapper:
-    """``PanelVolumeWrapper`` with one optimiser per group of ``opt_cfg["lr"]`` (null rate = group frozen) and
-    the loss named by ``opt_cfg["loss"]`` (``voxel_x0``: ``VoxelX0Loss``, ``voxel_log_x0``: ``VoxelLogX0Loss``) with
-    ``target_budget=opt_cfg["target_budget"]``."""
+def make_wrapper(volume: Volume, opt_cfg: Mapping[str, Any], *, seed: Optional[int] = None, inferrer: Optional[str] = None,
+                 momentum: Optional[Mapping[str, Any]] = None) -> PanelVolumeWrapper:
+    """``PanelVolumeWrapper`` with one optimiser per group of ``opt_cfg["lr"]`` (null rate = group frozen; the budget
+    weights only in fixed-budget mode), the loss named by ``opt_cfg["loss"]`` (``voxel_x0``: ``VoxelX0Loss``,
+    ``voxel_log_x0``: ``VoxelLogX0Loss``) with ``target_budget=opt_cfg["target_budget"]``, and the X0 inferrer
+    ``inferrer`` (default ``opt_cfg["inferrer"]``) with the momentum model ``momentum`` (default
+    ``opt_cfg["momentum"]``; smearing seeded from ``seed``)."""
     opt, lr = _OPTS[opt_cfg["optimiser"]], opt_cfg["lr"]
 
     def mk(rate: Optional[float]) -> Any:
         return partial(opt, lr=float(rate)) if rate is not None else None
 
     part = {"xy_pos_opt": mk(lr["xy"]), "z_pos_opt": mk(lr["z"]), "xy_span_opt": mk(lr["xy_span"])}
+    if getattr(volume, "budget", None) is not None and lr.get("budget") is not None:
+        part["budget_opt"] = mk(lr["budget"])
     if all(v is None for v in part.values()):
         raise ValueError("optimise.lr: every group is null; nothing to optimise")
+    mom = dict(momentum or opt_cfg.get("momentum") or {"model": "true", "resolution": 0.1})
+    model = MomentumModel(kind=mom["model"], resolution=float(mom["resolution"]), seed=int(seed or 0) % (2**31))
+    inf_cls = get_volume_inferrer(inferrer or opt_cfg["inferrer"])
     return PanelVolumeWrapper(
         volume, **part, loss_func=_LOSSES[opt_cfg.get("loss", "voxel_x0")](target_budget=opt_cfg.get("target_budget")),
-        partial_volume_inferrer=inferrer or opt_cfg["inferrer"], seed=seed,
+        partial_volume_inferrer=partial(inf_cls, momentum=model), seed=seed,
     )
 
 

@@ -146,7 +146,7 @@ def prepare_optimisation(ckpt_dir: str, seed: int, volume_cfg: Mapping[str, Any]
         write_passive_set(str(d / "train_passives.h5"), volume_cfg, passives_cfg, int(opt_cfg["n_volumes"]), derive_seed(s, 1))
         if int(opt_cfg["n_val_volumes"]) > 0:
             write_passive_set(str(d / "val_passives.h5"), volume_cfg, passives_cfg, int(opt_cfg["n_val_volumes"]), derive_seed(s, 2))
-        vw = make_wrapper(build_start_volume(volume_cfg, opt_cfg["start"]), opt_cfg, seed=derive_seed(s, 3))
+        vw = make_wrapper(build_start_volume(volume_cfg, opt_cfg["start"], budget=opt_cfg.get("budget")), opt_cfg, seed=derive_seed(s, 3))
         _save_checkpoint(vw, checkpoint_path(ckpt_dir, 0), 0, fp, [], panel_rows(vw.volume, 0))
         write_json({"fingerprint": fp, "seed": s}, meta)
     last = 0
@@ -169,7 +169,7 @@ def run_epoch(ckpt_dir: str, epoch: int, volume_cfg: Mapping[str, Any], opt_cfg:
     t0 = time.perf_counter()
     d = Path(ckpt_dir)
     state = load_checkpoint(checkpoint_path(ckpt_dir, epoch - 1), fingerprint)
-    vw = make_wrapper(build_start_volume(volume_cfg, opt_cfg["start"]), opt_cfg, seed=0)
+    vw = make_wrapper(build_start_volume(volume_cfg, opt_cfg["start"], budget=opt_cfg.get("budget")), opt_cfg, seed=0)
     restore_wrapper(vw, state)
     trn, _ = passive_layouts(str(d / "train_passives.h5"), vw.volume)
     val = passive_layouts(str(d / "val_passives.h5"), vw.volume)[0] if (d / "val_passives.h5").is_file() else None

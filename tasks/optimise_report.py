@@ -53,9 +53,9 @@ def finalise_optimisation(ckpt_dir: str, n_epochs: int, fingerprint: str, volume
     ``out["loss_csv"]``, ``out["panels_csv"]``, ``out["layout_png"]``, ``out["loss_png"]``; returns
     ``{"metrics", "history"}`` (scalars only)."""
     state = load_checkpoint(checkpoint_path(ckpt_dir, n_epochs), fingerprint)
-    start = build_start_volume(volume_cfg, opt_cfg["start"])
+    start = build_start_volume(volume_cfg, opt_cfg["start"], budget=opt_cfg.get("budget"))
     start_desc = describe_detector(start)
-    vol = build_start_volume(volume_cfg, opt_cfg["start"])
+    vol = build_start_volume(volume_cfg, opt_cfg["start"], budget=opt_cfg.get("budget"))
     vol.load_state_dict(state["volume"])
     hist = pd.DataFrame(state["history"][:n_epochs])
     desc = write_detector(vol, out["detector_pt"], out["detector_json"], extra={"trained_epochs": n_epochs, "fingerprint": fingerprint})

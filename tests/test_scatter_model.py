@@ -215,3 +215,42 @@ def test_highland_uses_the_muon_beta():
     beta = mom / math.sqrt(mom**2 + 0.1056583755**2)
     assert with_beta / no_beta == pytest.approx(1 / beta, rel=0.01)
     assert no_beta == pytest.approx(highland_theta0(torch.tensor(length / x0), torch.tensor(mom)).item(), rel=0.01)
+
+
+def _tomopt_layout_table(path, *, json_in="attr"):
+    """A table in TomOpt's layout: lower momentum edges only (n_mom values) and the material map as a JSON string."""
+    import json
+
+    n_mat, n_mom, n = 2, 3, 50
+    rows = np.sort(np.abs(np.random.default_rng(0).normal(size=(n_mat, n_mom, n))), axis=-1).astype(np.float32)
+    rows *= np.arange(1, n_mom + 1, dtype=np.float32)[None, :, None] * 1e-3  # bin k has width (k + 1) mrad
+    mapping = json.dumps({str(X0["lead"]): 0, str(X0["iron"]): 1})
+    with h5py.File(path, "w") as f:
+        f.create_dataset("model/dtheta", data=rows)
+        f.create_dataset("model/dxy", data=rows * 1e-3)
+        md = f.create_group("meta_data")
+        md.create_dataset("deltaz", data=0.01)
+        md.create_dataset("mom_bins", data=np.array([1.0, 2.0, 4.0]))
+        md.create_dataset("exp_disp_model", data=1.85)
+        if json_in == "attr":
+            md.attrs["x02id"] = mapping
+        else:
+            md.create_dataset("x02id", data=mapping)
+    return path
+
+
+@pytest.mark.parametrize("json_in", ["attr", "dataset"])
+def test_tabulated_tomopt_layout_and_edges(tmp_path, json_in):
+    """Lower-edge bins [1, 2), [2, 4), [4, inf); a momentum exactly on an edge uses the bin that starts there; the
+    material map may be a JSON string (attribute or dataset)."""
+    model = TabulatedScatterModel(_tomopt_layout_table(tmp_path / "t.h5", json_in=json_in))
+    assert model.n_mom == 3 and sorted(model.x0_keys) == sorted([X0["lead"], X0["iron"]])
+    rows = model.table_rows(torch.full((5,), X0["iron"]), torch.tensor([1.0, 1.999, 2.0, 4.0, 100.0]))
+    assert rows.tolist() == [3, 3, 4, 5, 5]  # iron is row 1: flat index 1 * n_mom + bin
+
+
+def test_pgeant_name_needs_a_table(tmp_path):
+    with pytest.raises(ValueError, match="pgeant.*needs its table file"):
+        get_scatter_model("pgeant")
+    model = get_scatter_model(f"pgeant:{_tomopt_layout_table(tmp_path / 'p.h5')}")
+    assert isinstance(model, TabulatedScatterModel)

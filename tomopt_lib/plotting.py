@@ -65,8 +65,10 @@ def _colour(i: int) -> Any:
     return colormaps[CAT_PALETTE](i % 10)
 
 
-def plot_pred_true_x0(pred: np.ndarray, true: np.ndarray, savename: Optional[PathLike] = None) -> Figure:
-    """Side-by-side (z, x, y) X0 maps [m] per layer (rows, bottom layer first): prediction | truth, shared log scale."""
+def plot_pred_true_x0(pred: np.ndarray, true: np.ndarray, savename: Optional[PathLike] = None, *,
+                      voxel_size: Optional[float] = None) -> Figure:
+    """Side-by-side (z, x, y) X0 maps [m] per layer (rows, bottom layer first): truth | prediction, shared log colour
+    scale; with ``voxel_size`` [m] the axes are positions in metres, else voxel indices."""
     pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
     if pred.shape != true.shape or pred.ndim != 3:
         raise ValueError(f"pred and true must both have shape (z, x, y), got {pred.shape} and {true.shape}")
@@ -77,10 +79,13 @@ def plot_pred_true_x0(pred: np.ndarray, true: np.ndarray, savename: Optional[Pat
     fig = Figure(figsize=(12, 5 * n_z), layout="constrained")
     axes = fig.subplots(n_z, 2, squeeze=False)
     for z in range(n_z):
-        for j, (arr, name) in enumerate(((pred, "Prediction"), (true, "True"))):
+        for j, (arr, name) in enumerate(((true, "True"), (pred, "Prediction"))):
             ax = axes[z, j]
-            im = ax.imshow(arr[z].T, origin="lower", norm=norm, cmap="viridis")
-            _style(ax, "x index", "y index", f"{name}, layer {z} (from bottom)")
+            ext = None if voxel_size is None else (0, arr.shape[1] * voxel_size, 0, arr.shape[2] * voxel_size)
+            im = ax.imshow(arr[z].T, origin="lower", norm=norm, cmap="viridis", extent=ext)
+            unit = "index" if voxel_size is None else "[m]"
+            where = f"layer {z} (from bottom)" if voxel_size is None else f"z in [{z * voxel_size:.2g}, {(z + 1) * voxel_size:.2g}] m above the block bottom"
+            _style(ax, f"x {unit}", f"y {unit}", f"{name}, {where}")
         fig.colorbar(im, ax=axes[z].tolist(), label="X0 [m]")
     return _finish(fig, savename)
 

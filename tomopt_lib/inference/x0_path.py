@@ -184,7 +184,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
             s11 = noise[..., 0] + kf * m0[:, None]
             s12 = noise[..., 1] + kf * m1[:, None]
             s22 = noise[..., 2] + kf * m2[:, None]
-            det = (s11 * s22 - s12.square()).clamp_min(_TINY)
+            det = torch.maximum(s11 * s22 - s12.square(), 1e-6 * s11 * s22).clamp_min(_TINY)  # condition guard
             return torch.stack([s22, -s12, s11], dim=-1) / det[..., None], kf  # (N, 2, 3) inverse, (N, 2)
 
         crossings = lw.new_zeros(n_tot).index_add(0, flat, (lw / self.size).reshape(-1))  # voxel crossings (lengths)
@@ -195,6 +195,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
             u1 = inv[..., 0] * obs[..., 0] + inv[..., 1] * obs[..., 1]
             u2 = inv[..., 1] * obs[..., 0] + inv[..., 2] * obs[..., 1]
             num = back([(w * u1.square()).sum(1), 2 * (w * u1 * u2).sum(1), (w * u2.square()).sum(1)])
+            num = torch.nan_to_num(num, nan=0.0, posinf=0.0)  # muons with zero weight and overflowing terms
             den = back([(w * inv[..., 0]).sum(1), 2 * (w * inv[..., 1]).sum(1), (w * inv[..., 2]).sum(1)])
             if self.prior_strength > 0:  # smoothness prior, one-step-late MAP (see module docstring)
                 beta = self._prior_beta(rho.detach(), den.detach())

@@ -1,0 +1,95 @@
+"""Comparison plots of detectors: layouts overlaid, predicted vs true X0 per material, a metric with intervals.
+
+All functions return a matplotlib ``Figure`` (no pyplot state) and optionally save it (``savename``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from .plotting import LBL_SZ, LEG_SZ, PathLike, _colour, _finish, _style
+
+__all__ = ["plot_layouts_overlay", "plot_pred_vs_true_by_material", "plot_metric_intervals"]
+
+
+def plot_layouts_overlay(volumes: Mapping[str, Any], *, savename: Optional[PathLike] = None) -> Figure:
+    """Side (x-z) and top (x-y) views of several detectors over one passive block: one colour per detector, panels
+    drawn with their effective (budget-scaled) spans."""
+    first = next(iter(volumes.values()))
+    lw = first.lw.detach().cpu().numpy()
+    h = float(first.h.reshape(-1)[0])
+    fig = Figure(figsize=(16, 7.5), layout="constrained")
+    side, top = fig.subplots(1, 2)
+    for p in first.get_passives():
+        side.add_patch(Rectangle((0, p.z_bottom), float(lw[0]), p.size, fc="0.88", ec="0.5", lw=0.8))
+    top.add_patch(Rectangle((0, 0), float(lw[0]), float(lw[1]), fc="0.9", ec="0.4", lw=1, label="passive block"))
+    for i, (name, vol) in enumerate(volumes.items()):
+        col, ls = _colour(i), ("-", "--", ":", "-.")[i % 4]
+        for j, det in enumerate(vol.get_detectors()):
+            for k, panel in enumerate(getattr(det, "panels", [])):
+                (cx, cy), z = panel.xy.detach().cpu().numpy(), float(panel.z.detach().reshape(-1)[0])
+                sx, sy = panel.get_scaled_xy_span().detach().cpu().numpy()
+                lab = name if j == 0 and k == 0 else None
+                side.plot([cx - sx / 2, cx + sx / 2], [z, z], color=col, lw=2.5, ls=ls, label=lab)
+                top.add_patch(Rectangle((cx - sx / 2, cy - sy / 2), sx, sy, fill=False, ec=col, lw=1.5, ls=ls, label=lab))
+    side.set_xlim(-0.6 * lw[0], 1.6 * lw[0])
+    side.set_ylim(-0.05 * h, 1.05 * h)
+    top.set_xlim(-0.6 * lw[0], 1.6 * lw[0])
+    top.set_ylim(-0.6 * lw[1], 1.6 * lw[1])
+    top.set_aspect("equal")
+    _style(side, "x [m]", "z [m]", "Side view (panel widths along x)")
+    _style(top, "x [m]", "y [m]", "Top view (panel outlines)")
+    side.legend(fontsize=LEG_SZ, loc="upper right")
+    return _finish(fig, savename)
+
+
+def plot_pred_vs_true_by_material(
+    rows: Sequence[Mapping[str, Any]], *, savename: Optional[PathLike] = None
+) -> Figure:
+    """Predicted vs true X0 [m] per material and detector: markers at the median prediction of the material's voxels,
+    error bars from the 16th to the 84th percentile; the diagonal is perfect calibration.
+
+    ``rows``: dicts with ``detector``, ``material``, ``true`` [m], ``median``, ``q16``, ``q84`` [m].
+    """
+    fig = Figure(figsize=(9, 8), layout="constrained")
+    ax = fig.subplots()
+    dets = list(dict.fromkeys(r["detector"] for r in rows))
+    trues = np.array([r["true"] for r in rows], dtype=float)
+    for i, det in enumerate(dets):
+        sel = [r for r in rows if r["detector"] == det]
+        t = np.array([r["true"] for r in sel]) * (1 + 0.04 * (i - (len(dets) - 1) / 2))  # small offsets to separate
+        med = np.array([r["median"] for r in sel])
+        err = np.array([[r["median"] - r["q16"] for r in sel], [r["q84"] - r["median"] for r in sel]])
+        ax.errorbar(t, med, yerr=np.clip(err, 0, None), fmt="o", color=_colour(i), capsize=4, label=det)
+    lo, hi = trues.min() / 3, trues.max() * 3
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="prediction = truth")
+    for r in {r["material"]: r["true"] for r in rows}.items():
+        ax.annotate(r[0], (r[1], lo * 1.2), rotation=90, fontsize=LEG_SZ - 4, ha="center", va="bottom")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    _style(ax, "true X0 [m]", "predicted X0 [m] (median, 16-84 %)", "Held-out voxels: predicted vs true X0 per material")
+    ax.legend(fontsize=LEG_SZ)
+    return _finish(fig, savename)
+
+
+def plot_metric_intervals(
+    values: Mapping[str, Tuple[float, float, float]], *, label: str, title: str, savename: Optional[PathLike] = None
+) -> Figure:
+    """One horizontal bar per detector: ``values[name] = (estimate, low, high)`` (e.g. a mean with its bootstrap 95 %
+    interval)."""
+    names = list(values)
+    fig = Figure(figsize=(9, 1.2 + 0.8 * len(names)), layout="constrained")
+    ax = fig.subplots()
+    for i, name in enumerate(names):
+        est, lo, hi = values[name]
+        ax.errorbar([est], [i], xerr=[[est - lo], [hi - est]], fmt="o", color=_colour(i), capsize=6, ms=9)
+        ax.annotate(f"{est:.3g} [{lo:.3g}, {hi:.3g}]", (est, i + 0.18), fontsize=LBL_SZ - 8, ha="center")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    _style(ax, label, "", title)
+    return _finish(fig, savename)
