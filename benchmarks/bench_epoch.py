@@ -3,7 +3,8 @@
     python benchmarks/bench_epoch.py            # all configurations -> bench_out/epoch.json
     python benchmarks/bench_epoch.py --only 10x1000/250
 
-Setup: ``build_panel_volume()`` (4 + 4 panels, 6 passive layers of 10 x 10 voxels of 0.1 m), ``PanelVolumeWrapper``
+Setup: ``build_panel_volume()`` (4 + 4 panels, 6 passive layers of 10 x 10 voxels of 0.1 m; ``:pipeline``
+configurations: with energy loss and the path inferrer, the pipeline's defaults), ``PanelVolumeWrapper``
 with SGD lrs 0.0236 (xy) / 1.34e-4 (z) / 0.0892 (span), ``VoxelX0Loss(target_budget=20, cost_coef=None)``,
 ``RandomBlockPassiveGenerator`` (beryllium / aluminium / iron / lead, different block and background),
 passive_bs 5 (1 for a single volume), no validation, 1 torch thread, seed 0. Reports the epoch wall/CPU time and the
@@ -34,6 +35,9 @@ CONFIGS: Dict[str, tuple] = {
     "10x10000/10000": (10, 10_000, 10_000, 30.0, 2.0),
     "1x100000/250": (1, 100_000, 250, 20.0, 3.0),
     "1x100000/100000": (1, 100_000, 100_000, 20.0, 3.0),
+    # the pipeline's physics and inferrer: energy loss on, path inferrer (issue target: <= 2 s for 10 x 1k)
+    "10x1000/1000:pipeline": (10, 1000, 1000, 2.0, 0.6),
+    "10x1000/250:pipeline": (10, 1000, 250, 4.0, 0.6),
 }
 
 
@@ -49,10 +53,11 @@ def worker(name: str) -> dict:
 
     torch.set_num_threads(1)
     n_vol, n_mu, mu_bs, target_s, target_gb = CONFIGS[name]
-    vol = build_panel_volume()
+    pipeline = name.endswith(":pipeline")  # the pipeline's defaults: energy loss, path inferrer
+    vol = build_panel_volume(energy_loss=pipeline)
     vw = PanelVolumeWrapper(vol, xy_pos_opt=partial(optim.SGD, lr=0.0236), z_pos_opt=partial(optim.SGD, lr=1.34e-4),
                             xy_span_opt=partial(optim.SGD, lr=0.0892), loss_func=VoxelX0Loss(target_budget=20, cost_coef=None),
-                            seed=0)
+                            partial_volume_inferrer="path" if pipeline else None, seed=0)
     gen = RandomBlockPassiveGenerator(vol, materials=["beryllium", "aluminium", "iron", "lead"], block_size=None,
                                       sort_x0=False, enforce_diff_mat=True, seed=0)
     py = PassiveYielder(gen, n_passives=n_vol)

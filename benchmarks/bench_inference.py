@@ -83,13 +83,13 @@ def resample(gen: Any, n: int, h: float, rng: torch.Generator) -> torch.Tensor:
     return torch.cat(out)[:n]
 
 
-def run_ours(seed: int, mu_bs: int, spectrum: bool) -> Dict[str, Any]:
+def run_ours(seed: int, mu_bs: int, spectrum: bool, energy_loss: bool = False) -> Dict[str, Any]:
     from tomopt_lib.inference import PanelX0Inferrer, PathX0Inferrer, ScatterBatch
     from tomopt_lib.muon.generation import MuonGenerator2016
     from tomopt_lib.muon.muon_batch import MuonBatch
     from tomopt_lib.volume.builders import build_panel_volume
 
-    volume = build_panel_volume(res=1e4, eff=0.9, panel_span=2.0)
+    volume = build_panel_volume(res=1e4, eff=0.9, panel_span=2.0, energy_loss=energy_loss)
     volume.record_xyz_hist = False
     volume.load_rad_length(rad_length)
     gen = MuonGenerator2016.from_volume(volume, fixed_mom=None if spectrum else 5.0)
@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--mu-bs", type=int, default=250)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--spectrum", action="store_true", help="sample momenta from the flux instead of a fixed 5 GeV")
+    ap.add_argument("--energy-loss", action="store_true", help="continuous energy loss in the passive layers (pipeline)")
     ap.add_argument("--impl", choices=["ours", "ref", "both"], default="ours")
     ap.add_argument("--ref-python", default=str(ROOT / ".refvenv" / "bin" / "python"))
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "inference.json"))
@@ -169,7 +170,8 @@ def main() -> None:
         print(json.dumps(run_ref(args.seed, args.mu_bs)))
         return
     if args.impl in ("ours", "both"):
-        out.update(run_ours(args.seed, args.mu_bs, args.spectrum))
+        out.update(run_ours(args.seed, args.mu_bs, args.spectrum, args.energy_loss))
+        out["energy_loss"] = args.energy_loss
     if args.impl in ("ref", "both"):
         env = dict(os.environ, _BENCH_REF_CHILD="1", OMP_NUM_THREADS=str(args.threads))
         cmd = [args.ref_python, __file__, "--impl", "ref", "--seed", str(args.seed), "--mu-bs", str(args.mu_bs),

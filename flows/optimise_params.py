@@ -57,10 +57,10 @@ class OptimiseParams(_Model):
     passive_bs: int = Field(2, ge=1, le=100000, description="passive volumes per update")
     n_mu_per_volume: int = Field(1000, ge=1, le=10_000_000)
     mu_bs: int = Field(1000, ge=1, le=1_000_000)
-    inferrer: Literal["poca", "path"] = "path"
+    inferrer: Literal["poca", "path"] = "poca"
     momentum: MomentumParams = Field(default_factory=MomentumParams)
     loss: Literal["voxel_x0", "voxel_log_x0"] = Field(
-        "voxel_log_x0", description="voxel_x0: MSE of X0 (TomOpt VoxelX0Loss); voxel_log_x0: MSE of log X0 (VoxelLogX0Loss)"
+        "voxel_x0", description="voxel_x0: MSE of X0 (TomOpt VoxelX0Loss); voxel_log_x0: MSE of log X0 (VoxelLogX0Loss)"
     )
     optimiser: Literal["adam", "sgd"] = "adam"
     lr: LearningRates = Field(default_factory=LearningRates)
@@ -92,7 +92,7 @@ class EvaluateParams(_Model):
     n_volumes: int = Field(20, ge=2, le=100000, description="held-out passives (a different seed from training)")
     n_mu_per_volume: int = Field(3000, ge=1, le=10_000_000)
     mu_bs: int = Field(1000, ge=1, le=1_000_000)
-    inferrer: Optional[Literal["poca", "path"]] = Field(None, description="null = optimise.inferrer")
+    inferrer: Optional[Literal["poca", "path"]] = Field("path", description="null = optimise.inferrer")
     momentum: Optional[MomentumParams] = Field(None, description="null = optimise.momentum")
     n_bootstrap: int = Field(2000, ge=100, le=1_000_000, description="paired bootstrap resamples of the held-out volumes")
     baselines: List[Literal["start", "reference"]] = Field(

@@ -227,7 +227,7 @@ def compare_detectors(heldout_path: str, pred_paths: Mapping[str, str], costs: M
                      "mean_mse_x0": float(g["mse_x0"].mean()), "median_mse_x0": float(g["mse_x0"].median()),
                      "mean_contrast": float(g["contrast"].mean()), "n_failed": int(g["mse_log_x0"].isna().sum()),
                      "total_cost": float(costs.get(name, float("nan"))), "calibration": calib[str(name)]}
-    save_png(plot_metric_intervals(intervals, label="mean over held-out volumes of MSE(ln X0) (lower is better)",
+    save_png(plot_metric_intervals(intervals, label="mean over held-out volumes of MSE(ln X0), lower is better",
                                title="Primary metric per detector, bootstrap 95 % interval"),
          Path(out["plots_dir"]) / "primary_metric.png")
     metrics: Dict[str, Any] = {"n_volumes": len(truth), "primary_metric": PRIMARY, "n_bootstrap": n_bootstrap, "detectors": per}

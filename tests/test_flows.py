@@ -25,7 +25,7 @@ TINY: Dict[str, Any] = {
     "report": {"angle_bins": 20},
     # tiny optimisation / evaluation (tested in tests/test_optimise_flows.py)
     "optimise": {"n_epochs": 1, "n_volumes": 2, "n_val_volumes": 0, "n_mu_per_volume": 100, "mu_bs": 100},
-    "evaluate": {"n_volumes": 1, "n_mu_per_volume": 100, "mu_bs": 100, "baselines": ["start"], "n_images": 0},
+    "evaluate": {"n_volumes": 2, "n_mu_per_volume": 100, "mu_bs": 100, "baselines": ["start"], "n_images": 0, "n_bootstrap": 100},
     # tiny luminosity scan, so that "all" stays fast (the lumi stages are tested in tests/test_lumi_flows.py)
     "lumi_scan": {"mode": "xy", "n_inversions": 2, "chunk_size": 2,
                   "plan": {"bases": [{"crossing_plane": "y"}], "parameters": ["sep_x"], "n_shifts": 1, "product": False}},

@@ -84,7 +84,7 @@ def plot_pred_true_x0(pred: np.ndarray, true: np.ndarray, savename: Optional[Pat
             ext = None if voxel_size is None else (0, arr.shape[1] * voxel_size, 0, arr.shape[2] * voxel_size)
             im = ax.imshow(arr[z].T, origin="lower", norm=norm, cmap="viridis", extent=ext)
             unit = "index" if voxel_size is None else "[m]"
-            where = f"layer {z} (from bottom)" if voxel_size is None else f"z in [{z * voxel_size:.2g}, {(z + 1) * voxel_size:.2g}] m above the block bottom"
+            where = f"layer {z} (from bottom)" if voxel_size is None else f"z {z * voxel_size:.2f}-{(z + 1) * voxel_size:.2f} m"
             _style(ax, f"x {unit}", f"y {unit}", f"{name}, {where}")
         fig.colorbar(im, ax=axes[z].tolist(), label="X0 [m]")
     return _finish(fig, savename)

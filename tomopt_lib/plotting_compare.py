@@ -83,7 +83,7 @@ def plot_metric_intervals(
     """One horizontal bar per detector: ``values[name] = (estimate, low, high)`` (e.g. a mean with its bootstrap 95 %
     interval)."""
     names = list(values)
-    fig = Figure(figsize=(9, 1.2 + 0.8 * len(names)), layout="constrained")
+    fig = Figure(figsize=(13, 1.6 + 0.8 * len(names)), layout="constrained")
     ax = fig.subplots()
     for i, name in enumerate(names):
         est, lo, hi = values[name]

@@ -165,8 +165,11 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         y = obs[..., 0].square().sum(1) / 2  # mean squared slope kick per projection
         n0 = (noise[..., 0]).sum(1) / 2
         fm = f.mean(1)
-        obs_tot = (eff * (y - n0)).sum()
-        rho0 = obs_tot / (eff * k0 * fm * lw.sum(1)).sum().clamp_min(_TINY)
+        # homogeneous method-of-moments density, each muon weighted by the inverse of its expected variance
+        # (a muon whose measurement noise dwarfs its scatter carries no information and must not set the level)
+        w_mm = (eff / (n0 + y.detach().median()).clamp_min(_TINY).square()).detach()
+        obs_tot = (w_mm * (y - n0)).sum()
+        rho0 = obs_tot / (w_mm * k0 * fm * lw.sum(1)).sum().clamp_min(_TINY)
         rho = rho0.clamp(rho_lo, rho_hi).expand(n_tot)
 
         def moments(r: Tensor) -> List[Tensor]:
@@ -204,7 +207,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
             rho = (rho * ratio.clamp(1 / 3, 3) ** self.relax).clamp(rho_lo, rho_hi)
             if self.moment_anchor:  # global method of moments: sum e (y - n) = sum e k f X(rho)
                 m0 = moments(rho)[0]
-                pred = (eff * k0 * self._log_factor(m0) * fm * m0).sum()
+                pred = (w_mm * k0 * self._log_factor(m0) * fm * m0).sum()
                 rho = (rho * (obs_tot / pred.clamp_min(_TINY))).clamp(rho_lo, rho_hi)
         m0 = moments(rho)[0]
         kf = (k0 * self._log_factor(m0))[:, None] * f  # (N, 2)
@@ -229,6 +232,9 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         ln_nb = F.avg_pool3d((info_log.detach() * ln_rho).reshape(shp), 3, stride=1, padding=1,
                              count_include_pad=False).reshape(-1) / w_nb.clamp_min(_TINY)
         ln_nb = torch.where(w_nb > 0, ln_nb, ln_rho)
+        # a data-poor neighbourhood falls back to the block's homogeneous (method-of-moments) density
+        ln_glob = torch.log(rho0.clamp(rho_lo, rho_hi)).detach()
+        ln_nb = (w_nb * ln_nb + p_log * ln_glob) / (w_nb + p_log).clamp_min(_TINY)
         ln_post = (info_log * ln_rho + p_log * ln_nb) / (info_log + p_log).clamp_min(_TINY)
         x0 = torch.exp(-ln_post).clamp(self.x0_range[0], self.x0_range[1])
         j_log = rho_v.square() * info_j

@@ -193,7 +193,8 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
         n = (noise[..., 0] / f).mean(1)  # its measurement-noise part [rad^2]
         v = (3.0 * d["mom_var"][:, 0] - 1.0) / 2.0
         use = eff * (path_len > 0).to(eff.dtype)
-        rho0 = ((use * (y - n)).sum() / (use * k0 * path_len).sum().clamp_min(_TINY)).clamp(1e-4, 1e4).detach()
+        w_mm = use / (n + y.detach().median()).clamp_min(_TINY).square()  # inverse expected variance (noise-robust)
+        rho0 = ((w_mm * (y - n)).sum() / (w_mm * k0 * path_len).sum().clamp_min(_TINY)).clamp(1e-4, 1e4).detach()
         k = k0
         if self.log_term:
             k = k0 * (1.0 + SCATTER_COEF_B * torch.log((path_len * rho0).clamp_min(1e-6))).clamp_min(0.05).square()
