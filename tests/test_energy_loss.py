@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from tomopt_lib.core import DENSITIES, MUON_MASS, X0
+from tomopt_lib.volume.energy_loss_table import EnergyLossTable
 from tomopt_lib.volume.energy_loss import (
     CSDA_T_CUT,
     MATERIAL_LOSS,
     STOP_KINETIC_ENERGY,
-    EnergyLossTable,
     csda_range,
     density_effect,
     ionisation_loss,

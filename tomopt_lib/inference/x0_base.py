@@ -206,7 +206,7 @@ class AbsX0Inferrer(AbsVolumeInferrer):
         A^2 u L) names the material (:class:`~..volume.energy_loss.EnergyLossTable`), whose stopping power at 1 GeV
         times each muon's straight path L_i = height / cos(theta_in) gives its energy loss; u and its spread are then
         the spectrum's averages over crossings that lose that much and survive (``lookup_after_loss``)."""
-        from ..volume.energy_loss import EnergyLossTable
+        from ..volume.energy_loss_table import EnergyLossTable
 
         theta_in = data["theta_in"][:, 0].detach()
         path = (self.z_top - self.z_bottom) / torch.cos(theta_in).clamp_min(0.2)

@@ -7,7 +7,7 @@ step's straight-line midpoint (muons outside the xy footprint see X0 = inf, i.e.
 straight down by dz, adds the lateral displacement of the scatter model and then deflects its direction.
 
 With ``energy_loss`` the momentum is also updated every step with the mean continuous energy loss of the voxel's
-material (:mod:`.energy_loss`: the X0 value identifies the material; midpoint rule on the kinetic energy), the step
+material (:mod:`.energy_loss`, :mod:`.energy_loss_table`: the X0 value identifies the material; midpoint rule on the kinetic energy), the step
 scatters with the step's effective momentum sqrt(p_before p_after) (exact for a constant stopping power:
 integral dx / p^2 = L / (p_before p_after)), and muons that stop are removed from the batch
 (``MuonBatch.stopped_muons``): they leave no out-track.
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..muon.muon_batch import MuonBatch
 from ..runtime import DEFAULT_DTYPE, DeviceLike
-from .energy_loss import EnergyLossTable
+from .energy_loss_table import EnergyLossTable
 from .layer_base import AbsLayer
 from .passive_step import pdg_step_numpy
 from .scatter_model import AbsScatterModel, PDGScatterModel, get_scatter_model
