@@ -15,6 +15,7 @@ from tomopt_lib.io import atomic_path, write_json
 from tomopt_lib.plotting import plot_detector_layout
 
 from .common import task_logger
+from .plot_io import save_png
 from .detector import build_start_volume, describe_detector, write_detector
 from .optimisation import checkpoint_path, load_checkpoint
 
@@ -24,11 +25,6 @@ __all__ = ["finalise_optimisation", "train_markdown"]
 def _csv(df: pd.DataFrame, path: str) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
-
-
-def _png(fig: Figure, path: str) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
 
 
 def _loss_figure(hist: pd.DataFrame) -> Figure:
@@ -61,8 +57,8 @@ def finalise_optimisation(ckpt_dir: str, n_epochs: int, fingerprint: str, volume
     desc = write_detector(vol, out["detector_pt"], out["detector_json"], extra={"trained_epochs": n_epochs, "fingerprint": fingerprint})
     _csv(hist[["epoch", "train_loss", "valid_loss"]], out["loss_csv"])
     _csv(pd.DataFrame([r for r in state["panels"] if r["epoch"] <= n_epochs]), out["panels_csv"])
-    _png(plot_detector_layout(vol), out["layout_png"])
-    _png(_loss_figure(hist), out["loss_png"])
+    save_png(plot_detector_layout(vol), out["layout_png"], dpi=80)
+    save_png(_loss_figure(hist), out["loss_png"], dpi=80)
 
     def fin(x: Any) -> Any:
         return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x

@@ -7,7 +7,7 @@ worker threads), optionally saves it to ``savename`` and returns it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,7 @@ __all__ = [
     "plot_poca_density_per_layer",
     "plot_scatter_angle_hist",
     "plot_detector_layout",
+    "panel_geometry",
 ]
 
 TK_SZ: int = 16
@@ -181,6 +182,16 @@ def plot_scatter_angle_hist(
     return _finish(fig, savename)
 
 
+def panel_geometry(volume: Any) -> Iterator[Tuple[int, Any, int, Tuple[float, float, float, float, float]]]:
+    """``(detector index, detector layer, panel index, (x, y, z, span_x, span_y))`` [m] of every panel, spans
+    effective (budget-scaled)."""
+    for i, det in enumerate(volume.get_detectors()):
+        for k, panel in enumerate(getattr(det, "panels", [])):
+            (cx, cy), z = panel.xy.detach().cpu().numpy(), float(panel.z.detach().reshape(-1)[0])
+            sx, sy = panel.get_scaled_xy_span().detach().cpu().numpy()
+            yield i, det, k, (float(cx), float(cy), z, float(sx), float(sy))
+
+
 def plot_detector_layout(
     volume: Any, *, x0_cube: Optional[np.ndarray] = None, savename: Optional[PathLike] = None,
 ) -> Figure:
@@ -202,16 +213,12 @@ def plot_detector_layout(
         side.add_patch(Rectangle((0, p.z_bottom), float(lw[0]), p.size, fill=x0_cube is None, fc="0.85", ec="0.4", lw=1))
     top.add_patch(Rectangle((0, 0), float(lw[0]), float(lw[1]), fc="0.9", ec="0.4", lw=1, label="passive"))
     labelled = set()
-    for i, det in enumerate(volume.get_detectors()):
-        col = _colour(i)
-        for panel in getattr(det, "panels", []):
-            (cx, cy), z = panel.xy.detach().cpu().numpy(), float(panel.z.detach().reshape(-1)[0])
-            sx, sy = panel.get_scaled_xy_span().detach().cpu().numpy()
-            lab = None if det.pos in labelled else det.pos
-            labelled.add(det.pos)
-            ls = ("-", "--", ":", "-.")[i % 4]
-            side.plot([cx - sx / 2, cx + sx / 2], [z, z], color=col, lw=3, ls=ls, label=lab)
-            top.add_patch(Rectangle((cx - sx / 2, cy - sy / 2), sx, sy, fill=False, ec=col, lw=2, ls=ls, label=lab))
+    for i, det, _, (cx, cy, z, sx, sy) in panel_geometry(volume):
+        col, ls = _colour(i), ("-", "--", ":", "-.")[i % 4]
+        lab = None if det.pos in labelled else det.pos
+        labelled.add(det.pos)
+        side.plot([cx - sx / 2, cx + sx / 2], [z, z], color=col, lw=3, ls=ls, label=lab)
+        top.add_patch(Rectangle((cx - sx / 2, cy - sy / 2), sx, sy, fill=False, ec=col, lw=2, ls=ls, label=lab))
     side.set_xlim(min(0.0, side.get_xlim()[0]) - 0.1 * lw[0], max(lw[0], side.get_xlim()[1]) + 0.1 * lw[0])
     side.set_ylim(-0.05 * h, 1.05 * h)
     top.set_xlim(-0.2 * lw[0], 1.2 * lw[0])

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .plotting import LBL_SZ, LEG_SZ, PathLike, _colour, _finish, _style
+from .plotting import LBL_SZ, LEG_SZ, PathLike, _colour, _finish, _style, panel_geometry
 
 __all__ = ["plot_layouts_overlay", "plot_pred_vs_true_by_material", "plot_metric_intervals"]
 
@@ -29,13 +29,10 @@ def plot_layouts_overlay(volumes: Mapping[str, Any], *, savename: Optional[PathL
     top.add_patch(Rectangle((0, 0), float(lw[0]), float(lw[1]), fc="0.9", ec="0.4", lw=1, label="passive block"))
     for i, (name, vol) in enumerate(volumes.items()):
         col, ls = _colour(i), ("-", "--", ":", "-.")[i % 4]
-        for j, det in enumerate(vol.get_detectors()):
-            for k, panel in enumerate(getattr(det, "panels", [])):
-                (cx, cy), z = panel.xy.detach().cpu().numpy(), float(panel.z.detach().reshape(-1)[0])
-                sx, sy = panel.get_scaled_xy_span().detach().cpu().numpy()
-                lab = name if j == 0 and k == 0 else None
-                side.plot([cx - sx / 2, cx + sx / 2], [z, z], color=col, lw=2.5, ls=ls, label=lab)
-                top.add_patch(Rectangle((cx - sx / 2, cy - sy / 2), sx, sy, fill=False, ec=col, lw=1.5, ls=ls, label=lab))
+        for j, _, k, (cx, cy, z, sx, sy) in panel_geometry(vol):
+            lab = name if j == 0 and k == 0 else None
+            side.plot([cx - sx / 2, cx + sx / 2], [z, z], color=col, lw=2.5, ls=ls, label=lab)
+            top.add_patch(Rectangle((cx - sx / 2, cy - sy / 2), sx, sy, fill=False, ec=col, lw=1.5, ls=ls, label=lab))
     side.set_xlim(-0.6 * lw[0], 1.6 * lw[0])
     side.set_ylim(-0.05 * h, 1.05 * h)
     top.set_xlim(-0.6 * lw[0], 1.6 * lw[0])

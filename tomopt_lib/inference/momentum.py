@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Optional, Tuple
 
 import torch
@@ -132,15 +133,10 @@ class CrossingMomentum:
         return torch.sqrt(t * (t + 2 * MUON_MASS)).to(p_in.dtype)
 
 
-_CROSSING: Optional[CrossingMomentum] = None
-
-
+@lru_cache(maxsize=1)
 def crossing_momentum() -> CrossingMomentum:
-    """The shared :class:`CrossingMomentum` table (a constant, built on first use)."""
-    global _CROSSING  # noqa: PLW0603 - memoised constant table, never mutated after construction
-    if _CROSSING is None:
-        _CROSSING = CrossingMomentum()
-    return _CROSSING
+    """The shared :class:`CrossingMomentum` table (a pure constant, built on first use and memoised)."""
+    return CrossingMomentum()
 
 
 class SpectrumMomentum:

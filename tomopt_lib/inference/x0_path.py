@@ -23,21 +23,27 @@ beta/2 sum_j (ln rho_j - m_j)^2, m_j the mean of ln rho over the voxel's 3x3x3 n
 beta = prior_strength * median_j(rho_j D_j) (D_j the update's denominator, i.e. ~ the voxel's effective number of
 muons), added one-step-late: its positive part to the denominator, its negative part to the numerator. It stops
 poorly measured voxels from running off to X0 -> inf without pulling well-measured ones (e.g. lead among beryllium);
-starting from the homogeneous estimate rho_0 = sum_i e_i (y_i - n_i) / sum_i e_i k_i^0 f_i L_i (y: mean squared slope
-change per projection, n: its noise variance, L: path length in the block). The number of updates is
-fixed (no data-dependent control flow) and every update is differentiable.
+starting from the homogeneous estimate rho_0 = sum_i w_i (y_i - n_i) / sum_i w_i k_i^0 f_i L_i (y: mean squared slope
+change per projection, n: its noise variance, L: path length in the block, w_i = e_i / (n_i + median y)^2 so that a
+muon whose noise dwarfs its scatter cannot set the level). With ``moment_anchor`` every update is rescaled so that
+the same weighted sum of predicted scatter matches the observed one (the global method of moments). The number of
+updates is fixed (no data-dependent control flow) and every update is differentiable.
 
 Paths, observables and measurement noise: :mod:`.path_model` (``path="poca"`` by default). The voxel assignment
 of the path samples is detached; the path lengths, angles, noise and efficiencies carry gradients. Memory held per
 update is O(N) (the (N, S) sample tensors are shared by all updates). k_i = A^2 u_i with u_i the momentum model's
 1 / (beta p)^2 (:mod:`.momentum`).
 
-Uncertainty: diagonal Fisher information I_j = 1/2 sum_i (e_i / c_i) sum_proj tr(S K_ij S K_ij), K_ij = k f W_ij,
-with c_i = E[u^2] / E[u]^2 the momentum model's spread (1 for a known momentum), the muon's path through voxel j
-approximated by its path through the voxel's layer; sigma_X0_j = sigma_rho_j / rho_j^2 with
-sigma_rho_j = I_j^-1/2 (voxel correlations ignored). A voxel whose information is worth fewer than ``min_muons``
-well-measured muons (n_eff = 2 rho^2 I < min_muons) is set by the prior alone: it is flagged in ``low_data`` and its
-uncertainty is at least its prediction (100 %).
+Final shrinkage and uncertainty. I_j = sum_i e_i I_ij is the angle-only Fisher information of the voxel (per
+projection 1/2 (k f l_ij / C_i)^2, C_i the variance of the slope change; the muon's path through voxel j
+approximated by its path through the voxel's layer; divided by the momentum model's c_i = E[u^2] / E[u]^2). In
+ln rho, each voxel is pulled towards the information-weighted mean of its 3x3x3 neighbourhood (itself blended with
+ln rho_0 when the neighbourhood is data-poor) with a weight worth ``shrink_crossings`` crossings of the voxel:
+ln rho_j <- (I'_j ln rho_j + P ln rho_nb) / (I'_j + P), I'_j = rho_j^2 I_j. The uncertainty is the spread of that
+estimate, sigma_ln = sqrt(J'_j) / (I'_j + P) with J'_j the same sum with e_i^2 (sandwich for the efficiency weights),
+sigma_X0 = X0 sigma_ln; it ignores the displacement's information and voxel correlations and is conservative for
+uniform material (README calibration table). A voxel whose data carry less than ``min_data_fraction`` of P is set
+by the prior: it is flagged in ``low_data`` and its uncertainty is at least its prediction (100 %).
 """
 
 from __future__ import annotations
@@ -67,10 +73,12 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         path: ``"poca"`` or ``"straight"`` (see module docstring).
         log_term: include Highland's log term (linearised per update).
         relax: exponent of the update ratio (> 1 over-relaxes and converges faster; 1 = plain EM-type update).
-        prior_strength: weight of the smoothness prior in voxel crossings of a typical voxel (0 = pure ML).
+        prior_strength: weight of the smoothness prior relative to a typical voxel's data (0 = pure ML).
         x0_range: (min, max) X0 [m] the estimate is clamped to.
-        min_data_fraction: voxels whose data carry less than this fraction of the prior's information are flagged
-            ``low_data`` (the prediction is the prior's).
+        min_data_fraction: voxels whose data carry less than this fraction of the shrinkage's information are
+            flagged ``low_data`` (the prediction is the prior's).
+        moment_anchor: rescale every update to the global method of moments (module docstring).
+        shrink_crossings: weight of the final shrinkage towards the neighbourhood, in crossings of the voxel.
         momentum, mu_generator: momentum model and the generator of the ``"unknown"`` model (``AbsX0Inferrer``).
     """
 
