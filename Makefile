@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup run lumi test bench bench-lumi-grid bench-ref server serve clean
+.PHONY: setup run lumi test lint bench bench-lumi-grid bench-ref server serve clean
 
 ## setup: create .venv (if missing) with the pinned dependencies and install the project
 setup: $(STAMP)
@@ -36,6 +36,12 @@ lumi: setup
 ## test: set up, then run the test suite
 test: setup
 	$(PY) -m pytest
+
+## lint: set up, then lint (ruff), check the formatting (ruff format) and type-check (mypy) the packages
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy tomopt_lib lumi_lib tasks flows config benchmarks
 
 ## bench: every benchmark of this project, 1 thread (JSON in bench_out/; the full 1600-inversion lumi grid is bench-lumi-grid)
 bench: setup

@@ -25,8 +25,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -41,6 +42,11 @@ from tomopt_lib.inference.volume import get_volume_inferrer  # noqa: E402
 from tomopt_lib.muon import MuonBatch  # noqa: E402
 from tomopt_lib.muon.generation import MuonGenerator2016  # noqa: E402
 from tomopt_lib.volume.builders import build_panel_volume  # noqa: E402
+
+if TYPE_CHECKING:
+    from tomopt_lib.inference.x0_path import PathX0Inferrer
+    from tomopt_lib.inference.x0_poca import PanelX0Inferrer
+    from tomopt_lib.volume.volume import Volume
 
 MU_BS = 1000
 
@@ -57,14 +63,17 @@ def lead_in_beryllium(*, z: Any, lw: Any, size: float) -> torch.Tensor:
     return x0
 
 
-VOLUMES: Dict[str, Callable[..., torch.Tensor]] = {
-    "iron": uniform("iron"), "lead": uniform("lead"), "beryllium": uniform("beryllium"), "lead_in_beryllium": lead_in_beryllium,
+VOLUMES: dict[str, Callable[..., torch.Tensor]] = {
+    "iron": uniform("iron"),
+    "lead": uniform("lead"),
+    "beryllium": uniform("beryllium"),
+    "lead_in_beryllium": lead_in_beryllium,
 }
 
 
-def simulate(layout: Callable[..., torch.Tensor], n_mu: int, seed: int, energy_loss: bool) -> Tuple[Any, List[ScatterBatch]]:
+def simulate(layout: Callable[..., torch.Tensor], n_mu: int, seed: int, energy_loss: bool) -> tuple[Volume, list[ScatterBatch]]:
     """Volume with ``layout`` and the scatter batches of ``n_mu`` generated muons (seeded)."""
-    kw = {"energy_loss": True} if energy_loss else {}
+    kw: dict[str, Any] = {"energy_loss": True} if energy_loss else {}
     vol = build_panel_volume(**kw)
     vol.record_xyz_hist = False
     vol.load_rad_length(layout)
@@ -82,23 +91,26 @@ def simulate(layout: Callable[..., torch.Tensor], n_mu: int, seed: int, energy_l
     return vol, sbs
 
 
-def run(args: argparse.Namespace) -> Dict[str, Any]:
-    rows: List[Dict[str, Any]] = []
-    timing: Dict[str, float] = {}
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    timing: dict[str, float] = {}
     for vname, layout in VOLUMES.items():
         if args.volumes and vname not in args.volumes:
             continue
         for n_mu in args.n_mu:
-            preds: Dict[Tuple[str, str], List[np.ndarray]] = {}
-            uncs: Dict[Tuple[str, str], List[np.ndarray]] = {}
-            lows: Dict[Tuple[str, str], List[np.ndarray]] = {}
+            preds: dict[tuple[str, str], list[np.ndarray]] = {}
+            uncs: dict[tuple[str, str], list[np.ndarray]] = {}
+            lows: dict[tuple[str, str], list[np.ndarray]] = {}
             truth = None
             for seed in range(args.seeds):
                 vol, sbs = simulate(layout, n_mu, 1000 + seed, args.energy_loss)
                 truth = vol.get_rad_cube().numpy()
                 for inf_name in args.inferrers:
                     for mom in args.momentum:
-                        inf = get_volume_inferrer(inf_name)(vol, momentum=MomentumModel(kind=mom, seed=seed))
+                        inf = cast(
+                            "PanelX0Inferrer | PathX0Inferrer",  # the registered inferrers (both flag low_data)
+                            get_volume_inferrer(inf_name)(vol, momentum=MomentumModel(kind=mom, seed=seed)),
+                        )
                         for sb in sbs:
                             inf.add_scatters(sb)
                         t0 = time.perf_counter()
@@ -109,6 +121,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                         preds.setdefault(key, []).append(pred.numpy())
                         uncs.setdefault(key, []).append(unc.numpy())
                         lows.setdefault(key, []).append(inf.low_data.numpy())
+            assert truth is not None  # seeds >= 1
             mats = {"lead": truth < 0.01, "beryllium": truth > 0.1} if vname == "lead_in_beryllium" else {vname: truth > 0}
             for (inf_name, mom), p in preds.items():
                 p_arr, u_arr, l_arr = np.stack(p), np.stack(uncs[(inf_name, mom)]), np.stack(lows[(inf_name, mom)])
@@ -118,15 +131,28 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                     spread = np.log(p_arr[:, mask]).std(0, ddof=1)  # relative spread of the predictions
                     rel_unc = np.median(u_arr[:, mask] / p_arr[:, mask], 0)  # typical reported relative uncertainty
                     pulls = (spread / rel_unc)[ok] if ok.any() else np.array([np.nan])
-                    rows.append({"volume": vname, "material": mat, "inferrer": inf_name, "momentum": mom, "n_mu": n_mu,
-                                 "median_ratio": float(np.median(ratio)), "mean_rho_ratio": float(np.mean(1 / ratio)),
-                                 "q16": float(np.quantile(ratio, 0.16)),
-                                 "q84": float(np.quantile(ratio, 0.84)), "pull_width": float(np.median(pulls)),
-                                 "low_data": float(l_arr[:, mask].mean()), "seeds": args.seeds})
+                    rows.append(
+                        {
+                            "volume": vname,
+                            "material": mat,
+                            "inferrer": inf_name,
+                            "momentum": mom,
+                            "n_mu": n_mu,
+                            "median_ratio": float(np.median(ratio)),
+                            "mean_rho_ratio": float(np.mean(1 / ratio)),
+                            "q16": float(np.quantile(ratio, 0.16)),
+                            "q84": float(np.quantile(ratio, 0.84)),
+                            "pull_width": float(np.median(pulls)),
+                            "low_data": float(l_arr[:, mask].mean()),
+                            "seeds": args.seeds,
+                        }
+                    )
                     r = rows[-1]
-                    print(f"{vname:18s} {mat:9s} {inf_name:4s} {mom:8s} {n_mu:6d}  median {r['median_ratio']:.3f} "
-                          f"[{r['q16']:.2f}, {r['q84']:.2f}] rho {r['mean_rho_ratio']:.2f}  pull width {r['pull_width']:.2f}  low {r['low_data']:.2f}",
-                          flush=True)
+                    print(
+                        f"{vname:18s} {mat:9s} {inf_name:4s} {mom:8s} {n_mu:6d}  median {r['median_ratio']:.3f} "
+                        f"[{r['q16']:.2f}, {r['q84']:.2f}] rho {r['mean_rho_ratio']:.2f}  pull width {r['pull_width']:.2f}  low {r['low_data']:.2f}",
+                        flush=True,
+                    )
     return {"rows": rows, "inference_seconds_last": timing, "energy_loss": args.energy_loss}
 
 

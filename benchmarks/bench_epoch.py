@@ -22,13 +22,12 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench_out"
 
 # name -> (n_volumes, n_mu_per_volume, mu_bs, target_s, target_gb)
-CONFIGS: Dict[str, tuple] = {
+CONFIGS: dict[str, tuple] = {
     "10x1000/250": (10, 1000, 250, 4.0, 0.6),
     "10x1000/1000": (10, 1000, 1000, 4.0, 0.6),
     "10x10000/250": (10, 10_000, 250, 30.0, 2.0),
@@ -55,25 +54,45 @@ def worker(name: str) -> dict:
     n_vol, n_mu, mu_bs, target_s, target_gb = CONFIGS[name]
     pipeline = name.endswith(":pipeline")  # the pipeline's defaults: energy loss, path inferrer
     vol = build_panel_volume(energy_loss=pipeline)
-    vw = PanelVolumeWrapper(vol, xy_pos_opt=partial(optim.SGD, lr=0.0236), z_pos_opt=partial(optim.SGD, lr=1.34e-4),
-                            xy_span_opt=partial(optim.SGD, lr=0.0892), loss_func=VoxelX0Loss(target_budget=20, cost_coef=None),
-                            partial_volume_inferrer="path" if pipeline else None, seed=0)
-    gen = RandomBlockPassiveGenerator(vol, materials=["beryllium", "aluminium", "iron", "lead"], block_size=None,
-                                      sort_x0=False, enforce_diff_mat=True, seed=0)
+    vw = PanelVolumeWrapper(
+        vol,
+        xy_pos_opt=partial(optim.SGD, lr=0.0236),
+        z_pos_opt=partial(optim.SGD, lr=1.34e-4),
+        xy_span_opt=partial(optim.SGD, lr=0.0892),
+        loss_func=VoxelX0Loss(target_budget=20, cost_coef=None),
+        partial_volume_inferrer="path" if pipeline else None,
+        seed=0,
+    )
+    gen = RandomBlockPassiveGenerator(
+        vol, materials=["beryllium", "aluminium", "iron", "lead"], block_size=None, sort_x0=False, enforce_diff_mat=True, seed=0
+    )
     py = PassiveYielder(gen, n_passives=n_vol)
     t0, c0 = time.perf_counter(), time.process_time()
     vw.fit(1, min(5, n_vol), n_mu, mu_bs, py)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB -> GB
     fp = vw.fit_params
-    return {"config": name, "n_volumes": n_vol, "n_mu_per_volume": n_mu, "mu_bs": mu_bs, "passive_bs": min(5, n_vol),
-            "epoch_wall_s": round(wall, 3), "epoch_cpu_s": round(cpu, 3), "peak_rss_gb": round(rss_gb, 3),
-            "target_s": target_s, "target_gb": target_gb, "meets_time": wall <= target_s, "meets_memory": rss_gb <= target_gb,
-            "n_updates": fp.n_updates, "n_skipped_mu_batches": fp.n_skipped_mu_batches,
-            "final_mean_loss": float(fp.mean_loss) if fp.mean_loss is not None else None, "torch_threads": torch.get_num_threads()}
+    return {
+        "config": name,
+        "n_volumes": n_vol,
+        "n_mu_per_volume": n_mu,
+        "mu_bs": mu_bs,
+        "passive_bs": min(5, n_vol),
+        "epoch_wall_s": round(wall, 3),
+        "epoch_cpu_s": round(cpu, 3),
+        "peak_rss_gb": round(rss_gb, 3),
+        "target_s": target_s,
+        "target_gb": target_gb,
+        "meets_time": wall <= target_s,
+        "meets_memory": rss_gb <= target_gb,
+        "n_updates": fp.n_updates,
+        "n_skipped_mu_batches": fp.n_skipped_mu_batches,
+        "final_mean_loss": float(fp.mean_loss) if fp.mean_loss is not None else None,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
-def main(argv: List[str]) -> None:
+def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", nargs="*", default=None, help="configuration names (default: all)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)

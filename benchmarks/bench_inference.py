@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import torch
 
@@ -54,14 +54,18 @@ def rad_length(*, z: Any, lw: Any, size: float) -> torch.Tensor:
     return x0
 
 
-def metrics(pred: torch.Tensor) -> Dict[str, float]:
+def metrics(pred: torch.Tensor) -> dict[str, float]:
     m = lead_mask_zxy()
     p = pred.detach().cpu().double()
     pb, be = p[m], p[~m]
     d = float(be.mean() - pb.mean())
     return {
-        "mean_pb": float(pb.mean()), "mean_be": float(be.mean()), "std_pb": float(pb.std()), "std_be": float(be.std()),
-        "median_pb": float(pb.median()), "median_be": float(be.median()),
+        "mean_pb": float(pb.mean()),
+        "mean_be": float(be.mean()),
+        "std_pb": float(pb.std()),
+        "std_be": float(be.std()),
+        "median_pb": float(pb.median()),
+        "median_be": float(be.median()),
         "sep_ref_formula": d / math.sqrt(float(pb.std()) ** 2 + 2 * float(be.std())),
         "sep_variances": d / math.sqrt(float(pb.std()) ** 2 + float(be.std()) ** 2),
     }
@@ -83,7 +87,7 @@ def resample(gen: Any, n: int, h: float, rng: torch.Generator) -> torch.Tensor:
     return torch.cat(out)[:n]
 
 
-def run_ours(seed: int, mu_bs: int, spectrum: bool, energy_loss: bool = False) -> Dict[str, Any]:
+def run_ours(seed: int, mu_bs: int, spectrum: bool, energy_loss: bool = False) -> dict[str, Any]:
     from tomopt_lib.inference import PanelX0Inferrer, PathX0Inferrer, ScatterBatch
     from tomopt_lib.muon.generation import MuonGenerator2016
     from tomopt_lib.muon.muon_batch import MuonBatch
@@ -97,7 +101,7 @@ def run_ours(seed: int, mu_bs: int, spectrum: bool, energy_loss: bool = False) -
     h = float(volume.h.reshape(-1)[0])
     muons = resample(gen, N_MU, h, rng)
     infs = {"poca": PanelX0Inferrer(volume), "path": PathX0Inferrer(volume)}
-    res: Dict[str, Any] = {}
+    res: dict[str, Any] = {}
     with torch.no_grad():
         t0 = time.perf_counter()
         sbs = []
@@ -113,13 +117,18 @@ def run_ours(seed: int, mu_bs: int, spectrum: bool, energy_loss: bool = False) -
                 inf.add_scatters(sb)
             pred, unc = inf.get_prediction_and_unc()
             t_inf = time.perf_counter() - t1
-            res[name] = {"predict_s": t_shared + t_inf, "inference_s": t_inf, "n_mu": inf.n_mu, **metrics(pred),
-                         "mean_rel_unc": float((unc / pred).mean())}
+            res[name] = {
+                "predict_s": t_shared + t_inf,
+                "inference_s": t_inf,
+                "n_mu": inf.n_mu,
+                **metrics(pred),
+                "mean_rel_unc": float((unc / pred).mean()),
+            }
     res["propagation_and_scatterbatch_s"] = t_shared
     return res
 
 
-def run_ref(seed: int, mu_bs: int) -> Dict[str, Any]:
+def run_ref(seed: int, mu_bs: int) -> dict[str, Any]:
     """Reference ``PanelX0Inferrer`` on its own propagation (same setup); needs tomopt 0.1.0 importable."""
     from tomopt.inference import PanelX0Inferrer, ScatterBatch
     from tomopt.muon import MuonBatch, MuonGenerator2016
@@ -127,8 +136,10 @@ def run_ref(seed: int, mu_bs: int) -> Dict[str, Any]:
     from torch import nn
 
     def panels(z_top: float) -> list:
-        return [DetectorPanel(res=1e4, eff=0.9, init_xyz=(0.5, 0.5, z_top - i * 2 * SIZE / 4), init_xy_span=(2.0, 2.0))
-                for i in range(4)]
+        return [
+            DetectorPanel(res=1e4, eff=0.9, init_xyz=(0.5, 0.5, z_top - i * 2 * SIZE / 4), init_xy_span=(2.0, 2.0))
+            for i in range(4)
+        ]
 
     layers: list = [PanelDetectorLayer(pos="above", lw=torch.tensor(LW), z=1.0, size=2 * SIZE, panels=panels(1.0))]
     for z in PASSIVE_TOPS:
@@ -164,8 +175,14 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "inference.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out: Dict[str, Any] = {"seed": args.seed, "n_mu": N_MU, "mu_bs": args.mu_bs, "threads": args.threads,
-                           "momentum": "spectrum" if args.spectrum else "5 GeV", "truth": {"pb": X0_PB, "be": X0_BE}}
+    out: dict[str, Any] = {
+        "seed": args.seed,
+        "n_mu": N_MU,
+        "mu_bs": args.mu_bs,
+        "threads": args.threads,
+        "momentum": "spectrum" if args.spectrum else "5 GeV",
+        "truth": {"pb": X0_PB, "be": X0_BE},
+    }
     if args.impl == "ref" and os.environ.get("_BENCH_REF_CHILD"):
         print(json.dumps(run_ref(args.seed, args.mu_bs)))
         return
@@ -174,8 +191,18 @@ def main() -> None:
         out["energy_loss"] = args.energy_loss
     if args.impl in ("ref", "both"):
         env = dict(os.environ, _BENCH_REF_CHILD="1", OMP_NUM_THREADS=str(args.threads))
-        cmd = [args.ref_python, __file__, "--impl", "ref", "--seed", str(args.seed), "--mu-bs", str(args.mu_bs),
-               "--threads", str(args.threads)]
+        cmd = [
+            args.ref_python,
+            __file__,
+            "--impl",
+            "ref",
+            "--seed",
+            str(args.seed),
+            "--mu-bs",
+            str(args.mu_bs),
+            "--threads",
+            str(args.threads),
+        ]
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         try:
             out.update(json.loads(r.stdout.strip().splitlines()[-1]))

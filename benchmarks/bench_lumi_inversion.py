@@ -21,7 +21,7 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any
 
 import torch
 
@@ -38,7 +38,7 @@ def leaf_draws(leaf: int, n: int) -> torch.Tensor:
     return NOM * (0.8 + 0.4 * torch.rand(n, 4, dtype=torch.float64, generator=g))
 
 
-def bench_single(repeats: int) -> Dict:
+def bench_single(repeats: int) -> dict:
     t0 = time.perf_counter()
     design = preset_design("xy12_last")
     t_design = time.perf_counter() - t0
@@ -59,7 +59,8 @@ def bench_single(repeats: int) -> Dict:
         t2 = time.perf_counter()
         t_meas.append(t1 - t0)
         t_inv.append(t2 - t1)
-    out = {
+    assert res is not None and res.rel_error is not None  # repeats >= 1; truth given
+    out: dict[str, Any] = {
         "residuals": design.n_configs,
         "unknowns": 4,
         "design_s": t_design,
@@ -75,12 +76,14 @@ def bench_single(repeats: int) -> Dict:
         "reference_s": {"least_squares": 893.4, "total": 927.5},
         "target_s": 2.0,
     }
-    print(f"[single] 9604 residuals x 4 unknowns: inversion {out['inversion_s_median']:.3f} s, total incl. design "
-          f"{out['total_s']:.3f} s ({out['iterations']} iterations, rel. error {[f'{e:+.2e}' for e in out['rel_error']]})")
+    print(
+        f"[single] 9604 residuals x 4 unknowns: inversion {out['inversion_s_median']:.3f} s, total incl. design "
+        f"{out['total_s']:.3f} s ({out['iterations']} iterations, rel. error {[f'{e:+.2e}' for e in out['rel_error']]})"
+    )
     return out
 
 
-def bench_landscape(n: int) -> Dict:
+def bench_landscape(n: int) -> dict:
     grid = torch.linspace(0.8 * NOM, 1.2 * NOM, n, dtype=torch.float64)
     cases = {
         "12": ("12", "12_equal", 0.0, torch.tensor([[2.0e-6, 2.5e-6]], dtype=torch.float64)),
@@ -96,21 +99,19 @@ def bench_landscape(n: int) -> Dict:
         t0 = time.perf_counter()
         pen = penalty_landscape(mode, meas[0], design=design, grid_a=grid, grid_b=grid, rel_noise=noise)
         dt = time.perf_counter() - t0
-        out[name] = {"grid": [n, n], "residuals": design.n_configs, "seconds": dt, "min": float(pen.min()),
-                     "target_s": 5.0}
+        out[name] = {"grid": [n, n], "residuals": design.n_configs, "seconds": dt, "min": float(pen.min()), "target_s": 5.0}
         print(f"[landscape] {name}: {n}x{n} grid, {design.n_configs} residuals: {dt:.3f} s")
     return out
 
 
-def bench_grid(leaves: int, per_leaf: int, chunk: int) -> Dict:
+def bench_grid(leaves: int, per_leaf: int, chunk: int) -> dict:
     design = preset_design("xy12_last")
     truth = torch.cat([leaf_draws(i, per_leaf) for i in range(leaves)])
     noise_gen = torch.Generator().manual_seed(2024)
     t0 = time.perf_counter()
-    parts: List = []
+    parts: list = []
     for s in range(0, truth.shape[0], chunk):
-        parts.append(invert("xy12", truth[s:s + chunk], design=design, rel_noise=1e-3, generator=noise_gen,
-                            chunk_size=chunk))
+        parts.append(invert("xy12", truth[s : s + chunk], design=design, rel_noise=1e-3, generator=noise_gen, chunk_size=chunk))
         done = s + parts[-1].estimate.shape[0]
         print(f"[grid] {done}/{truth.shape[0]} inversions, {time.perf_counter() - t0:.1f} s", flush=True)
     wall = time.perf_counter() - t0
@@ -119,7 +120,7 @@ def bench_grid(leaves: int, per_leaf: int, chunk: int) -> Dict:
     iters = torch.cat([p.iterations for p in parts]).double()
     norm = rel.norm(dim=1)
     outlier = (norm - norm.mean()).abs() > 4 * norm.std()
-    out = {
+    out: dict[str, Any] = {
         "inversions": int(truth.shape[0]),
         "residuals": design.n_configs,
         "wall_s": wall,
@@ -136,9 +137,11 @@ def bench_grid(leaves: int, per_leaf: int, chunk: int) -> Dict:
         "reference_cpu_hours": 412,
         "target_s": 1800,
     }
-    print(f"[grid] {out['inversions']} inversions in {wall:.1f} s ({out['per_inversion_s']:.3f} s each, "
-          f"{out['threads']} threads); mean |rel err| {[f'{e:.2e}' for e in out['mean_abs_rel_error']]}, "
-          f"max {[f'{e:.2e}' for e in out['max_abs_rel_error']]}, converged {out['convergence_rate']:.4f}")
+    print(
+        f"[grid] {out['inversions']} inversions in {wall:.1f} s ({out['per_inversion_s']:.3f} s each, "
+        f"{out['threads']} threads); mean |rel err| {[f'{e:.2e}' for e in out['mean_abs_rel_error']]}, "
+        f"max {[f'{e:.2e}' for e in out['max_abs_rel_error']]}, converged {out['convergence_rate']:.4f}"
+    )
     return out
 
 

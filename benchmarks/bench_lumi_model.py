@@ -17,6 +17,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from lumi_lib.reference_quad import luminosity_quad
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIFTS = {"sep_x": 8.554e-6, "sep_y": -1.822e-6, "cross_x": 3.27e-6, "cross_y": 42.7e-6}
-BASES = (("x", 0.3001), ("y", 0.30), ("x", 0.294), ("y", 0.294))
+BASES: tuple[tuple[Literal["x", "y"], float], ...] = (("x", 0.3001), ("y", 0.30), ("x", 0.294), ("y", 0.294))
 EPS = (2.35e-6, 2.2e-6, 2.4e-6, 2.25e-6)
 
 
@@ -35,7 +36,7 @@ def last_example_configs() -> IPConfig:
     """One IPConfig with (9604,) tensor fields for the shifted parameters and beta*_2."""
     grids = torch.meshgrid(*[torch.linspace(-g, g, 7, dtype=torch.float64) for g in SHIFTS.values()], indexing="ij")
     deltas = {name: grid.reshape(-1) for name, grid in zip(SHIFTS, grids)}
-    parts = {name: [] for name in (*SHIFTS, "beta_x2", "beta_y2")}
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in (*SHIFTS, "beta_x2", "beta_y2")}
     for plane, beta2 in BASES:
         base = IPConfig.lhc_default(plane)
         for name, d in deltas.items():
@@ -71,6 +72,7 @@ def main() -> None:
     def jacobian() -> torch.Tensor:
         e = eps.expand(n, 4).clone().requires_grad_(True)
         luminosity(cfg, e).sum().backward()
+        assert e.grad is not None
         return e.grad
 
     grad = timed(jacobian, max(3, args.repeats // 3))
@@ -103,8 +105,12 @@ def main() -> None:
         "speedup_vs_quad_extrapolated": quad_full_s / (forward["min_ms"] / 1e3),
         "max_rel_diff_vs_quad_subset": float(rel.max()),
         "target_ms": 20.0,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-                    "loadavg": os.getloadavg()},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpu_count": os.cpu_count(),
+            "loadavg": os.getloadavg(),
+        },
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench_out"
@@ -36,7 +35,7 @@ def ensure_refvenv() -> Path:
     return py
 
 
-def run_one(python: str, impl: str, workload: str, n: int, timeout: float) -> Optional[Dict]:
+def run_one(python: str, impl: str, workload: str, n: int, timeout: float) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
     cmd = [python, str(WORKLOADS), workload, str(n), "--impl", impl]
     try:
@@ -49,8 +48,11 @@ def run_one(python: str, impl: str, workload: str, n: int, timeout: float) -> Op
         return {"impl": impl, "workload": workload, "n": n, "error": proc.stderr[-500:]}
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     extra = f", {res['us_per_muon']:.2f} us/muon" if "us_per_muon" in res else ""
-    print(f"  {impl:4s} {workload:8s} n={n:>7d}: {res['wall_s']:.3f} s wall, {res['cpu_s']:.3f} s CPU, "
-          f"peak RSS {res['peak_rss_gb']:.2f} GB{extra}", flush=True)
+    print(
+        f"  {impl:4s} {workload:8s} n={n:>7d}: {res['wall_s']:.3f} s wall, {res['cpu_s']:.3f} s CPU, "
+        f"peak RSS {res['peak_rss_gb']:.2f} GB{extra}",
+        flush=True,
+    )
     return res
 
 
@@ -64,13 +66,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
 
-    plan: List[tuple] = [("ours", "prop", n) for n in args.prop_n] + [("ours", "scatter", n) for n in args.scatter_n]
+    plan: list[tuple] = [("ours", "prop", n) for n in args.prop_n] + [("ours", "scatter", n) for n in args.scatter_n]
     pythons = {"ours": sys.executable}
     if args.with_reference:
         pythons["ref"] = str(ensure_refvenv())
         plan += [("ref", "prop", n) for n in args.prop_n] + [("ref", "scatter", n) for n in args.ref_scatter_n]
 
-    results: List[Dict] = []
+    results: list[dict] = []
     for impl, workload, n in plan:
         reps = [run_one(pythons[impl], impl, workload, n, args.timeout) for _ in range(1 if impl == "ref" else args.repeats)]
         ok = sorted((r for r in reps if r and "error" not in r), key=lambda r: r["wall_s"])
@@ -80,16 +82,30 @@ def main() -> None:
     for r in results:
         if r.get("impl") != "ours" or "error" in r:
             continue
-        ref = next((q for q in results if q.get("impl") == "ref" and q["workload"] == r["workload"] and q["n"] == r["n"]
-                    and "error" not in q), None)
+        ref = next(
+            (
+                q
+                for q in results
+                if q.get("impl") == "ref" and q["workload"] == r["workload"] and q["n"] == r["n"] and "error" not in q
+            ),
+            None,
+        )
         if ref:
-            ratios.append({"workload": r["workload"], "n": r["n"], "wall_ratio_ours_over_ref": r["wall_s"] / ref["wall_s"],
-                           "rss_ratio_ours_over_ref": r["peak_rss_gb"] / ref["peak_rss_gb"]})
+            ratios.append(
+                {
+                    "workload": r["workload"],
+                    "n": r["n"],
+                    "wall_ratio_ours_over_ref": r["wall_s"] / ref["wall_s"],
+                    "rss_ratio_ours_over_ref": r["peak_rss_gb"] / ref["peak_rss_gb"],
+                }
+            )
     if ratios:
         print("\nours / reference (same run, 1 thread):")
         for q in ratios:
-            print(f"  {q['workload']:8s} n={q['n']:>7d}: time x{q['wall_ratio_ours_over_ref']:.4f}, "
-                  f"peak RSS x{q['rss_ratio_ours_over_ref']:.2f}")
+            print(
+                f"  {q['workload']:8s} n={q['n']:>7d}: time x{q['wall_ratio_ours_over_ref']:.4f}, "
+                f"peak RSS x{q['rss_ratio_ours_over_ref']:.2f}"
+            )
     OUT.mkdir(exist_ok=True)
     (OUT / "results.json").write_text(json.dumps({"results": results, "ratios": ratios}, indent=2))
     print(f"\nwrote {OUT / 'results.json'}")

@@ -18,7 +18,8 @@ import json
 import os
 import resource
 import time
-from typing import Any, Callable, Dict, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,7 +37,7 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
-def build_ours() -> Tuple[Any, Callable[[int], Any], Any]:
+def build_ours() -> tuple[Any, Callable[[int], Any], Any]:
     from tomopt_lib.core import X0
     from tomopt_lib.inference.scattering import ScatterBatch
     from tomopt_lib.muon.generation import MuonGenerator2016
@@ -55,7 +56,7 @@ def build_ours() -> Tuple[Any, Callable[[int], Any], Any]:
     return volume, make_muons, ScatterBatch
 
 
-def build_ref() -> Tuple[Any, Callable[[int], Any], Any]:
+def build_ref() -> tuple[Any, Callable[[int], Any], Any]:
     from tomopt.core import X0
     from tomopt.inference import ScatterBatch
     from tomopt.muon import MuonBatch, MuonGenerator2016
@@ -84,7 +85,7 @@ def build_ref() -> Tuple[Any, Callable[[int], Any], Any]:
     return volume, make_muons, ScatterBatch
 
 
-def run_prop(impl: str, n: int) -> Dict[str, float]:
+def run_prop(impl: str, n: int) -> dict[str, float]:
     volume, make_muons, _ = (build_ours if impl == "ours" else build_ref)()
     t0, c0 = time.perf_counter(), _cpu_s()
     mu = make_muons(n)
@@ -97,7 +98,7 @@ def run_prop(impl: str, n: int) -> Dict[str, float]:
     return {"wall_s": wall, "cpu_s": cpu, "forward_s": t_fwd, "n_kept": len(mu), "peak_rss_gb": _peak_rss_gb()}
 
 
-def run_scatter(impl: str, n: int) -> Dict[str, float]:
+def run_scatter(impl: str, n: int) -> dict[str, float]:
     volume, make_muons, scatter_batch = (build_ours if impl == "ours" else build_ref)()
     mu = make_muons(n)
     volume(mu)

@@ -11,21 +11,20 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
 
 from .env import apply_env_defaults
-from .params import ParamsError, load_params
-
-STAGE_NAMES = ("generate_passives", "irradiate", "reconstruct", "report", "optimise", "evaluate", "lumi_scan", "lumi_report")
+from .stages import STAGE_NAMES
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows", description="Run a pipeline stage as a Prefect flow.")
     parser.add_argument("stage", choices=[*STAGE_NAMES, "all"])
     parser.add_argument("--params", default=None, help="parameter file (default: <workdir>/params.yaml)")
     parser.add_argument("--workdir", default=".", help="root of data/, metrics/, plots/ (default: .)")
     args = parser.parse_args(argv)
     params_path = Path(args.params) if args.params else Path(args.workdir) / "params.yaml"
+    from config import ParamsError, load_params  # after argument parsing: --help stays fast (no torch import)
+
     try:
         p = load_params(params_path)
         from tomopt_lib.runtime import resolve_device, set_threads

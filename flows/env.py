@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Dict
 
 __all__ = ["ENV_DEFAULTS", "apply_env_defaults"]
 
-ENV_DEFAULTS: Dict[str, str] = {
+ENV_DEFAULTS: dict[str, str] = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",

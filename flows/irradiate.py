@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from prefect import flow, get_run_logger
 
+from config import PipelineParams
 from tasks.artifacts import Progress, publish_summary
 from tasks.caching import records_dir, remove_stage_workdir, stage_workdir
 from tasks.irradiation import chunk_sizes, irradiate_chunk, merge_irradiation
 from tomopt_lib.io import read_h5_attrs
 
-from .params import parse_params
 from .paths import PipelinePaths
 
 __all__ = ["irradiate_flow"]
 
 
-@flow(name="irradiate", flow_run_name="irradiate-seed{params[seed]}", log_prints=False)
-def irradiate_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, Any]:
+@flow(name="irradiate", flow_run_name="irradiate-seed{params.seed}", log_prints=False)
+def irradiate_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Irradiate each volume of ``data/passives.h5`` with ``irradiate.n_muons_per_volume`` muons (in chunks)."""
-    p = parse_params(params)
     paths = PipelinePaths.at(workdir)
     log = get_run_logger()
     n_volumes = int(read_h5_attrs(paths.passives, "passives")["n_volumes"])
-    sizes = chunk_sizes(p.irradiate.n_muons_per_volume, p.irradiate.chunk_size)
-    log.info("irradiating %d volumes with %d muons each in %d chunk(s)", n_volumes, p.irradiate.n_muons_per_volume, len(sizes))
+    sizes = chunk_sizes(params.irradiate.n_muons_per_volume, params.irradiate.chunk_size)
+    log.info(
+        "irradiating %d volumes with %d muons each in %d chunk(s)", n_volumes, params.irradiate.n_muons_per_volume, len(sizes)
+    )
     paths.data_dir.mkdir(parents=True, exist_ok=True)
     # chunk files and their cache records persist in .work/irradiate until the merged file is written: a killed
     # run resumes from its finished chunks (tasks/caching.py)
@@ -33,8 +35,15 @@ def irradiate_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, A
     chunk_task = irradiate_chunk.with_options(result_storage=records_dir(work))
     futures = [
         chunk_task.submit(
-            str(paths.passives), vid, cid, n, f"{work}/vol{vid:03d}_chunk{cid:04d}.h5",
-            p.volume.model_dump(), p.irradiate.model_dump(), p.seed, p.runtime.device,
+            str(paths.passives),
+            vid,
+            cid,
+            n,
+            f"{work}/vol{vid:03d}_chunk{cid:04d}.h5",
+            params.volume,
+            params.irradiate,
+            params.seed,
+            params.runtime.device,
         )
         for vid in range(n_volumes)
         for cid, n in enumerate(sizes)
@@ -44,7 +53,11 @@ def irradiate_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, A
     for f in futures:
         results.append(f.result())
         progress.step()
-    attrs = {"flux_model": p.irradiate.flux_model, "realistic_panels": p.irradiate.realistic_panels, "seed": p.seed}
+    attrs = {
+        "flux_model": params.irradiate.flux_model,
+        "realistic_panels": params.irradiate.realistic_panels,
+        "seed": params.seed,
+    }
     merged = merge_irradiation(results, str(paths.irradiated), attrs=attrs)
     remove_stage_workdir(work)
     publish_summary("Irradiation", {"n_volumes": n_volumes, "n_chunks": len(futures), **merged}, key="tomoflow-irradiate")

@@ -9,25 +9,29 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from typing import Any, Dict, List, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 
+from config import PipelineParams
+from tasks.artifacts import Progress
 from tasks.lumi import chunk_plan, merge_scan, run_scan_chunk
 
-from .params import parse_params
 from .paths import PipelinePaths
 
 __all__ = ["lumi_scan_flow", "scan_markdown"]
 
 
-def scan_markdown(summary: Mapping[str, Any], chunks: List[Mapping[str, Any]]) -> str:
+def scan_markdown(summary: Mapping[str, Any], chunks: list[Mapping[str, Any]]) -> str:
     """Markdown summary of a scan (for a Prefect artifact)."""
     lines = [
-        f"# Luminosity scan: mode {summary['mode']}", "",
-        "| quantity | value |", "|---|---|",
+        f"# Luminosity scan: mode {summary['mode']}",
+        "",
+        "| quantity | value |",
+        "|---|---|",
         f"| inversions | {summary['n_inversions']} |",
         f"| residuals per inversion | {summary['n_configs']} |",
         f"| chunks (tasks) | {summary['n_chunks']} |",
@@ -41,28 +45,33 @@ def scan_markdown(summary: Mapping[str, Any], chunks: List[Mapping[str, Any]]) -
     return "\n".join(lines) + "\n"
 
 
-@flow(name="lumi_scan", flow_run_name="lumi-scan-seed{params[lumi_scan][seed]}", log_prints=False)
-def lumi_scan_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, Any]:
+@flow(name="lumi_scan", flow_run_name="lumi-scan-seed{params.lumi_scan.seed}", log_prints=False)
+def lumi_scan_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Run ``lumi_scan.n_inversions`` inversions in chunks of ``lumi_scan.chunk_size``; returns the merge summary."""
-    p = parse_params(params)
-    cfg = p.lumi_scan.model_dump(mode="json")
+    cfg = params.lumi_scan
     paths = PipelinePaths.at(workdir)
     log = get_run_logger()
-    plan = chunk_plan(p.lumi_scan.n_inversions, p.lumi_scan.chunk_size)
-    log.info("lumi scan: mode %s, %d inversions x %d residuals in %d chunks (%s task runner)",
-             p.lumi_scan.mode, p.lumi_scan.n_inversions, p.lumi_scan.plan.n_configs, len(plan), p.runtime.task_runner)
+    plan = chunk_plan(params.lumi_scan.n_inversions, params.lumi_scan.chunk_size)
+    log.info(
+        "lumi scan: mode %s, %d inversions x %d residuals in %d chunks (%s task runner)",
+        params.lumi_scan.mode,
+        params.lumi_scan.n_inversions,
+        params.lumi_scan.plan.n_configs,
+        len(plan),
+        params.runtime.task_runner,
+    )
     paths.lumi_scan.parent.mkdir(parents=True, exist_ok=True)
     work = tempfile.mkdtemp(dir=paths.lumi_scan.parent, prefix=".lumi-scan-")
-    progress = create_progress_artifact(0.0, key="lumi-scan-progress", description="lumi_scan: chunks done [%]")
+    progress = Progress("lumi-scan-progress", len(plan), "lumi_scan: chunks done [%]")
     try:
         futures = [
-            run_scan_chunk.submit(cfg, c, start, n, f"{work}/chunk{c:05d}.parquet", p.runtime.device, p.runtime.threads)
+            run_scan_chunk.submit(cfg, c, start, n, f"{work}/chunk{c:05d}.parquet", params.runtime.device, params.runtime.threads)
             for c, start, n in plan
         ]
-        done: List[Mapping[str, Any]] = []
+        done: list[Mapping[str, Any]] = []
         for fut in as_completed(futures):
             done.append(fut.result())
-            update_progress_artifact(progress, 100.0 * len(done) / len(plan))
+            progress.set(len(done))
         summary = merge_scan(done, str(paths.lumi_scan), cfg)
     finally:
         shutil.rmtree(work, ignore_errors=True)

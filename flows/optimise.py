@@ -8,44 +8,51 @@ same parameters are skipped, so a killed run resumes from its last complete epoc
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact
 
-from tasks.artifacts import publish_images
+from config import PipelineParams
+from tasks.artifacts import Progress, publish_images
 from tasks.optimisation import prepare_optimisation, run_epoch
 from tasks.optimise_report import finalise_optimisation, train_markdown
 
-from .params import parse_params
 from .paths import PipelinePaths
 
 __all__ = ["optimise_flow"]
 
 
-@flow(name="optimise", flow_run_name="optimise-seed{params[seed]}", log_prints=False)
-def optimise_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, Any]:
+@flow(name="optimise", flow_run_name="optimise-seed{params.seed}", log_prints=False)
+def optimise_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Optimise the panels for ``optimise.n_epochs`` epochs; outputs under ``models/``, ``metrics/``, ``plots/optimise``."""
-    p = parse_params(params)
     paths = PipelinePaths.at(workdir)
     log = get_run_logger()
-    vol, pas, opt = p.volume.model_dump(), p.passives.model_dump(), p.optimise.model_dump()
+    vol, pas, opt = params.volume, params.passives, params.optimise
     ckpt = str(paths.checkpoints)
-    prep = prepare_optimisation(ckpt, p.seed, vol, pas, opt)
-    n = p.optimise.n_epochs
-    progress = create_progress_artifact(0.0, key="optimise-progress", description="optimise: epochs done [%]")
-    rows: List[Dict[str, Any]] = []
+    dev = params.runtime.device
+    prep = prepare_optimisation(ckpt, params.seed, vol, pas, opt, dev)
+    n = params.optimise.n_epochs
+    progress = Progress("optimise-progress", n, "optimise: epochs done [%]")
+    rows: list[dict[str, Any]] = []
     for epoch in range(prep["last_epoch"] + 1, n + 1):
-        rows.append(run_epoch(ckpt, epoch, vol, opt, prep["fingerprint"]))
-        update_progress_artifact(progress, 100.0 * epoch / n)
-    update_progress_artifact(progress, 100.0)
+        rows.append(run_epoch(ckpt, epoch, vol, opt, prep["fingerprint"], dev))
+        progress.set(epoch)
+    progress.finish()
     if prep["last_epoch"] >= n:
         log.info("all %d epochs were already checkpointed (resumed run)", n)
     res = finalise_optimisation(ckpt, n, prep["fingerprint"], vol, opt, {k: str(v) for k, v in paths.optimise_outputs.items()})
     outs = paths.optimise_outputs
-    publish_images({"detector layout": outs["layout_png"], "loss curve": outs["loss_png"]},
-                   key="tomoflow-optimise-images", title="Optimised detector layout and loss curve")
-    create_markdown_artifact(markdown=train_markdown(res["metrics"], res["history"]), key="tomoflow-optimise",
-                             description="Detector optimisation summary")
+    publish_images(
+        {"detector layout": outs["layout_png"], "loss curve": outs["loss_png"]},
+        key="tomoflow-optimise-images",
+        title="Optimised detector layout and loss curve",
+    )
+    create_markdown_artifact(
+        markdown=train_markdown(res["metrics"], res["history"]),
+        key="tomoflow-optimise",
+        description="Detector optimisation summary",
+    )
     log.info("optimise: %d epochs (%d run now), final train loss %s", n, len(rows), res["metrics"]["loss"]["train_last"])
     return res["metrics"]

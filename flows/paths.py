@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Union
 
 __all__ = ["PipelinePaths"]
 
@@ -16,7 +15,7 @@ class PipelinePaths:
     root: Path = Path(".")
 
     @classmethod
-    def at(cls, root: Union[str, Path]) -> "PipelinePaths":
+    def at(cls, root: str | Path) -> PipelinePaths:
         return cls(Path(root))
 
     @property
@@ -44,7 +43,7 @@ class PipelinePaths:
         return self.root / "metrics" / "scatter_angle_hist.csv"
 
     @property
-    def plots(self) -> Dict[str, Path]:
+    def plots(self) -> dict[str, Path]:
         d = self.root / "plots"
         return {
             "poca_density": d / "poca_density_per_layer.png",
@@ -62,12 +61,12 @@ class PipelinePaths:
         return self.root / "metrics" / "lumi.json"
 
     @property
-    def lumi_csvs(self) -> Dict[str, Path]:
+    def lumi_csvs(self) -> dict[str, Path]:
         d = self.root / "metrics"
         return {"rel_err_hist": d / "lumi_rel_err_hist.csv", "est_vs_truth": d / "lumi_est_vs_truth.csv"}
 
     @property
-    def lumi_plots(self) -> Dict[str, Path]:
+    def lumi_plots(self) -> dict[str, Path]:
         d = self.root / "plots" / "lumi"
         return {
             "penalty_12": d / "penalty_12.png",
@@ -87,12 +86,16 @@ class PipelinePaths:
         return self.models_dir / "checkpoints"
 
     @property
-    def optimise_outputs(self) -> Dict[str, Path]:
+    def optimise_outputs(self) -> dict[str, Path]:
         m, p = self.root / "metrics", self.root / "plots" / "optimise"
         return {
-            "detector_pt": self.models_dir / "detector.pt", "detector_json": self.models_dir / "detector.json",
-            "metrics": m / "train.json", "loss_csv": m / "train_loss.csv", "panels_csv": m / "train_panels.csv",
-            "layout_png": p / "detector_layout.png", "loss_png": p / "loss_curve.png",
+            "detector_pt": self.models_dir / "detector.pt",
+            "detector_json": self.models_dir / "detector.json",
+            "metrics": m / "train.json",
+            "loss_csv": m / "train_loss.csv",
+            "panels_csv": m / "train_panels.csv",
+            "layout_png": p / "detector_layout.png",
+            "loss_png": p / "loss_curve.png",
         }
 
     @property
@@ -100,6 +103,14 @@ class PipelinePaths:
         return self.data_dir / "heldout_passives.h5"
 
     @property
-    def evaluate_outputs(self) -> Dict[str, Path]:
-        return {"metrics": self.root / "metrics" / "evaluate.json", "curve_csv": self.root / "metrics" / "evaluate_per_volume.csv",
-                "plots_dir": self.root / "plots" / "evaluate"}
+    def evaluate_predictions(self) -> Path:
+        """Folder of the per-detector X0 predictions (and their uncertainties) on the held-out passives."""
+        return self.data_dir / "evaluate"
+
+    @property
+    def evaluate_outputs(self) -> dict[str, Path]:
+        return {
+            "metrics": self.root / "metrics" / "evaluate.json",
+            "curve_csv": self.root / "metrics" / "evaluate_per_volume.csv",
+            "plots_dir": self.root / "plots" / "evaluate",
+        }

@@ -1,35 +1,28 @@
-"""Stage registry, the ``skeleton`` parent flow and ``run_stage`` (task runner sized from the parameters)."""
+"""``run_stage`` (one stage, or ``all`` through the ``skeleton`` parent flow) with a task runner sized from the
+parameters. Stage flows are imported on demand from the registry (``flows.stages``), so running one stage loads only
+that stage's code."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Mapping
+import importlib
+from collections.abc import Mapping
+from typing import Any, cast
 
-from prefect import flow, get_run_logger
+from prefect import Flow, flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from .evaluate import evaluate_flow
-from .generate_passives import generate_passives_flow
-from .irradiate import irradiate_flow
-from .lumi_report import lumi_report_flow
-from .lumi_scan import lumi_scan_flow
-from .optimise import optimise_flow
-from .params import PipelineParams, RuntimeParams, parse_params
-from .reconstruct import reconstruct_flow
-from .report import report_flow
+from config import PipelineParams, RuntimeParams
 
-__all__ = ["STAGES", "skeleton_flow", "run_stage", "make_task_runner"]
+from .stages import STAGES
 
-STAGES: Dict[str, Any] = {
-    "generate_passives": generate_passives_flow,
-    "irradiate": irradiate_flow,
-    "reconstruct": reconstruct_flow,
-    "report": report_flow,
-    "optimise": optimise_flow,
-    "evaluate": evaluate_flow,
-    "lumi_scan": lumi_scan_flow,
-    "lumi_report": lumi_report_flow,
-}
-"""DVC stage name -> Prefect flow, in pipeline order."""
+__all__ = ["stage_flow", "skeleton_flow", "run_stage", "make_task_runner"]
+
+
+def stage_flow(stage: str) -> Flow[..., Any]:
+    """The Prefect flow of DVC stage ``stage`` (imported from its registry module)."""
+    spec = STAGES[stage]
+    flow_obj: Flow[..., Any] = getattr(importlib.import_module(spec.module), spec.flow)
+    return flow_obj
 
 
 def make_task_runner(rt: RuntimeParams) -> Any:
@@ -47,26 +40,31 @@ def make_task_runner(rt: RuntimeParams) -> Any:
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads}
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
-        cluster_kwargs={"n_workers": rt.task_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None, "env": env},
+        cluster_kwargs={
+            "n_workers": rt.task_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+            "env": env,
+        },
     )
 
 
-def _sized(fl: Any, p: PipelineParams) -> Any:
+def _sized(fl: Flow[..., Any], p: PipelineParams) -> Flow[..., Any]:
     return fl.with_options(task_runner=make_task_runner(p.runtime))
 
 
-@flow(name="skeleton", flow_run_name="skeleton-seed{params[seed]}", log_prints=False)
-def skeleton_flow(params: Dict[str, Any], workdir: str = ".") -> Dict[str, Any]:
+@flow(name="skeleton", flow_run_name="skeleton-seed{params.seed}", log_prints=False)
+def skeleton_flow(params: PipelineParams, workdir: str = ".") -> dict[str, Any]:
     """Run every stage in order as subflows; returns ``{stage: result}``."""
-    p = parse_params(params)
-    out: Dict[str, Any] = {}
-    for name, fl in STAGES.items():
+    out: dict[str, Any] = {}
+    for name in STAGES:
         get_run_logger().info("stage %s", name)
-        out[name] = _sized(fl, p)(params=params, workdir=workdir)
+        out[name] = _sized(stage_flow(name), params)(params=params, workdir=workdir)
     return out
 
 
 def run_stage(stage: str, p: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Run one stage (or ``"all"`` via the ``skeleton`` flow) with validated parameters ``p``."""
-    fl: Callable[..., Any] = skeleton_flow if stage == "all" else STAGES[stage]
-    return _sized(fl, p)(params=p.model_dump(mode="json"), workdir=str(workdir))
+    fl = skeleton_flow if stage == "all" else stage_flow(stage)
+    return cast(Mapping[str, Any], _sized(fl, p)(params=p, workdir=str(workdir)))

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from prefect import flow, get_run_logger
 
+from config import PipelineParams
 from tasks.artifacts import Progress, publish_summary
 from tasks.caching import records_dir, remove_stage_workdir, stage_workdir
 from tasks.reconstruction import merge_scatters, reconstruct_volume
 from tomopt_lib.io import read_h5_attrs
 
-from .params import parse_params
 from .paths import PipelinePaths
 
 __all__ = ["reconstruct_flow"]
 
 
-@flow(name="reconstruct", flow_run_name="reconstruct-seed{params[seed]}", log_prints=False)
-def reconstruct_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, Any]:
+@flow(name="reconstruct", flow_run_name="reconstruct-seed{params.seed}", log_prints=False)
+def reconstruct_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Reconstruct every muon of ``data/irradiated.h5``, one task per volume, into ``data/scatters.parquet``."""
-    p = parse_params(params)
     paths = PipelinePaths.at(workdir)
     log = get_run_logger()
     n_volumes = int(read_h5_attrs(paths.irradiated, "muon_hits")["n_volumes"])
@@ -30,8 +30,12 @@ def reconstruct_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str,
     volume_task = reconstruct_volume.with_options(result_storage=records_dir(work))
     futures = [
         volume_task.submit(
-            str(paths.irradiated), vid, f"{work}/vol{vid:03d}.parquet", p.volume.model_dump(), p.reconstruct.model_dump(),
-            p.runtime.device,
+            str(paths.irradiated),
+            vid,
+            f"{work}/vol{vid:03d}.parquet",
+            params.volume,
+            params.reconstruct,
+            params.runtime.device,
         )
         for vid in range(n_volumes)
     ]

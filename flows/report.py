@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from config import PipelineParams
 from tasks.artifacts import Progress, publish_images
 from tasks.reporting import build_metrics, metrics_markdown, render_plots
 
-from .params import parse_params
 from .paths import PipelinePaths
 
 __all__ = ["report_flow"]
 
 
-@flow(name="report", flow_run_name="report-seed{params[seed]}", log_prints=False)
-def report_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, Any]:
+@flow(name="report", flow_run_name="report-seed{params.seed}", log_prints=False)
+def report_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Summarise ``data/scatters.parquet`` into ``metrics/report.json``, ``metrics/scatter_angle_hist.csv`` and plots."""
-    p = parse_params(params)
     paths = PipelinePaths.at(workdir)
     log = get_run_logger()
-    vol, rep = p.volume.model_dump(), p.report.model_dump()
+    vol, rep = params.volume, params.report
     progress = Progress("report-progress", 2, "report: metrics and plots done [%]")
     metrics_f = build_metrics.submit(
         str(paths.passives), str(paths.irradiated), str(paths.scatters), str(paths.metrics), str(paths.angle_hist_csv), vol, rep
@@ -32,7 +32,11 @@ def report_flow(params: Dict[str, Any], workdir: str = ".") -> Mapping[str, Any]
     progress.step()
     plots = plots_f.result()
     progress.finish()
-    publish_images(plots, key="tomoflow-report-images", title="Skeleton report plots (PoCA density, scatter angles, detector layout)")
-    create_markdown_artifact(markdown=metrics_markdown(metrics), key="tomoflow-skeleton-report", description="Skeleton pipeline metrics")
+    publish_images(
+        plots, key="tomoflow-report-images", title="Skeleton report plots (PoCA density, scatter angles, detector layout)"
+    )
+    create_markdown_artifact(
+        markdown=metrics_markdown(metrics), key="tomoflow-skeleton-report", description="Skeleton pipeline metrics"
+    )
     log.info("report written: %s; plots: %s", paths.metrics, ", ".join(plots.values()))
     return metrics

@@ -12,13 +12,15 @@ import datetime as dt
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any
 
 from prefect import flow, get_run_logger
 
+from config import load_params
+
 from .evaluate import evaluate_flow
-from .params import load_params
 from .paths import PipelinePaths
 
 __all__ = ["nightly_evaluate_flow", "weekly_pipeline_flow", "scheduled_date", "date_seed"]
@@ -29,7 +31,7 @@ def scheduled_date() -> dt.date:
     from prefect.runtime import flow_run
 
     t = flow_run.scheduled_start_time
-    return (t if t is not None else dt.datetime.now(dt.timezone.utc)).date()
+    return (t if t is not None else dt.datetime.now(dt.UTC)).date()
 
 
 def date_seed(base_seed: int, day: dt.date) -> int:
@@ -44,7 +46,7 @@ def _nightly_run_name() -> str:
 
 
 @flow(name="nightly_evaluate", flow_run_name=_nightly_run_name, log_prints=False)
-def nightly_evaluate_flow(params_path: str = "params.yaml", workdir: str = ".", date: Optional[str] = None) -> Mapping[str, Any]:
+def nightly_evaluate_flow(params_path: str = "params.yaml", workdir: str = ".", date: str | None = None) -> Mapping[str, Any]:
     """Re-evaluate ``<workdir>/models`` on fresh held-out passives into ``<workdir>/reports/scheduled/<date>/``."""
     log = get_run_logger()
     day = dt.date.fromisoformat(date) if date else scheduled_date()
@@ -56,9 +58,8 @@ def nightly_evaluate_flow(params_path: str = "params.yaml", workdir: str = ".", 
     dst = PipelinePaths.at(out_root).optimise_outputs["detector_pt"]
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(src, dst)
-    params: Dict[str, Any] = p.model_dump(mode="json")
-    params["evaluate"]["seed"] = date_seed(p.seed, day)
-    log.info("nightly evaluation of %s on %s, held-out seed %d -> %s", src, day, params["evaluate"]["seed"], out_root)
+    params = p.model_copy(update={"evaluate": p.evaluate.model_copy(update={"seed": date_seed(p.seed, day)})})
+    log.info("nightly evaluation of %s on %s, held-out seed %d -> %s", src, day, params.evaluate.seed, out_root)
     return evaluate_flow.with_options(flow_run_name=f"evaluate-scheduled-{day.isoformat()}")(params=params, workdir=str(out_root))
 
 

@@ -10,9 +10,9 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
-from .params import ParamsError, PipelineParams, load_params
+from config import ParamsError, PipelineParams, load_params
 
 __all__ = ["build_deployments", "main"]
 
@@ -24,16 +24,20 @@ NO_SERVER = (
 )
 
 
-def build_deployments(p: PipelineParams, params_path: str = "params.yaml", workdir: str = ".") -> List[Any]:
+def build_deployments(p: PipelineParams, params_path: str = "params.yaml", workdir: str = ".") -> list[Any]:
     """One ``RunnerDeployment`` per enabled entry of ``p.schedules``, with a ``Cron`` schedule (cron + time zone)."""
+    from prefect import Flow
     from prefect.schedules import Cron
 
     from .scheduled import nightly_evaluate_flow, weekly_pipeline_flow
 
     workdir = str(Path(workdir).resolve())
-    specs = {
-        "nightly_evaluate": (nightly_evaluate_flow, {"params_path": str(params_path), "workdir": workdir},
-                             "Re-evaluate the trained detector on fresh held-out passives (reports/scheduled/<date>/)"),
+    specs: dict[str, tuple[Flow[..., Any], dict[str, Any], str]] = {
+        "nightly_evaluate": (
+            nightly_evaluate_flow,
+            {"params_path": str(params_path), "workdir": workdir},
+            "Re-evaluate the trained detector on fresh held-out passives (reports/scheduled/<date>/)",
+        ),
         "weekly_pipeline": (weekly_pipeline_flow, {"workdir": workdir}, "Full pipeline: dvc repro"),
     }
     deps = []
@@ -41,12 +45,19 @@ def build_deployments(p: PipelineParams, params_path: str = "params.yaml", workd
         entry = getattr(p.schedules, name)
         if entry is None or not entry.enabled:
             continue
-        deps.append(fl.to_deployment(name=name.replace("_", "-"), schedules=[Cron(entry.cron, timezone=entry.timezone)],
-                                     parameters=parameters, description=desc, tags=["tomoflow", "scheduled"]))
+        deps.append(
+            fl.to_deployment(
+                name=name.replace("_", "-"),
+                schedules=[Cron(entry.cron, timezone=entry.timezone)],
+                parameters=parameters,
+                description=desc,
+                tags=["tomoflow", "scheduled"],
+            )
+        )
     return deps
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Validate the parameters, refuse without ``PREFECT_API_URL``, then serve (blocks until interrupted)."""
     parser = argparse.ArgumentParser(prog="python -m flows.serve", description="Serve the cron-scheduled deployments.")
     parser.add_argument("--params", default="params.yaml", help="parameter file, relative to --workdir (default: params.yaml)")

@@ -22,14 +22,38 @@ __all__ = [
 # --- inversion (design, measurements, batched solver, modes) ---
 from .design import NOMINAL_EPS, SHIFT_PARAMETERS, Design, apply_shifts, design_scan, solve_shifts  # noqa: E402
 from .inversion import (  # noqa: E402
-    MODES, PRESETS, InversionResult, invert, invert_measured, mode_matrix, penalty_landscape, preset_design,
+    MODES,
+    PRESETS,
+    InversionResult,
+    invert,
+    invert_measured,
+    mode_matrix,
+    penalty_landscape,
+    preset_design,
 )
 from .measure import DEFAULT_REL_NOISE, check_measurements, measure, measurement_sigma  # noqa: E402
 from .solver import LSQResult, identifiability_message, solve_lm  # noqa: E402
 
 __all__ += [
-    "NOMINAL_EPS", "SHIFT_PARAMETERS", "Design", "apply_shifts", "design_scan", "solve_shifts",
-    "MODES", "PRESETS", "InversionResult", "invert", "invert_measured", "mode_matrix", "penalty_landscape",
-    "preset_design", "DEFAULT_REL_NOISE", "check_measurements", "measure", "measurement_sigma",
-    "LSQResult", "identifiability_message", "solve_lm",
+    "NOMINAL_EPS",
+    "SHIFT_PARAMETERS",
+    "Design",
+    "apply_shifts",
+    "design_scan",
+    "solve_shifts",
+    "MODES",
+    "PRESETS",
+    "InversionResult",
+    "invert",
+    "invert_measured",
+    "mode_matrix",
+    "penalty_landscape",
+    "preset_design",
+    "DEFAULT_REL_NOISE",
+    "check_measurements",
+    "measure",
+    "measurement_sigma",
+    "LSQResult",
+    "identifiability_message",
+    "solve_lm",
 ]

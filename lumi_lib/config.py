@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Iterable, Literal, Mapping, Optional, Tuple, Union
+from typing import Any, Literal
 
 import torch
 
@@ -17,7 +18,7 @@ from .constants import DTYPE, PROTON_MASS_GEV
 
 __all__ = ["IPConfig", "Scalar", "field_names"]
 
-Scalar = Union[float, torch.Tensor]
+Scalar = float | torch.Tensor
 
 # (lower bound, lower bound inclusive?) per constrained field; every field must be finite.
 _POSITIVE = ("f_rev", "n_bunches", "n1", "n2", "beta_x1", "beta_y1", "beta_x2", "beta_y2", "sigma_z1", "sigma_z2")
@@ -83,7 +84,7 @@ class IPConfig:
 
     # ----------------------------------------------------------------------------------------------- constructors
     @classmethod
-    def lhc_default(cls, crossing_plane: Literal["x", "y"] = "y", **changes: Any) -> "IPConfig":
+    def lhc_default(cls, crossing_plane: Literal["x", "y"] = "y", **changes: Any) -> IPConfig:
         """The reference's LHC-like default set, with the 320 urad full crossing angle in ``crossing_plane``.
 
         f_rev 11245 Hz, 2736 bunches, 1.4e11 protons, 6800 GeV, beta* 0.30 m, alpha 0, sigma_z 0.35 m, offsets,
@@ -92,20 +93,31 @@ class IPConfig:
         if crossing_plane not in ("x", "y"):
             raise ValueError(f"crossing_plane must be 'x' or 'y', got {crossing_plane!r}")
         base = cls(
-            f_rev=11245.0, n_bunches=2736.0, n1=1.4e11, n2=1.4e11, energy1=6800.0, energy2=6800.0,
-            cross_x=320e-6 if crossing_plane == "x" else 0.0, cross_y=320e-6 if crossing_plane == "y" else 0.0,
-            beta_x1=0.30, beta_y1=0.30, beta_x2=0.30, beta_y2=0.30, sigma_z1=0.35, sigma_z2=0.35,
+            f_rev=11245.0,
+            n_bunches=2736.0,
+            n1=1.4e11,
+            n2=1.4e11,
+            energy1=6800.0,
+            energy2=6800.0,
+            cross_x=320e-6 if crossing_plane == "x" else 0.0,
+            cross_y=320e-6 if crossing_plane == "y" else 0.0,
+            beta_x1=0.30,
+            beta_y1=0.30,
+            beta_x2=0.30,
+            beta_y2=0.30,
+            sigma_z1=0.35,
+            sigma_z2=0.35,
         )
         return base.replace(**changes) if changes else base
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "IPConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> IPConfig:
         """Build from a mapping of field names (unknown names raise ``ValueError`` listing the valid ones)."""
         _check_names(values.keys())
         return cls(**dict(values))
 
     @staticmethod
-    def stack(configs: Iterable["IPConfig"], *, device: Optional[Union[str, torch.device]] = None) -> "IPConfig":
+    def stack(configs: Iterable[IPConfig], *, device: str | torch.device | None = None) -> IPConfig:
         """Batch configurations along a new leading dimension: every field becomes a float64 tensor (N, *batch)."""
         configs = list(configs)
         if not configs:
@@ -120,16 +132,16 @@ class IPConfig:
 
     # ----------------------------------------------------------------------------------------------- helpers
     @staticmethod
-    def field_names() -> Tuple[str, ...]:
+    def field_names() -> tuple[str, ...]:
         """The 30 field names, in declaration order."""
         return field_names()
 
-    def replace(self, **changes: Any) -> "IPConfig":
+    def replace(self, **changes: Any) -> IPConfig:
         """A copy with some fields changed (validated); unknown names raise ``ValueError`` listing the valid ones."""
         _check_names(changes.keys())
         return dataclasses.replace(self, **changes)
 
-    def as_dict(self) -> Dict[str, Scalar]:
+    def as_dict(self) -> dict[str, Scalar]:
         """Field name -> value (floats or tensors, not copied)."""
         return {name: getattr(self, name) for name in field_names()}
 
@@ -139,15 +151,13 @@ class IPConfig:
         shapes = [v.shape for v in self.as_dict().values() if isinstance(v, torch.Tensor)]
         return torch.broadcast_shapes(*shapes) if shapes else torch.Size([])
 
-    def to_tensors(self, *, device: Optional[Union[str, torch.device]] = None) -> Dict[str, torch.Tensor]:
+    def to_tensors(self, *, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
         """Field name -> float64 tensor on ``device`` (floats become 0-d tensors; tensors keep their graph)."""
         return {name: torch.as_tensor(v, dtype=DTYPE, device=device) for name, v in self.as_dict().items()}
 
-    def to(self, device: Union[str, torch.device]) -> "IPConfig":
+    def to(self, device: str | torch.device) -> IPConfig:
         """A copy whose tensor fields live on ``device`` (float fields stay floats)."""
-        return dataclasses.replace(
-            self, **{n: v.to(device) for n, v in self.as_dict().items() if isinstance(v, torch.Tensor)}
-        )
+        return dataclasses.replace(self, **{n: v.to(device) for n, v in self.as_dict().items() if isinstance(v, torch.Tensor)})
 
     def __repr__(self) -> str:
         def fmt(v: Scalar) -> str:
@@ -159,12 +169,12 @@ class IPConfig:
         return f"IPConfig({body})"
 
 
-def field_names() -> Tuple[str, ...]:
+def field_names() -> tuple[str, ...]:
     """The 30 field names of :class:`IPConfig`, in declaration order."""
     return _FIELD_NAMES
 
 
-_FIELD_NAMES: Tuple[str, ...] = tuple(f.name for f in fields(IPConfig))
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(IPConfig))
 
 
 def _check_names(names: Iterable[str]) -> None:
@@ -173,7 +183,7 @@ def _check_names(names: Iterable[str]) -> None:
         raise ValueError(f"unknown IPConfig field(s) {unknown}; valid names: {', '.join(_FIELD_NAMES)}")
 
 
-def _allowed(name: str) -> Tuple[float, bool, str]:
+def _allowed(name: str) -> tuple[float, bool, str]:
     """(lower bound, strict?, description) for ``name``."""
     if name in _POSITIVE:
         return 0.0, True, "(0, inf)"

@@ -18,9 +18,9 @@ with a bracketed, safeguarded Newton iteration (autograd derivative, bisection f
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -28,7 +28,16 @@ from torch import Tensor
 from .config import IPConfig
 from .model import luminosity
 
-__all__ = ["SHIFT_PARAMETERS", "NOMINAL_EPS", "Design", "check_parameters", "apply_shifts", "solve_shifts", "design_scan"]
+__all__ = [
+    "SHIFT_PARAMETERS",
+    "NOMINAL_EPS",
+    "Design",
+    "check_parameters",
+    "n_scan_configs",
+    "apply_shifts",
+    "solve_shifts",
+    "design_scan",
+]
 
 NOMINAL_EPS: float = 2.3e-6
 """Nominal normalised emittance [m rad]: design point and default start of the inversions."""
@@ -49,7 +58,7 @@ _SEARCH_UNIT = {"sep_x": 1e-9, "sep_y": 1e-9, "cross_x": 1e-10, "cross_y": 1e-10
 _N_GRID = 48  # bracket search: |delta| = unit * 2^k, k = 0 .. _N_GRID - 1
 
 
-def check_parameters(parameters: Sequence[str]) -> Tuple[str, ...]:
+def check_parameters(parameters: Sequence[str]) -> tuple[str, ...]:
     """Validate shift-parameter names (``ValueError`` listing the valid ones); returns them as a tuple."""
     if isinstance(parameters, str):
         parameters = (parameters,)
@@ -73,7 +82,7 @@ def apply_shifts(config: IPConfig, parameters: Sequence[str], offsets: Tensor) -
     if offsets.shape[-1] != len(params):
         raise ValueError(f"offsets: last dimension {offsets.shape[-1]} != number of parameters {len(params)}")
     p = config.to_tensors(device=offsets.device)
-    changes = {}
+    changes: dict[str, Tensor] = {}
     for i, name in enumerate(params):
         d = offsets[..., i]
         if name.startswith("beta_ratio_"):
@@ -84,7 +93,7 @@ def apply_shifts(config: IPConfig, parameters: Sequence[str], offsets: Tensor) -
     return config.replace(**changes)
 
 
-def _as_batched(bases: Union[IPConfig, Sequence[IPConfig]], device: Optional[torch.device]) -> IPConfig:
+def _as_batched(bases: IPConfig | Sequence[IPConfig], device: torch.device | None) -> IPConfig:
     """Base configurations as one IPConfig with tensor fields of shape (n_bases,) (a list is stacked)."""
     if isinstance(bases, IPConfig):
         shape = bases.batch_shape
@@ -99,20 +108,20 @@ def _as_batched(bases: Union[IPConfig, Sequence[IPConfig]], device: Optional[tor
     return IPConfig.stack(bases, device=device)
 
 
-def _nominal(device: Optional[torch.device], eps_nominal: float) -> Tensor:
+def _nominal(device: torch.device | None, eps_nominal: float) -> Tensor:
     if not eps_nominal > 0:
         raise ValueError(f"eps_nominal must be > 0 m rad, got {eps_nominal!r}")
     return torch.full((4,), float(eps_nominal), dtype=torch.float64, device=device)
 
 
 def solve_shifts(
-    bases: Union[IPConfig, Sequence[IPConfig]],
+    bases: IPConfig | Sequence[IPConfig],
     parameters: Sequence[str],
     *,
     target: float = -0.01,
     eps_nominal: float = NOMINAL_EPS,
     max_iter: int = 100,
-    device: Optional[Union[str, torch.device]] = None,
+    device: str | torch.device | None = None,
 ) -> Tensor:
     """Shift sizes (n_bases, P) with L(base + delta e_p) / L(base) - 1 = ``target`` at nominal emittances.
 
@@ -129,17 +138,19 @@ def solve_shifts(
     l0 = luminosity(base, eps, device=dev)  # (nb,)
     eye = torch.eye(npar, dtype=torch.float64, device=dev)
     unit = torch.tensor([_SEARCH_UNIT[p] for p in params], dtype=torch.float64, device=dev)
-    ratio_cap = torch.tensor([-0.99 if p.startswith("beta_ratio_") else -float("inf") for p in params],
-                             dtype=torch.float64, device=dev)
+    ratio_cap = torch.tensor(
+        [-0.99 if p.startswith("beta_ratio_") else -float("inf") for p in params], dtype=torch.float64, device=dev
+    )
 
     def g(delta: Tensor) -> Tensor:  # delta (..., nb, P) -> (..., nb, P); column p shifts parameter p only
-        cfg = apply_shifts(base.replace(**{k: v[:, None] for k, v in base.to_tensors(device=dev).items()}),
-                           params, delta[..., None] * eye)
+        cfg = apply_shifts(
+            base.replace(**{k: v[:, None] for k, v in base.to_tensors(device=dev).items()}), params, delta[..., None] * eye
+        )
         return luminosity(cfg, eps, device=dev) / l0[:, None] - 1.0 - target
 
     # bracket: scan |delta| = unit 2^k on both sides, take the first sign change (smaller |delta| wins, + on ties)
     k = torch.arange(_N_GRID, dtype=torch.float64, device=dev)
-    mags = unit * (2.0 ** k)[:, None, None]  # (G, 1, P)
+    mags = unit * (2.0**k)[:, None, None]  # (G, 1, P)
     found = []
     for side in (1.0, -1.0):
         grid = torch.maximum(side * mags.expand(_N_GRID, nb, npar), ratio_cap)
@@ -153,8 +164,10 @@ def solve_shifts(
     grid = torch.where(take_neg, grid_neg, grid_pos)
     if bool((first >= _N_GRID).any()):
         bi, pi = (first >= _N_GRID).nonzero()[0].tolist()
-        raise ValueError(f"target: a relative luminosity change of {target:+g} is not reachable by shifting "
-                         f"{params[pi]!r} of base configuration {bi}")
+        raise ValueError(
+            f"target: a relative luminosity change of {target:+g} is not reachable by shifting "
+            f"{params[pi]!r} of base configuration {bi}"
+        )
     hi = grid.gather(0, first[None]).squeeze(0)
     lo = grid.gather(0, (first - 1).clamp_min(0)[None]).squeeze(0)
     lo = torch.where(first == 0, torch.zeros_like(lo), lo)
@@ -189,8 +202,8 @@ class Design:
     """
 
     config: IPConfig
-    labels: Tuple[str, ...]
-    parameters: Tuple[str, ...]
+    labels: tuple[str, ...]
+    parameters: tuple[str, ...]
     shifts: Tensor
     offsets: Tensor
     base_index: Tensor
@@ -200,6 +213,15 @@ class Design:
     def n_configs(self) -> int:
         """Number of measurement configurations M."""
         return len(self.labels)
+
+
+def n_scan_configs(n_bases: int, n_parameters: int, n_shifts: int, product: bool) -> int:
+    """Configurations M of ``design_scan``: per (base, parameter) 2 points if ``n_shifts`` is 1, else 0 and ``n_shifts``
+    non-zero points (``n_shifts`` with the odd-count centre dropped); per base their tensor product (``product``) or
+    the base point plus every parameter's non-zero points."""
+    pts = 2 if n_shifts == 1 else (n_shifts if n_shifts % 2 == 1 else n_shifts + 1)
+    per_base = pts**n_parameters if product else 1 + (pts - 1) * n_parameters
+    return n_bases * per_base
 
 
 def _points(delta: Tensor, n_shifts: int) -> Tensor:
@@ -212,15 +234,15 @@ def _points(delta: Tensor, n_shifts: int) -> Tensor:
 
 
 def design_scan(
-    bases: Union[IPConfig, Sequence[IPConfig]],
+    bases: IPConfig | Sequence[IPConfig],
     parameters: Sequence[str],
     *,
     target: float = -0.01,
     n_shifts: int = 1,
     product: bool = False,
     eps_nominal: float = NOMINAL_EPS,
-    shifts: Optional[Tensor] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    shifts: Tensor | None = None,
+    device: str | torch.device | None = None,
 ) -> Design:
     """Measurement configurations for one or more base configurations (IPs).
 
@@ -263,5 +285,12 @@ def design_scan(
         f"ip{int(b)}:" + ",".join(f"{n}={float(v):+.4g}" for n, v in zip(params, row))
         for b, row in zip(index_t.tolist(), offsets_t.cpu())
     )
-    return Design(config=config, labels=labels, parameters=params, shifts=shifts, offsets=offsets_t,
-                  base_index=index_t, target=float(target))
+    return Design(
+        config=config,
+        labels=labels,
+        parameters=params,
+        shifts=shifts,
+        offsets=offsets_t,
+        base_index=index_t,
+        target=float(target),
+    )

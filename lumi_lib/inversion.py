@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -27,10 +28,18 @@ from .measure import DEFAULT_REL_NOISE, check_measurements, measure, measurement
 from .model import luminosity
 from .solver import identifiability_message, solve_lm
 
-__all__ = ["MODES", "PRESETS", "InversionResult", "mode_matrix", "preset_design", "invert", "invert_measured",
-           "penalty_landscape"]
+__all__ = [
+    "MODES",
+    "PRESETS",
+    "InversionResult",
+    "mode_matrix",
+    "preset_design",
+    "invert",
+    "invert_measured",
+    "penalty_landscape",
+]
 
-MODES: Mapping[str, Tuple[str, ...]] = MappingProxyType(
+MODES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {"xy": ("eps_x", "eps_y"), "12": ("eps_1", "eps_2"), "xy12": ("eps_x1", "eps_y1", "eps_x2", "eps_y2")}
 )
 """Inversion modes and the names of their unknowns [m rad]."""
@@ -50,17 +59,17 @@ PRESETS: Mapping[str, str] = MappingProxyType(
 """Ready-made measurement plans (see :func:`preset_design`)."""
 
 
-def mode_matrix(mode: str, *, device: Optional[Union[str, torch.device]] = None) -> Tuple[Tuple[str, ...], Tensor]:
+def mode_matrix(mode: str, *, device: str | torch.device | None = None) -> tuple[tuple[str, ...], Tensor]:
     """(names of the unknowns, P (K, 4)) for ``mode``; ``ValueError`` listing the valid modes otherwise."""
     if mode not in MODES:
         raise ValueError(f"mode: unknown inversion mode {mode!r}; valid modes: {', '.join(MODES)}")
     return MODES[mode], torch.tensor(_P[mode], dtype=torch.float64, device=device)
 
 
-def preset_design(name: str, *, target: float = -0.01, device: Optional[Union[str, torch.device]] = None) -> Design:
+def preset_design(name: str, *, target: float = -0.01, device: str | torch.device | None = None) -> Design:
     """The measurement plan ``name`` (one of :data:`PRESETS`), shifts solved at nominal emittances for ``target``."""
     bx, by = IPConfig.lhc_default("x"), IPConfig.lhc_default("y")
-    kw = dict(target=target, device=device)
+    kw: dict[str, Any] = dict(target=target, device=device)
     if name in ("xy_1ip", "12_equal"):
         return design_scan([by], ["sep_x"], **kw)
     if name == "xy_2ip":
@@ -83,15 +92,16 @@ class InversionResult:
     ``estimate`` (B, K); ``eps`` (B, 4) = estimate @ P; ``truth`` (B, K) or None; ``rel_error`` (B, K) =
     (estimate - truth) / truth or None; ``std`` (B, K) and ``cov`` (B, K, K) from (J^T W J)^-1; ``residual_norm`` (B,)
     = |(L - C) / sigma|_2; ``iterations`` (B,); ``converged`` (B,) bool; ``cond`` (B,) Jacobian condition number
-    (scaled unknowns); ``measured`` (B, M); ``path`` (n_iter + 1, B, K) iterates or None.
+    (scaled unknowns); ``measured`` (B, M); ``path`` (n_iter + 1, B, K) iterates or None; ``null_direction`` (B, K)
+    least-determined direction (unit vector, scaled unknowns) or None.
     """
 
     mode: str
-    names: Tuple[str, ...]
+    names: tuple[str, ...]
     estimate: Tensor
     eps: Tensor
-    truth: Optional[Tensor]
-    rel_error: Optional[Tensor]
+    truth: Tensor | None
+    rel_error: Tensor | None
     std: Tensor
     cov: Tensor
     residual_norm: Tensor
@@ -99,9 +109,17 @@ class InversionResult:
     converged: Tensor
     cond: Tensor
     measured: Tensor
-    path: Optional[Tensor] = None
+    path: Tensor | None = None
+    null_direction: Tensor | None = None
 
-    def as_dict(self) -> Dict[str, object]:
+    def identifiability_warning(self, threshold: float) -> str | None:
+        """:func:`lumi_lib.solver.identifiability_message` of this result (None if every condition number is
+        <= ``threshold`` or no null direction was recorded)."""
+        if self.null_direction is None:
+            return None
+        return identifiability_message(self.cond.detach().cpu(), self.null_direction.detach().cpu(), self.names, threshold)
+
+    def as_dict(self) -> dict[str, object]:
         """Field name -> value (tensors not copied)."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
@@ -116,16 +134,16 @@ def invert_measured(
     *,
     design: Design,
     rel_noise: float = DEFAULT_REL_NOISE,
-    x0: Union[float, Tensor] = NOMINAL_EPS,
-    lower: Union[float, Tensor] = 0.25 * NOMINAL_EPS,
-    upper: Union[float, Tensor] = 4.0 * NOMINAL_EPS,
-    truth: Optional[Tensor] = None,
-    chunk_size: Optional[int] = None,
+    x0: float | Tensor = NOMINAL_EPS,
+    lower: float | Tensor = 0.25 * NOMINAL_EPS,
+    upper: float | Tensor = 4.0 * NOMINAL_EPS,
+    truth: Tensor | None = None,
+    chunk_size: int | None = None,
     max_iter: int = 50,
     jacobian: str = "reverse",
     cond_warn: float = 1e8,
     record_path: bool = False,
-    device: Optional[Union[str, torch.device]] = None,
+    device: str | torch.device | None = None,
 ) -> InversionResult:
     """Invert measured luminosities ``measured`` (B, M) [cm^-2 s^-1] of ``design`` (M configurations).
 
@@ -157,9 +175,22 @@ def invert_measured(
     parts = []
     for s in range(0, b, chunk):  # memory chunks; every chunk is a batched solve
         sl = slice(s, min(b, s + chunk))
-        parts.append(solve_lm(predict, x0_t[sl], target=meas[sl], sigma=sigma[sl], scale=NOMINAL_EPS,
-                              lower=lo[sl], upper=hi[sl], max_iter=max_iter, jacobian=jacobian,
-                              cond_warn=math.inf, names=names, record_path=record_path))
+        parts.append(
+            solve_lm(
+                predict,
+                x0_t[sl],
+                target=meas[sl],
+                sigma=sigma[sl],
+                scale=NOMINAL_EPS,
+                lower=lo[sl],
+                upper=hi[sl],
+                max_iter=max_iter,
+                jacobian=jacobian,
+                cond_warn=math.inf,
+                names=names,
+                record_path=record_path,
+            )
+        )
     cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
     cond, null = cat("cond"), cat("null_direction")
     msg = identifiability_message(cond, null, names, cond_warn)
@@ -168,14 +199,26 @@ def invert_measured(
     est = cat("x")
     path = None
     if record_path:
-        n = max(p.path.shape[0] for p in parts)
-        path = torch.cat([torch.cat([p.path, p.path[-1:].expand(n - p.path.shape[0], -1, -1)]) for p in parts], dim=1)
+        paths = [cast(Tensor, p.path) for p in parts]  # recorded: record_path
+        n = max(q.shape[0] for q in paths)
+        path = torch.cat([torch.cat([q, q[-1:].expand(n - q.shape[0], -1, -1)]) for q in paths], dim=1)
     tr = None if truth is None else torch.as_tensor(truth, dtype=torch.float64, device=dev).expand(b, k)
     return InversionResult(
-        mode=mode, names=names, estimate=est, eps=est @ pmat, truth=tr,
-        rel_error=None if tr is None else (est - tr) / tr, std=cat("std"), cov=cat("cov"),
-        residual_norm=cat("residual_norm"), iterations=cat("iterations"), converged=cat("converged"),
-        cond=cond, measured=meas, path=path,
+        mode=mode,
+        names=names,
+        estimate=est,
+        eps=est @ pmat,
+        truth=tr,
+        rel_error=None if tr is None else (est - tr) / tr,
+        std=cat("std"),
+        cov=cat("cov"),
+        residual_norm=cat("residual_norm"),
+        iterations=cat("iterations"),
+        converged=cat("converged"),
+        cond=cond,
+        measured=meas,
+        path=path,
+        null_direction=null,
     )
 
 
@@ -185,8 +228,8 @@ def invert(
     *,
     design: Design,
     rel_noise: float = DEFAULT_REL_NOISE,
-    generator: Optional[torch.Generator] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    generator: torch.Generator | None = None,
+    device: str | torch.device | None = None,
     **solver_options,
 ) -> InversionResult:
     """Simulate measurements for true unknowns ``true_eps`` (B, K) [m rad] of ``mode`` and invert them.
@@ -215,9 +258,9 @@ def penalty_landscape(
     grid_b: Tensor,
     rel_noise: float = DEFAULT_REL_NOISE,
     axes: Sequence[int] = (0, 1),
-    fixed: Optional[Tensor] = None,
+    fixed: Tensor | None = None,
     chunk_size: int = 20_000,
-    device: Optional[Union[str, torch.device]] = None,
+    device: str | torch.device | None = None,
 ) -> Tensor:
     """Penalty sqrt(sum_m ((L_m(x) - C_m) / sigma_m)^2) on a grid, shape (len(grid_b), len(grid_a)).
 
@@ -234,8 +277,11 @@ def penalty_landscape(
         raise ValueError(f"axes: two different indices into {names}, got {tuple(axes)}")
     ga = torch.as_tensor(grid_a, dtype=torch.float64, device=dev).reshape(-1)
     gb = torch.as_tensor(grid_b, dtype=torch.float64, device=dev).reshape(-1)
-    base = torch.full((len(names),), NOMINAL_EPS, dtype=torch.float64, device=dev) if fixed is None else \
-        torch.as_tensor(fixed, dtype=torch.float64, device=dev).reshape(len(names))
+    base = (
+        torch.full((len(names),), NOMINAL_EPS, dtype=torch.float64, device=dev)
+        if fixed is None
+        else torch.as_tensor(fixed, dtype=torch.float64, device=dev).reshape(len(names))
+    )
     sigma = measurement_sigma(meas, rel_noise=rel_noise)
     cfg = design.config.to(dev)
     pts = base.expand(gb.numel(), ga.numel(), len(names)).clone()
@@ -245,7 +291,7 @@ def penalty_landscape(
     out = torch.empty(flat.shape[0], dtype=torch.float64, device=dev)
     with torch.no_grad():
         for s in range(0, flat.shape[0], chunk_size):  # memory chunks
-            eps = flat[s:s + chunk_size, None, :] @ pmat
+            eps = flat[s : s + chunk_size, None, :] @ pmat
             r = (luminosity(cfg, eps, device=dev) - meas) / sigma
-            out[s:s + chunk_size] = (r * r).sum(-1).sqrt()
+            out[s : s + chunk_size] = (r * r).sum(-1).sqrt()
     return out.reshape(gb.numel(), ga.numel())

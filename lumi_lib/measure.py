@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
-
 import torch
 from torch import Tensor
 
@@ -23,8 +21,9 @@ def check_measurements(measured: Tensor, *, name: str = "measured") -> Tensor:
         raise ValueError(f"{name}: expected at least one dimension (..., M), got a scalar")
     bad_nan = torch.isnan(m)
     if bool(bad_nan.any()):
-        raise ValueError(f"{name}: {int(bad_nan.sum())} NaN luminosity value(s) (first at index "
-                         f"{tuple(bad_nan.nonzero()[0].tolist())})")
+        raise ValueError(
+            f"{name}: {int(bad_nan.sum())} NaN luminosity value(s) (first at index {tuple(bad_nan.nonzero()[0].tolist())})"
+        )
     if not bool(torch.isfinite(m).all()):
         raise ValueError(f"{name}: infinite luminosity value(s)")
     if not bool((m > 0).all()):
@@ -45,8 +44,8 @@ def measure(
     eps: Tensor,
     *,
     rel_noise: float = DEFAULT_REL_NOISE,
-    generator: Optional[torch.Generator] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    generator: torch.Generator | None = None,
+    device: str | torch.device | None = None,
 ) -> Tensor:
     """Measured luminosities (B, M) [cm^-2 s^-1] for true emittances ``eps`` (B, 4) and a design ``config`` (M,).
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -38,7 +37,7 @@ from .constants import DTYPE, M2_TO_CM2, PROTON_MASS_GEV
 
 __all__ = ["luminosity", "gauss_legendre", "QuadratureSpec", "DEFAULT_QUADRATURE", "beam_factors", "sigma_coefficients"]
 
-DeviceLike = Union[str, torch.device, None]
+DeviceLike = str | torch.device | None
 
 
 class QuadratureSpec:
@@ -62,21 +61,21 @@ _CPU_BLOCK_ELEMENTS = 20480  # batch x nodes elements per block on CPU (about 16
 
 
 @lru_cache(maxsize=32)
-def _leggauss(n: int) -> Tuple[np.ndarray, np.ndarray]:
+def _leggauss(n: int) -> tuple[np.ndarray, np.ndarray]:
     x, w = np.polynomial.legendre.leggauss(n)
     x.setflags(write=False)
     w.setflags(write=False)
     return x, w
 
 
-def gauss_legendre(n: int, *, device: DeviceLike = None, dtype: torch.dtype = DTYPE) -> Tuple[torch.Tensor, torch.Tensor]:
+def gauss_legendre(n: int, *, device: DeviceLike = None, dtype: torch.dtype = DTYPE) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss-Legendre nodes and weights on [-1, 1] (numpy's ``leggauss``, cached as read-only numpy arrays)."""
     x, w = _leggauss(int(n))
     return torch.tensor(x, dtype=dtype, device=device), torch.tensor(w, dtype=dtype, device=device)
 
 
 @lru_cache(maxsize=32)
-def _panel_matrices(n_tail: int, n_core: int) -> Tuple[np.ndarray, np.ndarray]:
+def _panel_matrices(n_tail: int, n_core: int) -> tuple[np.ndarray, np.ndarray]:
     """(4, N) matrices mapping the panel edges (t0, t1, t2, t3) to nodes t and weights dt of the composite rule.
 
     Panels [t0, t1] and [t2, t3] get ``n_tail`` Gauss-Legendre nodes, [t1, t2] gets ``n_core``:
@@ -96,23 +95,25 @@ def _panel_matrices(n_tail: int, n_core: int) -> Tuple[np.ndarray, np.ndarray]:
     return t_mat, w_mat
 
 
-def beam_factors(energy: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def beam_factors(energy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(beta_r, beta_r gamma) for total energy [GeV]: gamma = E/m_p, beta_r = sqrt(1 - 1/gamma^2)."""
     gamma = energy / PROTON_MASS_GEV
-    beta_r = torch.sqrt(1.0 - gamma ** -2)
+    beta_r = torch.sqrt(1.0 - gamma**-2)
     return beta_r, beta_r * gamma
 
 
-def sigma_coefficients(p: Dict[str, torch.Tensor], eps: torch.Tensor) -> Dict[str, torch.Tensor]:
+def sigma_coefficients(p: dict[str, torch.Tensor], eps: torch.Tensor) -> dict[str, torch.Tensor]:
     """Coefficients of Sigma_u^2(z) = c0 + c1 z + c2 z^2 [m^2] per plane, and beam factors.
 
     ``p``: float64 tensors of the config fields; ``eps``: (..., 4) normalised emittances (x1, y1, x2, y2) [m rad].
     """
     br1, bg1 = beam_factors(p["energy1"])
     br2, bg2 = beam_factors(p["energy2"])
-    out: Dict[str, torch.Tensor] = {"br1": br1, "br2": br2}
+    out: dict[str, torch.Tensor] = {"br1": br1, "br2": br2}
     for k, u in enumerate(("x", "y")):
-        c0 = c1 = c2 = None
+        c0: torch.Tensor | None = None
+        c1: torch.Tensor | None = None
+        c2: torch.Tensor | None = None
         for b, (br, bg) in ((1, (br1, bg1)), (2, (br2, bg2))):
             e = eps[..., k + 2 * (b - 1)] / bg
             beta, alpha = p[f"beta_{u}{b}"], p[f"alpha_{u}{b}"]
@@ -121,7 +122,8 @@ def sigma_coefficients(p: Dict[str, torch.Tensor], eps: torch.Tensor) -> Dict[st
             t0 = e * beta + dd * d0 * d0
             t1 = -2.0 * e * alpha + 2.0 * dd * d0 * d1
             t2 = e * (1.0 + alpha * alpha) / beta + dd * d1 * d1
-            c0, c1, c2 = (t0, t1, t2) if c0 is None else (c0 + t0, c1 + t1, c2 + t2)
+            c0, c1, c2 = (t0, t1, t2) if c0 is None or c1 is None or c2 is None else (c0 + t0, c1 + t1, c2 + t2)
+        assert c0 is not None and c1 is not None and c2 is not None  # two beams summed above
         out[f"{u}0"], out[f"{u}1"], out[f"{u}2"] = c0, c1, c2
     return out
 
@@ -136,7 +138,7 @@ def _check_eps(eps: torch.Tensor) -> None:
         raise ValueError(f"eps: non-positive emittance (min {e.min().item()!r}); allowed range (0, inf) m rad")
 
 
-def _window(c: Dict[str, torch.Tensor], p: Dict[str, torch.Tensor], a: torch.Tensor, spec: QuadratureSpec):
+def _window(c: dict[str, torch.Tensor], p: dict[str, torch.Tensor], a: torch.Tensor, spec: QuadratureSpec):
     """Detached map parameters (zr, w) and panel edges in t = asinh((z - zr)/w): (t_min, t_lo, t_hi, t_max).
 
     zr +- i w are the complex zeros of the Sigma_u^2(z) quadratic nearest to the real axis (smallest w): the
@@ -167,9 +169,9 @@ def _window(c: Dict[str, torch.Tensor], p: Dict[str, torch.Tensor], a: torch.Ten
 
 def luminosity(
     config: IPConfig,
-    eps: Union[torch.Tensor, np.ndarray, list, tuple],
+    eps: torch.Tensor | np.ndarray | list | tuple,
     *,
-    n_nodes: Optional[int] = None,
+    n_nodes: int | None = None,
     quadrature: QuadratureSpec = DEFAULT_QUADRATURE,
     device: DeviceLike = None,
 ) -> torch.Tensor:
@@ -209,7 +211,7 @@ def luminosity(
     else:
         integral = torch.cat([_integrate([f[i : i + step] for f in flat], nodes) for i in range(0, n_flat, step)])
     integral = integral.reshape(shape)
-    pref = p["f_rev"] * p["n_bunches"] * p["n1"] * p["n2"] * (M2_TO_CM2 / (math.sqrt(2.0) * math.pi ** 1.5))
+    pref = p["f_rev"] * p["n_bunches"] * p["n1"] * p["n2"] * (M2_TO_CM2 / (math.sqrt(2.0) * math.pi**1.5))
     return pref * integral * torch.rsqrt(sz1sq + sz2sq)
 
 

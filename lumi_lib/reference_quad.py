@@ -8,7 +8,8 @@ override n2 := n1, energy2 := energy1. Not vectorised on purpose; do not use it 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.integrate import quad
@@ -25,12 +26,12 @@ __all__ = [
     "scalar_fields",
 ]
 
-_PREF = M2_TO_CM2 / (math.sqrt(2.0) * math.pi ** 1.5)
+_PREF = M2_TO_CM2 / (math.sqrt(2.0) * math.pi**1.5)
 
 
-def scalar_fields(config: IPConfig, *, reference_quirks: bool = False) -> Dict[str, float]:
+def scalar_fields(config: IPConfig, *, reference_quirks: bool = False) -> dict[str, float]:
     """Field name -> Python float (tensor fields must hold one element)."""
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     for name, v in config.as_dict().items():
         if not isinstance(v, float):
             if v.numel() != 1:
@@ -44,11 +45,11 @@ def scalar_fields(config: IPConfig, *, reference_quirks: bool = False) -> Dict[s
 
 def _beam(energy: float) -> tuple:
     gamma = energy / PROTON_MASS_GEV
-    br = math.sqrt(1.0 - gamma ** -2)
+    br = math.sqrt(1.0 - gamma**-2)
     return br, br * gamma
 
 
-def _sigma2_factory(p: Dict[str, float], eps: Sequence[float]):
+def _sigma2_factory(p: dict[str, float], eps: Sequence[float]):
     """Sigma_x^2(z), Sigma_y^2(z) as scalar closures, and beam factors."""
     br1, bg1 = _beam(p["energy1"])
     br2, bg2 = _beam(p["energy2"])
@@ -56,8 +57,16 @@ def _sigma2_factory(p: Dict[str, float], eps: Sequence[float]):
     for k, u in enumerate("xy"):
         plane = []
         for b, br, bg in ((1, br1, bg1), (2, br2, bg2)):
-            plane.append((eps[k + 2 * (b - 1)] / bg, p[f"beta_{u}{b}"], p[f"alpha_{u}{b}"], p[f"dpp{b}"],
-                          br * p[f"disp_{u}{b}"], br * p[f"disp_p{u}{b}"]))
+            plane.append(
+                (
+                    eps[k + 2 * (b - 1)] / bg,
+                    p[f"beta_{u}{b}"],
+                    p[f"alpha_{u}{b}"],
+                    p[f"dpp{b}"],
+                    br * p[f"disp_{u}{b}"],
+                    br * p[f"disp_p{u}{b}"],
+                )
+            )
         terms.append(plane)
 
     def var(plane, z: float) -> float:
@@ -79,7 +88,7 @@ def luminosity_quad(
     epsabs: float = 1.49e-8,
     epsrel: float = 1.49e-8,
     limit: int = 50,
-    points: Optional[Sequence[float]] = None,
+    points: Sequence[float] | None = None,
 ) -> float:
     """L [cm^-2 s^-1] by adaptive quad over [-5 sz, 5 sz], sz = max(sigma_z1, sigma_z2).
 
@@ -89,7 +98,7 @@ def luminosity_quad(
     p = scalar_fields(config, reference_quirks=reference_quirks)
     eps = [float(e) for e in np.asarray(eps, dtype=np.float64).reshape(4)]
     var_x, var_y, br1, br2 = _sigma2_factory(p, eps)
-    a = (br1 + br2) ** 2 / (br2 ** 2 * p["sigma_z1"] ** 2 + br1 ** 2 * p["sigma_z2"] ** 2)
+    a = (br1 + br2) ** 2 / (br2**2 * p["sigma_z1"] ** 2 + br1**2 * p["sigma_z2"] ** 2)
     sx, sy, tx, ty = p["sep_x"], p["sep_y"], p["cross_x"], p["cross_y"]
 
     def kernel(z: float) -> float:
@@ -98,7 +107,7 @@ def luminosity_quad(
         return math.exp(-0.5 * (dx * dx / vx + dy * dy / vy + a * z * z)) / math.sqrt(vx * vy)
 
     zmax = 5.0 * max(p["sigma_z1"], p["sigma_z2"])
-    kwargs: Dict[str, Any] = dict(epsabs=epsabs, epsrel=epsrel, limit=limit)
+    kwargs: dict[str, Any] = dict(epsabs=epsabs, epsrel=epsrel, limit=limit)
     if points is not None:
         kwargs["points"] = [z for z in points if -zmax < z < zmax] or None
     integral = quad(kernel, -zmax, zmax, **kwargs)[0]
@@ -116,7 +125,7 @@ def _no_hourglass_terms(config: IPConfig, eps: Sequence[float], reference_quirks
     p = scalar_fields(config, reference_quirks=reference_quirks)
     eps = [float(e) for e in np.asarray(eps, dtype=np.float64).reshape(4)]
     var_x, var_y, br1, br2 = _sigma2_factory(p, eps)
-    a = (br1 + br2) ** 2 / (br2 ** 2 * p["sigma_z1"] ** 2 + br1 ** 2 * p["sigma_z2"] ** 2)
+    a = (br1 + br2) ** 2 / (br2**2 * p["sigma_z1"] ** 2 + br1**2 * p["sigma_z2"] ** 2)
     return p, var_x(0.0), var_y(0.0), a
 
 
@@ -147,9 +156,15 @@ def luminosity_head_on_no_hourglass(config: IPConfig, eps: Sequence[float], *, r
     br1, _ = _beam(p["energy1"])
     br2, _ = _beam(p["energy2"])
     s1, s2 = p["sigma_z1"] ** 2, p["sigma_z2"] ** 2
-    r = math.sqrt(br2 ** 2 * s1 + br1 ** 2 * s2) / math.sqrt(s1 + s2)
-    return p["f_rev"] * p["n_bunches"] * p["n1"] * p["n2"] * M2_TO_CM2 / (2.0 * math.pi * math.sqrt(vx * vy)) * (
-        2.0 * r / (br1 + br2)
+    r = math.sqrt(br2**2 * s1 + br1**2 * s2) / math.sqrt(s1 + s2)
+    return (
+        p["f_rev"]
+        * p["n_bunches"]
+        * p["n1"]
+        * p["n2"]
+        * M2_TO_CM2
+        / (2.0 * math.pi * math.sqrt(vx * vy))
+        * (2.0 * r / (br1 + br2))
     )
 
 

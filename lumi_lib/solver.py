@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -54,12 +54,12 @@ class LSQResult:
     converged: Tensor
     cond: Tensor
     null_direction: Tensor
-    names: Tuple[str, ...]
-    path: Optional[Tensor] = None
-    jacobian: Optional[Tensor] = None
+    names: tuple[str, ...]
+    path: Tensor | None = None
+    jacobian: Tensor | None = None
 
 
-def _as_bk(value: Union[float, Tensor, None], b: int, k: int, *, default: float, like: Tensor, name: str) -> Tensor:
+def _as_bk(value: float | Tensor | None, b: int, k: int, *, default: float, like: Tensor, name: str) -> Tensor:
     if value is None:
         value = default
     t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
@@ -71,7 +71,7 @@ def _as_bk(value: Union[float, Tensor, None], b: int, k: int, *, default: float,
 
 def _residuals_and_jacobian(
     predict: Predict, u: Tensor, rows: Tensor, scale: Tensor, target: Tensor, sigma: Tensor, mode: str
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Weighted residuals r (b, M) and J = dr/du (b, M, K) at scaled unknowns ``u`` (b, K)."""
     b, k = u.shape
     m = target.shape[-1]
@@ -99,7 +99,7 @@ def _residuals_and_jacobian(
     raise ValueError(f"jacobian must be 'reverse' or 'forward', got {mode!r}")
 
 
-def identifiability_message(cond: Tensor, null_direction: Tensor, names: Sequence[str], threshold: float) -> Optional[str]:
+def identifiability_message(cond: Tensor, null_direction: Tensor, names: Sequence[str], threshold: float) -> str | None:
     """Human-readable warning text if any condition number exceeds ``threshold`` (else None)."""
     bad = ~(cond <= threshold)
     if not bool(bad.any()):
@@ -131,9 +131,9 @@ def solve_lm(
     *,
     target: Tensor,
     sigma: Tensor,
-    scale: Union[float, Tensor] = 2.3e-6,
-    lower: Union[float, Tensor, None] = None,
-    upper: Union[float, Tensor, None] = None,
+    scale: float | Tensor = 2.3e-6,
+    lower: float | Tensor | None = None,
+    upper: float | Tensor | None = None,
     max_iter: int = 50,
     xtol: float = 1e-12,
     ftol: float = 1e-10,
@@ -141,7 +141,7 @@ def solve_lm(
     max_step: float = 0.5,
     jacobian: str = "reverse",
     cond_warn: float = 1e8,
-    names: Optional[Sequence[str]] = None,
+    names: Sequence[str] | None = None,
     record_path: bool = False,
     keep_jacobian: bool = False,
 ) -> LSQResult:
@@ -188,7 +188,7 @@ def solve_lm(
     all_rows = torch.arange(b, device=dev)
     sclb = scl.expand(b, k)
 
-    def evaluate(uu: Tensor, rows: Tensor) -> Tuple[Tensor, Tensor]:
+    def evaluate(uu: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
         return _residuals_and_jacobian(predict, uu, rows, sclb[rows], target[rows], sigma[rows], jacobian)
 
     r, jac = evaluate(u, all_rows)

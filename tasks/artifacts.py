@@ -9,26 +9,27 @@ from __future__ import annotations
 import base64
 import io
 import numbers
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import cast
 from uuid import UUID
 
 __all__ = ["png_data_uri", "images_markdown", "publish_images", "Progress", "summary_markdown", "publish_summary"]
 
 
-def png_data_uri(path: Union[str, Path], max_px: int = 480) -> str:
+def png_data_uri(path: str | Path, max_px: int = 480) -> str:
     """``data:image/png;base64,...`` of the PNG at ``path``, downscaled to at most ``max_px`` pixels per side."""
     from PIL import Image
 
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((max_px, max_px))
+        rgb = im.convert("RGB")
+        rgb.thumbnail((max_px, max_px))
         buf = io.BytesIO()
-        im.save(buf, format="PNG", optimize=True)
+        rgb.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def images_markdown(images: Mapping[str, Union[str, Path]], title: str, max_px: int = 480) -> str:
+def images_markdown(images: Mapping[str, str | Path], title: str, max_px: int = 480) -> str:
     """Markdown with a heading and one embedded image per ``{caption: png_path}`` (missing files are listed)."""
     lines = [f"# {title}", ""]
     for caption, path in images.items():
@@ -39,11 +40,13 @@ def images_markdown(images: Mapping[str, Union[str, Path]], title: str, max_px: 
     return "\n".join(lines)
 
 
-def publish_images(images: Mapping[str, Union[str, Path]], key: str, title: str, max_px: int = 480) -> Optional[UUID]:
+def publish_images(images: Mapping[str, str | Path], key: str, title: str, max_px: int = 480) -> UUID | None:
     """Create the markdown image artifact ``key`` (lower-case, dashes) in the current flow run."""
     from prefect.artifacts import create_markdown_artifact
 
-    return create_markdown_artifact(markdown=images_markdown(images, title, max_px), key=key, description=title)
+    return cast(
+        UUID | None, create_markdown_artifact(markdown=images_markdown(images, title, max_px), key=key, description=title)
+    )
 
 
 class Progress:
@@ -53,14 +56,18 @@ class Progress:
         from prefect.artifacts import create_progress_artifact
 
         self.total, self.done = max(int(total), 1), 0
-        self.id = create_progress_artifact(0.0, key=key, description=description)
+        self.id = cast(UUID, create_progress_artifact(0.0, key=key, description=description))  # sync context: a UUID
+
+    def set(self, done: int) -> None:
+        """Mark ``done`` of the ``total`` steps done."""
+        from prefect.artifacts import update_progress_artifact
+
+        self.done = min(max(int(done), 0), self.total)
+        update_progress_artifact(self.id, 100.0 * self.done / self.total)
 
     def step(self, n: int = 1) -> None:
         """Mark ``n`` more steps done."""
-        from prefect.artifacts import update_progress_artifact
-
-        self.done = min(self.done + n, self.total)
-        update_progress_artifact(self.id, 100.0 * self.done / self.total)
+        self.set(self.done + n)
 
     def finish(self) -> None:
         """Set the artifact to 100 %."""
@@ -69,13 +76,16 @@ class Progress:
 
 def summary_markdown(title: str, values: Mapping[str, object]) -> str:
     """Markdown table ``| quantity | value |`` of the scalar entries of ``values`` (others are skipped)."""
-    rows = [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-            for k, v in values.items() if isinstance(v, (numbers.Number, str, bool)) or v is None]
+    rows = [
+        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+        for k, v in values.items()
+        if isinstance(v, (numbers.Number, str, bool)) or v is None
+    ]
     return "\n".join([f"# {title}", "", "| quantity | value |", "|---|---|", *rows, ""])
 
 
-def publish_summary(title: str, values: Mapping[str, object], key: str) -> Optional[UUID]:
+def publish_summary(title: str, values: Mapping[str, object], key: str) -> UUID | None:
     """Create the markdown summary-table artifact ``key`` in the current flow run."""
     from prefect.artifacts import create_markdown_artifact
 
-    return create_markdown_artifact(markdown=summary_markdown(title, values), key=key, description=title)
+    return cast(UUID | None, create_markdown_artifact(markdown=summary_markdown(title, values), key=key, description=title))

@@ -4,7 +4,8 @@ The key of :class:`FileCachePolicy` combines
 
 * the task's identity: its name and the qualified name of its function (two tasks never share a record);
 * a sha256 of the task function's source and of the Python files named in ``code_paths`` (new code misses);
-* its plain parameters (numbers, strings, booleans, ``None`` and lists / mappings of them) as canonical JSON;
+* its plain parameters (numbers, strings, booleans, ``None``, lists / mappings of them and typed parameter sections
+  as ``model_dump(mode="json")``) as canonical JSON;
   tensors and other objects are refused, never hashed (their pickles differ between processes);
 * sha256 CONTENT hashes of the input files named by ``input_files`` (parameter names holding paths).
 
@@ -23,15 +24,24 @@ import inspect
 import json
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 from prefect.cache_policies import CachePolicy
+from pydantic import BaseModel
 
 __all__ = [
-    "OUTPUT_HASHES_KEY", "WORK_DIR_NAME", "FileCachePolicy", "file_sha256", "code_sha256", "with_output_hashes",
-    "stage_workdir", "records_dir", "remove_stage_workdir",
+    "OUTPUT_HASHES_KEY",
+    "WORK_DIR_NAME",
+    "FileCachePolicy",
+    "file_sha256",
+    "code_sha256",
+    "with_output_hashes",
+    "stage_workdir",
+    "records_dir",
+    "remove_stage_workdir",
 ]
 
 OUTPUT_HASHES_KEY = "output_sha256"
@@ -41,7 +51,7 @@ WORK_DIR_NAME = ".work"
 DVC-ignored, removed per stage once the stage's final output is written."""
 
 _PathLike = Union[str, "os.PathLike[str]"]
-_FILE_HASHES: Dict[Tuple[str, int, int], str] = {}
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
 
 def file_sha256(path: _PathLike, chunk: int = 1 << 20) -> str:
@@ -76,15 +86,19 @@ def _plain(value: Any, where: str) -> Any:
         return value
     if isinstance(value, os.PathLike):
         return os.fspath(value)
+    if isinstance(value, BaseModel):  # a typed parameter section: its canonical JSON form
+        return _plain(value.model_dump(mode="json"), where)
     if isinstance(value, Mapping):
         return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    raise TypeError(f"FileCachePolicy: parameter {where} of type {type(value).__name__} is not a plain value; "
-                    "pass files by path (their content is hashed) instead of tensors or objects")
+    raise TypeError(
+        f"FileCachePolicy: parameter {where} of type {type(value).__name__} is not a plain value; "
+        "pass files by path (their content is hashed) instead of tensors or objects"
+    )
 
 
-def with_output_hashes(result: Mapping[str, Any], *paths: _PathLike) -> Dict[str, Any]:
+def with_output_hashes(result: Mapping[str, Any], *paths: _PathLike) -> dict[str, Any]:
     """``result`` plus ``{OUTPUT_HASHES_KEY: {path: sha256}}`` for the output files ``paths`` (call after writing)."""
     return {**result, OUTPUT_HASHES_KEY: {os.fspath(p): file_sha256(p) for p in paths}}
 
@@ -109,11 +123,11 @@ class FileCachePolicy(CachePolicy):
     that a stale record is never served after a code change DVC would rerun the stage for).
     """
 
-    input_files: Tuple[str, ...] = ()
-    exclude: Tuple[str, ...] = ()
-    code_paths: Tuple[str, ...] = ()
+    input_files: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    code_paths: tuple[str, ...] = ()
     max_generations: int = 16
-    _code_memo: Dict[str, str] = field(default_factory=dict, repr=False)
+    _code_memo: dict[str, str] = field(default_factory=dict, repr=False)
 
     def base_key(self, task: Any, inputs: Mapping[str, Any]) -> str:
         """The key before output validation (a hex sha256)."""
@@ -135,7 +149,7 @@ class FileCachePolicy(CachePolicy):
         }
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
-    def compute_key(self, task_ctx: Any, inputs: Dict[str, Any], flow_parameters: Dict[str, Any], **kwargs: Any) -> Optional[str]:
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
         """First key generation that has no record yet or whose record's output files are intact."""
         base = self.base_key(task_ctx.task, inputs)
         store = task_ctx.result_store

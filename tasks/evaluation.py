@@ -6,29 +6,51 @@ differences between detectors come from the layouts, not from sampling luck.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tomopt_lib.io import PassiveRecord, atomic_path, read_passives, write_json, write_passives
-from tomopt_lib.optimisation.callbacks import Callback
+from config import EvaluateParams, OptimiseParams, PassiveParams, VolumeParams
 from tomopt_lib.core import X0
+from tomopt_lib.io import PassiveRecord, read_passives, write_json, write_passives
+from tomopt_lib.optimisation.callbacks import Callback
 from tomopt_lib.plotting import plot_pred_true_x0
 from tomopt_lib.plotting_compare import plot_metric_intervals, plot_pred_vs_true_by_material
+from tomopt_lib.runtime import resolve_device
 
 from .common import derive_seed, task_logger
-from .plot_io import save_png
 from .detector import (
-    build_reference_volume, build_start_volume, describe_detector, load_detector, make_wrapper, passive_layouts,
-    write_passive_set, yielder,
+    build_reference_volume,
+    build_start_volume,
+    describe_detector,
+    load_detector,
+    make_wrapper,
+    passive_layouts,
+    write_passive_set,
+    yielder,
 )
+from .outputs import save_csv, save_png
 
-__all__ = ["EVALUATE_STAGE_KEY", "X0_CLIP", "eval_seed", "make_heldout", "predict_detector", "volume_scores", "compare_detectors",
-           "evaluate_markdown", "paired_bootstrap_ratio", "bootstrap_mean", "calibration", "material_of", "unc_path"]
+__all__ = [
+    "EVALUATE_STAGE_KEY",
+    "X0_CLIP",
+    "eval_seed",
+    "make_heldout",
+    "predict_detector",
+    "volume_scores",
+    "compare_detectors",
+    "evaluate_markdown",
+    "paired_bootstrap_ratio",
+    "bootstrap_mean",
+    "calibration",
+    "material_of",
+    "unc_path",
+]
 
 EVALUATE_STAGE_KEY = 6
 PRIMARY = "mean_mse_log_x0"
@@ -38,14 +60,15 @@ X0_CLIP = (1e-4, 1e3)
 """Predicted X0 [m] is clipped to this range for the log-space metrics (uncovered voxels can be predicted at ~1e6 m)."""
 
 
-def eval_seed(seed: int, eval_cfg: Mapping[str, Any]) -> int:
-    return int(eval_cfg["seed"]) if eval_cfg.get("seed") is not None else derive_seed(seed, EVALUATE_STAGE_KEY)
+def eval_seed(seed: int, ev: EvaluateParams) -> int:
+    """``evaluate.seed`` or a seed derived from the pipeline seed."""
+    return ev.seed if ev.seed is not None else derive_seed(seed, EVALUATE_STAGE_KEY)
 
 
 @task(name="evaluate-heldout", cache_policy=NO_CACHE, persist_result=False)
-def make_heldout(out_path: str, seed: int, volume_cfg: Mapping[str, Any], passives_cfg: Mapping[str, Any], eval_cfg: Mapping[str, Any]) -> int:
+def make_heldout(out_path: str, seed: int, volume_cfg: VolumeParams, passives: PassiveParams, ev: EvaluateParams) -> int:
     """Generate the held-out passives (``evaluate.n_volumes``, evaluation seed) into ``out_path``."""
-    return write_passive_set(out_path, volume_cfg, passives_cfg, int(eval_cfg["n_volumes"]), derive_seed(eval_seed(seed, eval_cfg), 1))
+    return write_passive_set(out_path, volume_cfg, passives, ev.n_volumes, derive_seed(eval_seed(seed, ev), 1))
 
 
 class _Preds(Callback):
@@ -53,42 +76,58 @@ class _Preds(Callback):
 
     def __init__(self) -> None:
         super().__init__()
-        self.preds: Dict[int, np.ndarray] = {}
-        self.uncs: Dict[int, np.ndarray] = {}
+        self.preds: dict[int, np.ndarray] = {}
+        self.uncs: dict[int, np.ndarray] = {}
 
     def on_x0_pred_end(self) -> None:
         fp = self.wrapper.fit_params
         pred = fp.pred[0] if isinstance(fp.pred, (tuple, list)) else fp.pred
-        if pred is not None:
+        if pred is not None and fp.volume_id is not None:
             self.preds[int(fp.volume_id)] = pred.detach().cpu().numpy()
             unc = getattr(fp.volume_inferrer, "vox_zxy_x0_pred_uncs", None)
             if unc is not None:
                 self.uncs[int(fp.volume_id)] = unc.detach().cpu().numpy()
 
-    def get_preds(self) -> Dict[int, np.ndarray]:
+    def get_preds(self) -> dict[int, np.ndarray]:
         return self.preds
 
 
 @task(name="evaluate-predict", task_run_name="predict-{name}", cache_policy=NO_CACHE, persist_result=False)
-def predict_detector(name: str, heldout_path: str, out_path: str, seed: int, volume_cfg: Mapping[str, Any],
-                     opt_cfg: Mapping[str, Any], eval_cfg: Mapping[str, Any], detector_pt: Optional[str] = None) -> Dict[str, Any]:
+def predict_detector(
+    name: str,
+    heldout_path: str,
+    out_path: str,
+    seed: int,
+    volume_cfg: VolumeParams,
+    opt: OptimiseParams,
+    ev: EvaluateParams,
+    detector_pt: str | None = None,
+    device: str | None = "cpu",
+) -> dict[str, Any]:
     """Predict X0 of every held-out volume with detector ``name`` ("trained" from ``detector_pt``, "start",
-    "reference"); writes the predictions (passives format, NaN where a volume got no muons) to ``out_path``."""
-    budget = opt_cfg.get("budget")
-    vol = (build_reference_volume(volume_cfg, budget=budget) if name == "reference"
-           else build_start_volume(volume_cfg, opt_cfg["start"], budget=budget))
+    "reference") on ``device``; writes the predictions (passives format, NaN where a volume got no muons) to
+    ``out_path``."""
+    dev = resolve_device(device)
+    vol = (
+        build_reference_volume(volume_cfg, dev, budget=opt.budget)
+        if name == "reference"
+        else build_start_volume(volume_cfg, opt.start, dev, budget=opt.budget)
+    )
     if name == "trained":
         load_detector(vol, str(detector_pt))
-    vw = make_wrapper(vol, opt_cfg, seed=derive_seed(eval_seed(seed, eval_cfg), 2), inferrer=eval_cfg.get("inferrer"),
-                      momentum=eval_cfg.get("momentum"))
+    vw = make_wrapper(vol, opt, seed=derive_seed(eval_seed(seed, ev), 2), inferrer=ev.inferrer, momentum=ev.momentum)
     layouts, cubes = passive_layouts(heldout_path, vol)
     cb = _Preds()
-    got = vw.predict(yielder(layouts, False), int(eval_cfg["n_mu_per_volume"]), int(eval_cfg["mu_bs"]), pred_cb=cb)
-    recs = [PassiveRecord(x0=got[i].reshape(c.shape) if i in got else np.full(c.shape, np.nan), attrs={"index": i})
-            for i, c in enumerate(cubes)]
+    got = vw.predict(yielder(layouts, False), ev.n_mu_per_volume, ev.mu_bs, pred_cb=cb)
+    recs = [
+        PassiveRecord(x0=got[i].reshape(c.shape) if i in got else np.full(c.shape, np.nan), attrs={"index": i})
+        for i, c in enumerate(cubes)
+    ]
     write_passives(out_path, recs, attrs={"generator": "prediction", "detector": name})
-    uncs = [PassiveRecord(x0=cb.uncs[i].reshape(c.shape) if i in cb.uncs else np.full(c.shape, np.nan), attrs={"index": i})
-            for i, c in enumerate(cubes)]
+    uncs = [
+        PassiveRecord(x0=cb.uncs[i].reshape(c.shape) if i in cb.uncs else np.full(c.shape, np.nan), attrs={"index": i})
+        for i, c in enumerate(cubes)
+    ]
     write_passives(unc_path(out_path), uncs, attrs={"generator": "prediction uncertainty [m]", "detector": name})
     task_logger().info("detector %s: predicted %d/%d held-out volumes", name, len(got), len(cubes))
     return {"name": name, "n_predicted": len(got), "total_cost": describe_detector(vol)["total_cost"]}
@@ -100,7 +139,7 @@ def unc_path(pred_path: str) -> str:
     return str(p.with_name(p.stem + "_unc" + p.suffix))
 
 
-def paired_bootstrap_ratio(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> Tuple[float, List[float]]:
+def paired_bootstrap_ratio(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[float, list[float]]:
     """``(mean(a) / mean(b), [2.5 %, 97.5 %] percentile interval)`` over ``n_boot`` resamples of the paired
     volumes (the same resampled volumes in a and b; NaN pairs dropped)."""
     ok = np.isfinite(a) & np.isfinite(b)
@@ -113,7 +152,7 @@ def paired_bootstrap_ratio(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int)
     return float(a.mean() / b.mean()), [float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))]
 
 
-def bootstrap_mean(a: np.ndarray, n_boot: int, seed: int) -> Tuple[float, float, float]:
+def bootstrap_mean(a: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
     """``(mean, 2.5 %, 97.5 %)`` of the mean of ``a`` over volumes (percentile bootstrap, NaN dropped)."""
     a = a[np.isfinite(a)]
     if not len(a):
@@ -131,7 +170,7 @@ def material_of(x0: np.ndarray) -> np.ndarray:
     return out.reshape(x0.shape)
 
 
-def calibration(preds: List[np.ndarray], uncs: List[np.ndarray], truth: List[np.ndarray]) -> Dict[str, Any]:
+def calibration(preds: list[np.ndarray], uncs: list[np.ndarray], truth: list[np.ndarray]) -> dict[str, Any]:
     """Per material: median predicted / true X0 over the held-out voxels (and 16 / 84 % quantiles); pull width: the
     standard deviation of (ln pred - ln true) / (unc / pred) over voxels with a data-driven uncertainty
     (unc < pred)."""
@@ -140,19 +179,27 @@ def calibration(preds: List[np.ndarray], uncs: List[np.ndarray], truth: List[np.
     t = np.concatenate([x.reshape(-1) for x in truth])
     ok = np.isfinite(p) & (p > 0)
     mats = material_of(t)
-    per: Dict[str, Any] = {}
+    per: dict[str, Any] = {}
     for m in sorted(set(mats[ok].tolist())):
         sel = ok & (mats == m)
         r = p[sel] / t[sel]
-        per[m] = {"n_voxels": int(sel.sum()), "median_ratio": float(np.median(r)), "q16_ratio": float(np.quantile(r, 0.16)),
-                  "q84_ratio": float(np.quantile(r, 0.84)), "true_x0": float(np.median(t[sel]))}
+        per[m] = {
+            "n_voxels": int(sel.sum()),
+            "median_ratio": float(np.median(r)),
+            "q16_ratio": float(np.quantile(r, 0.16)),
+            "q84_ratio": float(np.quantile(r, 0.84)),
+            "true_x0": float(np.median(t[sel])),
+        }
     data = ok & np.isfinite(u) & (u > 0) & (u < p)
     pulls = (np.log(p[data]) - np.log(t[data])) / (u[data] / p[data])
-    return {"materials": per, "pull_width": float(np.std(pulls)) if len(pulls) > 1 else float("nan"),
-            "pull_voxels": int(data.sum())}
+    return {
+        "materials": per,
+        "pull_width": float(np.std(pulls)) if len(pulls) > 1 else float("nan"),
+        "pull_voxels": int(data.sum()),
+    }
 
 
-def volume_scores(pred: np.ndarray, true: np.ndarray) -> Dict[str, float]:
+def volume_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     """Per-volume scores: MSE of X0 (the training loss), MSE of log X0 (clipped prediction), and the block contrast
     recovery (mean log pred of the minority material minus the majority's, over the same for the truth; 1 = ideal)."""
     if not np.isfinite(pred).all():
@@ -167,16 +214,19 @@ def volume_scores(pred: np.ndarray, true: np.ndarray) -> Dict[str, float]:
     return {"mse_x0": float(np.mean((pred - true) ** 2)), "mse_log_x0": float(np.mean((lp - lt) ** 2)), "contrast": contrast}
 
 
-def _versus(df: pd.DataFrame, per: Mapping[str, Mapping[str, float]], name: str, n_boot: int, seed: int) -> Dict[str, Any]:
+def _versus(df: pd.DataFrame, per: Mapping[str, Mapping[str, float]], name: str, n_boot: int, seed: int) -> dict[str, Any]:
     """Trained / baseline ratios of the mean and median errors (< 1: trained better), the primary ratio with its
     paired-bootstrap 95 % interval, the cost ratio, and per-volume win counts."""
     t, b = per["trained"], per[name]
     a = df[df.detector == "trained"][PRIMARY.removeprefix("mean_")].to_numpy()
     c = df[df.detector == name][PRIMARY.removeprefix("mean_")].to_numpy()
     ratio, ci = paired_bootstrap_ratio(a, c, n_boot, seed)
-    out: Dict[str, Any] = {"primary_ratio": ratio, "primary_ratio_ci95": ci,
-                           "cost_ratio": t["total_cost"] / b["total_cost"] if b["total_cost"] else None,
-                           "significant": bool(ci[1] < 1 or ci[0] > 1)}
+    out: dict[str, Any] = {
+        "primary_ratio": ratio,
+        "primary_ratio_ci95": ci,
+        "cost_ratio": t["total_cost"] / b["total_cost"] if b["total_cost"] else None,
+        "significant": bool(ci[1] < 1 or ci[0] > 1),
+    }
     for key in ("mean_mse_x0", "median_mse_x0", "mean_mse_log_x0", "median_mse_log_x0"):
         out[f"{key}_ratio"] = t[key] / b[key] if b[key] else None
     for col in ("mse_x0", "mse_log_x0"):
@@ -187,27 +237,45 @@ def _versus(df: pd.DataFrame, per: Mapping[str, Mapping[str, float]], name: str,
 
 
 @task(name="evaluate-compare", cache_policy=NO_CACHE, persist_result=False)
-def compare_detectors(heldout_path: str, pred_paths: Mapping[str, str], costs: Mapping[str, float], out: Mapping[str, str],
-                      n_images: int, n_bootstrap: int = 2000, seed: int = 0, voxel_size: Optional[float] = None) -> Dict[str, Any]:
+def compare_detectors(
+    heldout_path: str,
+    pred_paths: Mapping[str, str],
+    costs: Mapping[str, float],
+    out: Mapping[str, str],
+    n_images: int,
+    n_bootstrap: int = 2000,
+    seed: int = 0,
+    voxel_size: float | None = None,
+) -> dict[str, Any]:
     """Scores per detector and volume -> ``out["curve_csv"]`` (one row per held-out volume), ``out["metrics"]``
     (means, medians, calibration, trained-vs-baseline ratios with paired-bootstrap intervals), ``n_images``
     truth-beside-prediction PNGs per detector, the predicted-vs-true-per-material and primary-metric PNGs."""
     truth = [r.x0.astype(float) for r in read_passives(heldout_path)]
-    rows: List[Dict[str, Any]] = []
-    calib: Dict[str, Any] = {}
-    mat_rows: List[Dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    calib: dict[str, Any] = {}
+    mat_rows: list[dict[str, Any]] = []
     for name, path in pred_paths.items():
         preds = [r.x0.astype(float) for r in read_passives(path)]
         up = unc_path(path)
         uncs = [r.x0.astype(float) for r in read_passives(up)] if Path(up).is_file() else [np.full_like(p, np.nan) for p in preds]
         calib[name] = calibration(preds, uncs, truth)
         for m, c in calib[name]["materials"].items():
-            mat_rows.append({"detector": name, "material": m, "true": c["true_x0"], "median": c["median_ratio"] * c["true_x0"],
-                             "q16": c["q16_ratio"] * c["true_x0"], "q84": c["q84_ratio"] * c["true_x0"]})
+            mat_rows.append(
+                {
+                    "detector": name,
+                    "material": m,
+                    "true": c["true_x0"],
+                    "median": c["median_ratio"] * c["true_x0"],
+                    "q16": c["q16_ratio"] * c["true_x0"],
+                    "q84": c["q84_ratio"] * c["true_x0"],
+                }
+            )
         for i, (pr, tr) in enumerate(zip(preds, truth)):
             rows.append({"volume": i, "detector": name, **volume_scores(pr, tr)})
             if i < n_images and np.isfinite(pr).all():
-                save_png(plot_pred_true_x0(pr, tr, voxel_size=voxel_size), Path(out["plots_dir"]) / f"pred_vs_true_{name}_{i:02d}.png")
+                save_png(
+                    plot_pred_true_x0(pr, tr, voxel_size=voxel_size), Path(out["plots_dir"]) / f"pred_vs_true_{name}_{i:02d}.png"
+                )
     if mat_rows:
         save_png(plot_pred_vs_true_by_material(mat_rows), Path(out["plots_dir"]) / "x0_by_material.png")
     df = pd.DataFrame(rows)
@@ -215,22 +283,32 @@ def compare_detectors(heldout_path: str, pred_paths: Mapping[str, str], costs: M
     for col in ("mse_log_x0", "mse_x0"):
         for name in pred_paths:
             wide[f"{col}_{name}"] = df[df.detector == name][col].to_numpy()
-    with atomic_path(out["curve_csv"]) as tmp:
-        wide.to_csv(tmp, index=False)
-    per: Dict[str, Any] = {}
-    intervals: Dict[str, Tuple[float, float, float]] = {}
+    save_csv(wide, out["curve_csv"])
+    per: dict[str, Any] = {}
+    intervals: dict[str, tuple[float, float, float]] = {}
     for name, g in df.groupby("detector", sort=False):
         est, lo, hi = bootstrap_mean(g["mse_log_x0"].to_numpy(), n_bootstrap, seed)
         intervals[str(name)] = (est, lo, hi)
-        per[name] = {"mean_mse_log_x0": float(g["mse_log_x0"].mean()), "mean_mse_log_x0_ci95": [lo, hi],
-                     "median_mse_log_x0": float(g["mse_log_x0"].median()),
-                     "mean_mse_x0": float(g["mse_x0"].mean()), "median_mse_x0": float(g["mse_x0"].median()),
-                     "mean_contrast": float(g["contrast"].mean()), "n_failed": int(g["mse_log_x0"].isna().sum()),
-                     "total_cost": float(costs.get(name, float("nan"))), "calibration": calib[str(name)]}
-    save_png(plot_metric_intervals(intervals, label="mean over held-out volumes of MSE(ln X0), lower is better",
-                               title="Primary metric per detector, bootstrap 95 % interval"),
-         Path(out["plots_dir"]) / "primary_metric.png")
-    metrics: Dict[str, Any] = {"n_volumes": len(truth), "primary_metric": PRIMARY, "n_bootstrap": n_bootstrap, "detectors": per}
+        per[name] = {
+            "mean_mse_log_x0": float(g["mse_log_x0"].mean()),
+            "mean_mse_log_x0_ci95": [lo, hi],
+            "median_mse_log_x0": float(g["mse_log_x0"].median()),
+            "mean_mse_x0": float(g["mse_x0"].mean()),
+            "median_mse_x0": float(g["mse_x0"].median()),
+            "mean_contrast": float(g["contrast"].mean()),
+            "n_failed": int(g["mse_log_x0"].isna().sum()),
+            "total_cost": float(costs.get(name, float("nan"))),
+            "calibration": calib[str(name)],
+        }
+    save_png(
+        plot_metric_intervals(
+            intervals,
+            label="mean over held-out volumes of MSE(ln X0), lower is better",
+            title="Primary metric per detector, bootstrap 95 % interval",
+        ),
+        Path(out["plots_dir"]) / "primary_metric.png",
+    )
+    metrics: dict[str, Any] = {"n_volumes": len(truth), "primary_metric": PRIMARY, "n_bootstrap": n_bootstrap, "detectors": per}
     if "trained" in per:
         for name in per:
             if name != "trained":
@@ -241,17 +319,29 @@ def compare_detectors(heldout_path: str, pred_paths: Mapping[str, str], costs: M
 
 def evaluate_markdown(m: Mapping[str, Any]) -> str:
     """Markdown table: one row per detector, then the trained-vs-baseline lines."""
-    lines = ["# Held-out evaluation", "", f"{m['n_volumes']} held-out volumes", "",
-             "| detector | mean MSE log X0 | median MSE log X0 | mean MSE X0 | contrast | cost |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# Held-out evaluation",
+        "",
+        f"{m['n_volumes']} held-out volumes",
+        "",
+        "| detector | mean MSE log X0 | median MSE log X0 | mean MSE X0 | contrast | cost |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, d in m["detectors"].items():
-        lines.append(f"| {name} | {d['mean_mse_log_x0']:.4g} | {d['median_mse_log_x0']:.4g} | {d['mean_mse_x0']:.4g} | "
-                     f"{d['mean_contrast']:.3g} | {d['total_cost']:.3g} |")
+        lines.append(
+            f"| {name} | {d['mean_mse_log_x0']:.4g} | {d['median_mse_log_x0']:.4g} | {d['mean_mse_x0']:.4g} | "
+            f"{d['mean_contrast']:.3g} | {d['total_cost']:.3g} |"
+        )
     for k, v in m.items():
         if k.startswith("trained_vs_"):
             lo, hi = v["primary_ratio_ci95"]
-            lines.append(f"\n**{k}**: primary ratio {v['primary_ratio']:.3g}, 95 % interval [{lo:.3g}, {hi:.3g}], cost ratio "
-                         f"{v['cost_ratio'] if v['cost_ratio'] is None else round(v['cost_ratio'], 3)}")
-            lines.append(f"(ratios < 1: trained better): mean MSE log X0 {v['mean_mse_log_x0_ratio']:.3g} "
-                         f"(better on {v['volumes_better_mse_log_x0']}/{m['n_volumes']} volumes), mean MSE X0 "
-                         f"{v['mean_mse_x0_ratio']:.3g} (better on {v['volumes_better_mse_x0']}/{m['n_volumes']})")
+            lines.append(
+                f"\n**{k}**: primary ratio {v['primary_ratio']:.3g}, 95 % interval [{lo:.3g}, {hi:.3g}], cost ratio "
+                f"{v['cost_ratio'] if v['cost_ratio'] is None else round(v['cost_ratio'], 3)}"
+            )
+            lines.append(
+                f"(ratios < 1: trained better): mean MSE log X0 {v['mean_mse_log_x0_ratio']:.3g} "
+                f"(better on {v['volumes_better_mse_log_x0']}/{m['n_volumes']} volumes), mean MSE X0 "
+                f"{v['mean_mse_x0_ratio']:.3g} (better on {v['volumes_better_mse_x0']}/{m['n_volumes']})"
+            )
     return "\n".join(lines)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,14 +19,16 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from config import LumiReportParams
 from lumi_lib.design import NOMINAL_EPS
 from lumi_lib.inversion import invert, penalty_landscape, preset_design
-from tomopt_lib.io import atomic_path, write_json
+from lumi_lib.plotting import plot_est_vs_truth, plot_penalty_landscape, plot_rel_err_hist
+from tomopt_lib.io import write_json
 from tomopt_lib.runtime import resolve_device
 
 from .common import derive_seed, task_logger
-from .lumi import identifiability_warning, read_scan
-from .lumi_plots import plot_est_vs_truth, plot_penalty_landscape, plot_rel_err_hist
+from .lumi import read_scan
+from .outputs import save_csv, save_png
 
 __all__ = [
     "LANDSCAPE_CASES",
@@ -40,24 +43,34 @@ __all__ = [
 ]
 
 LANDSCAPE_STAGE_KEY = 7002
-LANDSCAPE_CASES: Dict[str, Dict[str, Any]] = {
-    "12": {"mode": "12", "preset": "12_equal", "noisy": False, "title": "12: 1 IP, equal optics, noise-free (eps_1 + eps_2 only)"},
+LANDSCAPE_CASES: dict[str, dict[str, Any]] = {
+    "12": {
+        "mode": "12",
+        "preset": "12_equal",
+        "noisy": False,
+        "title": "12: 1 IP, equal optics, noise-free (eps_1 + eps_2 only)",
+    },
     "xy": {"mode": "xy", "preset": "xy_1ip", "noisy": False, "title": "xy: 1 IP (crossing y) + sep_x shift, noise-free"},
-    "xy_noise": {"mode": "xy", "preset": "xy_2ip", "noisy": True, "title": "xy: 2 IPs (crossing y, x) + sep_x shifts, with noise"},
+    "xy_noise": {
+        "mode": "xy",
+        "preset": "xy_2ip",
+        "noisy": True,
+        "title": "xy: 2 IPs (crossing y, x) + sep_x shifts, with noise",
+    },
 }
 """The reference's three penalty scanners: case -> mode, preset plan (``lumi_lib.inversion.PRESETS``), noise, title."""
 
 
-def _f(x: Any) -> Optional[float]:
+def _f(x: Any) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
 
 
-def scan_metrics(df: pd.DataFrame, meta: Mapping[str, Any], report_cfg: Mapping[str, Any]) -> Dict[str, Any]:
+def scan_metrics(df: pd.DataFrame, meta: Mapping[str, Any], report: LumiReportParams) -> dict[str, Any]:
     """Accuracy, convergence, outliers, timing and conditioning of a scan table."""
-    names: List[str] = list(meta["names"])
+    names: list[str] = list(meta["names"])
     n = len(df)
-    k, thr = float(report_cfg["outlier_sigma"]), float(report_cfg["outlier_rel_error"])
+    k, thr = report.outlier_sigma, report.outlier_rel_error
     rel = df[[f"rel_err_{c}" for c in names]].to_numpy(float)
     err = df[[f"est_{c}" for c in names]].to_numpy(float) - df[[f"true_{c}" for c in names]].to_numpy(float)
     sig = df[[f"sigma_{c}" for c in names]].to_numpy(float)
@@ -70,25 +83,52 @@ def scan_metrics(df: pd.DataFrame, meta: Mapping[str, Any], report_cfg: Mapping[
     solve = float(meta.get("solve_wall_s", df.groupby("chunk")["chunk_wall_s"].first().sum() if n else 0.0))
     stat = lambda a, fn: _f(fn(a)) if len(a) else None  # noqa: E731
     return {
-        "scan": {"mode": meta["mode"], "unknowns": names, "n_inversions": n, "n_residuals": int(meta.get("n_configs", 0)),
-                 "n_chunks": int(meta.get("n_chunks", df["chunk"].nunique() if n else 0)),
-                 "rel_noise": meta.get("params", {}).get("rel_noise")},
-        "rel_error": {c: {"mean_abs": stat(np.abs(rel[:, j]), np.mean), "max_abs": stat(np.abs(rel[:, j]), np.max),
-                          "mean": stat(rel[:, j], np.mean), "std": stat(rel[:, j], np.std)} for j, c in enumerate(names)},
+        "scan": {
+            "mode": meta["mode"],
+            "unknowns": names,
+            "n_inversions": n,
+            "n_residuals": int(meta.get("n_configs", 0)),
+            "n_chunks": int(meta.get("n_chunks", df["chunk"].nunique() if n else 0)),
+            "rel_noise": meta.get("params", {}).get("rel_noise"),
+        },
+        "rel_error": {
+            c: {
+                "mean_abs": stat(np.abs(rel[:, j]), np.mean),
+                "max_abs": stat(np.abs(rel[:, j]), np.max),
+                "mean": stat(rel[:, j], np.mean),
+                "std": stat(rel[:, j], np.std),
+            }
+            for j, c in enumerate(names)
+        },
         "pull_std": {c: stat(pull[np.isfinite(pull[:, j]), j], np.std) for j, c in enumerate(names)},
         "convergence_rate": _f(df["converged"].mean()) if n else None,
-        "iterations": {"mean": stat(df["iterations"].to_numpy(float), np.mean), "max": int(df["iterations"].max()) if n else None},
+        "iterations": {
+            "mean": stat(df["iterations"].to_numpy(float), np.mean),
+            "max": int(df["iterations"].max()) if n else None,
+        },
         "outliers": {
             "definition": f"|estimate - truth| > {k:g} sigma(covariance) in any component, or non-finite sigma",
-            "k_sigma": k, "count": int(out_sigma.sum()), "fraction": _f(out_sigma.mean()) if n else None,
-            "rel_error_threshold": thr, "fraction_rel_error_above": _f(out_rel.mean()) if n else None,
+            "k_sigma": k,
+            "count": int(out_sigma.sum()),
+            "fraction": _f(out_sigma.mean()) if n else None,
+            "rel_error_threshold": thr,
+            "fraction_rel_error_above": _f(out_rel.mean()) if n else None,
         },
-        "timing_s": {"per_inversion": _f(solve / n) if n else None, "solve_total": _f(solve),
-                     "design_total": _f(meta.get("design_wall_s", float("nan")))},
-        "condition_number": {"median": stat(cond, np.median), "max": stat(cond, np.max),
-                             "fraction_above_warn": _f((~(cond <= cond_warn)).mean()) if n else None, "warn_threshold": cond_warn},
-        "residual_norm": {"median": stat(df["residual_norm"].to_numpy(float), np.median),
-                          "max": stat(df["residual_norm"].to_numpy(float), np.max)},
+        "timing_s": {
+            "per_inversion": _f(solve / n) if n else None,
+            "solve_total": _f(solve),
+            "design_total": _f(meta.get("design_wall_s", float("nan"))),
+        },
+        "condition_number": {
+            "median": stat(cond, np.median),
+            "max": stat(cond, np.max),
+            "fraction_above_warn": _f((~(cond <= cond_warn)).mean()) if n else None,
+            "warn_threshold": cond_warn,
+        },
+        "residual_norm": {
+            "median": stat(df["residual_norm"].to_numpy(float), np.median),
+            "max": stat(df["residual_norm"].to_numpy(float), np.max),
+        },
     }
 
 
@@ -98,102 +138,149 @@ def write_rel_err_hist_csv(df: pd.DataFrame, names: Sequence[str], path: str, *,
     finite = np.concatenate([v[np.isfinite(v)] for v in rel.values()]) if rel else np.zeros(0)
     lim = float(np.abs(finite).max()) if finite.size else 1.0
     edges = np.linspace(-(lim or 1.0), lim or 1.0, bins + 1)
-    cols: Dict[str, Any] = {"rel_err": (edges[:-1] + edges[1:]) / 2, "count_all": np.histogram(finite, bins=edges)[0]}
+    cols: dict[str, Any] = {"rel_err": (edges[:-1] + edges[1:]) / 2, "count_all": np.histogram(finite, bins=edges)[0]}
     for c, v in rel.items():
         cols[f"count_{c}"] = np.histogram(v[np.isfinite(v)], bins=edges)[0]
-    with atomic_path(path) as tmp:
-        pd.DataFrame(cols).to_csv(tmp, index=False, float_format="%.6g")
+    save_csv(pd.DataFrame(cols), path, float_format="%.6g")
 
 
 def write_est_vs_truth_csv(df: pd.DataFrame, names: Sequence[str], path: str) -> None:
     """Long-format CSV: ``inversion_id``, ``component``, ``truth``, ``estimate``, ``sigma``, ``rel_err`` (1e-6 m rad)."""
-    frames = [pd.DataFrame({"inversion_id": df["inversion_id"], "component": c, "truth": df[f"true_{c}"] * 1e6,
-                            "estimate": df[f"est_{c}"] * 1e6, "sigma": df[f"sigma_{c}"] * 1e6, "rel_err": df[f"rel_err_{c}"]})
-              for c in names]
+    frames = [
+        pd.DataFrame(
+            {
+                "inversion_id": df["inversion_id"],
+                "component": c,
+                "truth": df[f"true_{c}"] * 1e6,
+                "estimate": df[f"est_{c}"] * 1e6,
+                "sigma": df[f"sigma_{c}"] * 1e6,
+                "rel_err": df[f"rel_err_{c}"],
+            }
+        )
+        for c in names
+    ]
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    with atomic_path(path) as tmp:
-        out.to_csv(tmp, index=False, float_format="%.10g")
+    save_csv(out, path, float_format="%.10g")
 
 
 def lumi_metrics_markdown(metrics: Mapping[str, Any]) -> str:
     """Markdown tables of the luminosity metrics (for a Prefect artifact)."""
+
     def fmt(v: Any) -> str:
         return "n/a" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
     s = metrics["scan"]
-    lines = [f"# Luminosity inversion report: mode {s['mode']}", "",
-             f"{s['n_inversions']} inversions, {s['n_residuals']} residuals each, relative noise {fmt(s['rel_noise'])}", "",
-             "| component | mean abs rel. error | max abs rel. error | bias | pull std |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Luminosity inversion report: mode {s['mode']}",
+        "",
+        f"{s['n_inversions']} inversions, {s['n_residuals']} residuals each, relative noise {fmt(s['rel_noise'])}",
+        "",
+        "| component | mean abs rel. error | max abs rel. error | bias | pull std |",
+        "|---|---|---|---|---|",
+    ]
     for c, r in metrics["rel_error"].items():
         lines.append(f"| {c} | {fmt(r['mean_abs'])} | {fmt(r['max_abs'])} | {fmt(r['mean'])} | {fmt(metrics['pull_std'][c])} |")
     o, t, cn = metrics["outliers"], metrics["timing_s"], metrics["condition_number"]
-    lines += ["", "| metric | value |", "|---|---|",
-              f"| convergence rate | {fmt(metrics['convergence_rate'])} |",
-              f"| mean / max iterations | {fmt(metrics['iterations']['mean'])} / {fmt(metrics['iterations']['max'])} |",
-              f"| outlier fraction ({o['definition']}) | {fmt(o['fraction'])} |",
-              f"| fraction with abs rel. error > {o['rel_error_threshold']:g} | {fmt(o['fraction_rel_error_above'])} |",
-              f"| solve time per inversion [s] | {fmt(t['per_inversion'])} |",
-              f"| condition number median / max | {fmt(cn['median'])} / {fmt(cn['max'])} |"]
+    lines += [
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| convergence rate | {fmt(metrics['convergence_rate'])} |",
+        f"| mean / max iterations | {fmt(metrics['iterations']['mean'])} / {fmt(metrics['iterations']['max'])} |",
+        f"| outlier fraction ({o['definition']}) | {fmt(o['fraction'])} |",
+        f"| fraction with abs rel. error > {o['rel_error_threshold']:g} | {fmt(o['fraction_rel_error_above'])} |",
+        f"| solve time per inversion [s] | {fmt(t['per_inversion'])} |",
+        f"| condition number median / max | {fmt(cn['median'])} / {fmt(cn['max'])} |",
+    ]
     land = metrics.get("landscapes", {})
     if land:
-        lines += ["", "| landscape | residuals | iterations | converged | condition number | rel. errors |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| landscape | residuals | iterations | converged | condition number | rel. errors |",
+            "|---|---|---|---|---|---|",
+        ]
         for case, m in land.items():
             rel = ", ".join(f"{v:.2g}" for v in m["rel_error"])
             lines.append(f"| {case} | {m['n_residuals']} | {m['iterations']} | {m['converged']} | {fmt(m['cond'])} | {rel} |")
     return "\n".join(lines) + "\n"
 
 
-def _save(fig: Any, path: str) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-
-
 @task(name="lumi-build-metrics", task_run_name="lumi-build-metrics", cache_policy=NO_CACHE, persist_result=False)
-def build_lumi_metrics(scan_path: str, metrics_path: str, csv_paths: Mapping[str, str], report_cfg: Mapping[str, Any],
-                       landscapes: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+def build_lumi_metrics(
+    scan_path: str,
+    metrics_path: str,
+    csv_paths: Mapping[str, str],
+    report: LumiReportParams,
+    landscapes: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write ``metrics_path`` (JSON, with the landscape summaries) and the two CSVs; return the metrics."""
     df, meta = read_scan(scan_path)
-    metrics = scan_metrics(df, meta, report_cfg)
+    metrics = scan_metrics(df, meta, report)
     metrics["landscapes"] = dict(landscapes or {})
     write_json(metrics, metrics_path)
-    write_rel_err_hist_csv(df, meta["names"], csv_paths["rel_err_hist"], bins=int(report_cfg["hist_bins"]))
+    write_rel_err_hist_csv(df, meta["names"], csv_paths["rel_err_hist"], bins=report.hist_bins)
     write_est_vs_truth_csv(df, meta["names"], csv_paths["est_vs_truth"])
-    task_logger().info("lumi metrics: %d inversions, convergence %.3g, outliers %.3g", len(df),
-                       metrics["convergence_rate"] or 0.0, metrics["outliers"]["fraction"] or 0.0)
+    task_logger().info(
+        "lumi metrics: %d inversions, convergence %.3g, outliers %.3g",
+        len(df),
+        metrics["convergence_rate"] or 0.0,
+        metrics["outliers"]["fraction"] or 0.0,
+    )
     return metrics
 
 
 @task(name="lumi-scan-plots", task_run_name="lumi-scan-plots", cache_policy=NO_CACHE, persist_result=False)
-def render_scan_plots(scan_path: str, plot_paths: Mapping[str, str], report_cfg: Mapping[str, Any]) -> Dict[str, str]:
+def render_scan_plots(scan_path: str, plot_paths: Mapping[str, str], report: LumiReportParams) -> dict[str, str]:
     """Relative-error histogram and estimate-vs-truth PNGs (keys ``rel_err_hist``, ``est_vs_truth``)."""
     df, meta = read_scan(scan_path)
     names = meta["names"]
     title = f"mode {meta['mode']}: {len(df)} inversions x {meta.get('n_configs')} residuals"
-    _save(plot_rel_err_hist({c: df[f"rel_err_{c}"].to_numpy() for c in names}, int(report_cfg["hist_bins"]), title),
-          plot_paths["rel_err_hist"])
+    save_png(
+        plot_rel_err_hist({c: df[f"rel_err_{c}"].to_numpy() for c in names}, report.hist_bins, title),
+        plot_paths["rel_err_hist"],
+        dpi=90,
+    )
     cols = {p: {c: df[f"{p}_{c}"].to_numpy() for c in names} for p in ("true", "est", "sigma")}
-    _save(plot_est_vs_truth(cols["true"], cols["est"], cols["sigma"], meta.get("params", {}).get("bounds")), plot_paths["est_vs_truth"])
+    save_png(
+        plot_est_vs_truth(cols["true"], cols["est"], cols["sigma"], meta.get("params", {}).get("bounds")),
+        plot_paths["est_vs_truth"],
+        dpi=90,
+    )
     return {k: plot_paths[k] for k in ("rel_err_hist", "est_vs_truth")}
 
 
 @task(name="lumi-penalty-landscape", task_run_name="lumi-landscape-{case}", cache_policy=NO_CACHE, persist_result=False)
-def landscape_case(case: str, out_png: str, report_cfg: Mapping[str, Any], device: Optional[str] = "cpu",
-                   threads: Optional[int] = None) -> Dict[str, Any]:
+def landscape_case(
+    case: str, out_png: str, report: LumiReportParams, device: str | None = "cpu", threads: int | None = None
+) -> dict[str, Any]:
     """One reference penalty scanner: seeded truth, one inversion with its iterates, the penalty on a grid over
     ``eps_nominal (1 +- landscape_span)`` in both unknowns, and a PNG with the path overlaid. Returns a summary."""
     if threads and torch.get_num_threads() != int(threads):
         torch.set_num_threads(int(threads))
     spec = LANDSCAPE_CASES[case]
     dev = resolve_device(device)
-    span, grid_n = float(report_cfg["landscape_span"]), int(report_cfg["landscape_grid"])
-    gen = torch.Generator().manual_seed(derive_seed(int(report_cfg["landscape_seed"]), LANDSCAPE_STAGE_KEY, list(LANDSCAPE_CASES).index(case)))
+    span, grid_n = report.landscape_span, report.landscape_grid
+    gen = torch.Generator().manual_seed(
+        derive_seed(report.landscape_seed, LANDSCAPE_STAGE_KEY, list(LANDSCAPE_CASES).index(case))
+    )
     truth = NOMINAL_EPS * (1.0 + 0.75 * span * (2.0 * torch.rand(1, 2, generator=gen, dtype=torch.float64) - 1.0))
-    noise = float(report_cfg["landscape_rel_noise"]) if spec["noisy"] else 0.0
-    design = preset_design(spec["preset"], target=float(report_cfg["landscape_target"]), device=dev)
+    noise = report.landscape_rel_noise if spec["noisy"] else 0.0
+    design = preset_design(spec["preset"], target=report.landscape_target, device=dev)
     lo, hi = NOMINAL_EPS * (1.0 - span), NOMINAL_EPS * (1.0 + span)
-    res = invert(spec["mode"], truth.to(dev), design=design, rel_noise=noise, generator=gen, device=dev, x0=NOMINAL_EPS,
-                 lower=lo, upper=hi, record_path=True, cond_warn=math.inf)
-    warning = identifiability_warning(res, 1e8)
+    res = invert(
+        spec["mode"],
+        truth.to(dev),
+        design=design,
+        rel_noise=noise,
+        generator=gen,
+        device=dev,
+        x0=NOMINAL_EPS,
+        lower=lo,
+        upper=hi,
+        record_path=True,
+        cond_warn=math.inf,
+    )
+    warning = res.identifiability_warning(1e8)
     if warning:
         task_logger().warning("landscape %s: %s", case, warning)
     grid = torch.linspace(lo, hi, grid_n, dtype=torch.float64, device=dev)
@@ -201,14 +288,27 @@ def landscape_case(case: str, out_png: str, report_cfg: Mapping[str, Any], devic
     z = penalty_landscape(spec["mode"], res.measured[0], design=design, grid_a=grid, grid_b=grid, rel_noise=noise, device=dev)
     t_land = time.perf_counter() - t0
     g, zz = grid.cpu().numpy(), z.cpu().numpy()
+    assert res.path is not None and res.rel_error is not None  # record_path=True with a truth
     path = res.path[:, 0, :].cpu().numpy()
     title = f"{spec['title']}\n{design.n_configs} residuals, {int(res.iterations[0])} iterations, grid {grid_n}^2"
-    _save(plot_penalty_landscape(g, g, zz, path, truth[0].numpy(), res.names, title), out_png)
+    save_png(plot_penalty_landscape(g, g, zz, path, truth[0].numpy(), res.names, title), out_png, dpi=90)
     task_logger().info("landscape %s: %d x %d grid in %.2f s", case, grid_n, grid_n, t_land)
     return {
-        "mode": spec["mode"], "plan": spec["preset"], "rel_noise": noise, "n_residuals": design.n_configs,
-        "truth": truth[0].tolist(), "estimate": res.estimate[0].cpu().tolist(), "rel_error": res.rel_error[0].cpu().tolist(),
-        "iterations": int(res.iterations[0]), "converged": bool(res.converged[0]), "cond": _f(res.cond[0]),
-        "penalty_at_estimate": _f(res.residual_norm[0]), "grid_min_penalty": _f(np.nanmin(zz)), "grid": grid_n,
-        "landscape_s": t_land, "n_path_points": int(len(path)), "warning": warning, "png": out_png,
+        "mode": spec["mode"],
+        "plan": spec["preset"],
+        "rel_noise": noise,
+        "n_residuals": design.n_configs,
+        "truth": truth[0].tolist(),
+        "estimate": res.estimate[0].cpu().tolist(),
+        "rel_error": res.rel_error[0].cpu().tolist(),
+        "iterations": int(res.iterations[0]),
+        "converged": bool(res.converged[0]),
+        "cond": _f(res.cond[0]),
+        "penalty_at_estimate": _f(res.residual_norm[0]),
+        "grid_min_penalty": _f(np.nanmin(zz)),
+        "grid": grid_n,
+        "landscape_s": t_land,
+        "n_path_points": int(len(path)),
+        "warning": warning,
+        "png": out_png,
     }

@@ -16,23 +16,35 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from config import OptimiseParams, PassiveParams, VolumeParams
 from tomopt_lib.io import atomic_path, read_json, write_json
 from tomopt_lib.optimisation.callbacks import Callback, NoMoreNaNs
 from tomopt_lib.optimisation.wrapper import PanelVolumeWrapper
+from tomopt_lib.runtime import resolve_device
 
 from .common import derive_seed, task_logger
 from .detector import build_start_volume, make_wrapper, panel_rows, passive_layouts, write_passive_set, yielder
 
 __all__ = [
-    "OPTIMISE_STAGE_KEY", "CHECKPOINT_SCHEMA_VERSION", "code_hash", "run_fingerprint", "checkpoint_path", "train_seed",
-    "prepare_optimisation", "run_epoch", "load_checkpoint", "restore_wrapper", "LossRecorder",
+    "OPTIMISE_STAGE_KEY",
+    "CHECKPOINT_SCHEMA_VERSION",
+    "code_hash",
+    "run_fingerprint",
+    "checkpoint_path",
+    "train_seed",
+    "prepare_optimisation",
+    "run_epoch",
+    "load_checkpoint",
+    "restore_wrapper",
+    "LossRecorder",
 ]
 
 OPTIMISE_STAGE_KEY = 5
@@ -40,9 +52,9 @@ OPTIMISE_STAGE_KEY = 5
 CHECKPOINT_SCHEMA_VERSION = 1
 
 
-def train_seed(seed: int, opt_cfg: Mapping[str, Any]) -> int:
+def train_seed(seed: int, opt: OptimiseParams) -> int:
     """``optimise.seed`` or a seed derived from the pipeline seed."""
-    return int(opt_cfg["seed"]) if opt_cfg.get("seed") is not None else derive_seed(seed, OPTIMISE_STAGE_KEY)
+    return opt.seed if opt.seed is not None else derive_seed(seed, OPTIMISE_STAGE_KEY)
 
 
 def code_hash() -> str:
@@ -55,12 +67,20 @@ def code_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def run_fingerprint(seed: int, volume_cfg: Mapping[str, Any], passives_cfg: Mapping[str, Any], opt_cfg: Mapping[str, Any]) -> str:
+def run_fingerprint(seed: int, volume_cfg: VolumeParams, passives: PassiveParams, opt: OptimiseParams) -> str:
     """Hash of everything that shapes the epochs (parameters except ``n_epochs``, which only says how many to run;
     the code)."""
-    shaping = {k: v for k, v in opt_cfg.items() if k != "n_epochs"}
-    blob = json.dumps({"v": CHECKPOINT_SCHEMA_VERSION, "seed": train_seed(seed, opt_cfg), "volume": volume_cfg,
-                       "passives": passives_cfg, "optimise": shaping, "code": code_hash()}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "v": CHECKPOINT_SCHEMA_VERSION,
+            "seed": train_seed(seed, opt),
+            "volume": volume_cfg.model_dump(mode="json"),
+            "passives": passives.model_dump(mode="json"),
+            "optimise": opt.model_dump(mode="json", exclude={"n_epochs"}),
+            "code": code_hash(),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -73,8 +93,8 @@ class LossRecorder(Callback):
 
     def __init__(self) -> None:
         super().__init__()
-        self.sums: Dict[str, float] = {}
-        self.counts: Dict[str, int] = {}
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
 
     def on_volume_batch_end(self) -> None:
         fp = self.wrapper.fit_params
@@ -88,21 +108,22 @@ class LossRecorder(Callback):
         return self.sums[state] / self.counts[state] if self.counts.get(state) else float("nan")
 
 
-def _save_checkpoint(vw: PanelVolumeWrapper, path: Path, epoch: int, fingerprint: str, history: List[Dict[str, Any]],
-                     panels: List[Dict[str, Any]]) -> None:
-    coef = getattr(vw.loss_func, "cost_coef", None)
+def _save_checkpoint(
+    vw: PanelVolumeWrapper, path: Path, epoch: int, fingerprint: str, history: list[dict[str, Any]], panels: list[dict[str, Any]]
+) -> None:
     state = {
-        "schema_version": CHECKPOINT_SCHEMA_VERSION, "fingerprint": fingerprint, "epoch": epoch,
-        "volume": vw.volume.state_dict(), "opts": {k: o.state_dict() for k, o in vw.opts.items()},
-        "cost_coef": None if coef is None else torch.as_tensor(coef).detach().cpu(),
-        "generator": vw.generator.get_state(), "last_good": vw._last_good,  # noqa: SLF001 - part of the resumable state
-        "history": history, "panels": panels,
+        "schema_version": CHECKPOINT_SCHEMA_VERSION,
+        "fingerprint": fingerprint,
+        "epoch": epoch,
+        **vw.training_state(),
+        "history": history,
+        "panels": panels,
     }
     with atomic_path(path) as tmp:
         torch.save(state, str(tmp))
 
 
-def load_checkpoint(path: Path, fingerprint: Optional[str] = None) -> Dict[str, Any]:
+def load_checkpoint(path: Path, fingerprint: str | None = None) -> dict[str, Any]:
     """Read a checkpoint; ``ValueError`` if it is unreadable, of another schema or of another run."""
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=False)
@@ -116,37 +137,37 @@ def load_checkpoint(path: Path, fingerprint: Optional[str] = None) -> Dict[str, 
 
 
 def restore_wrapper(vw: PanelVolumeWrapper, state: Mapping[str, Any]) -> None:
-    """Load detector, optimiser states, cost coefficient, generator state and last usable detector into ``vw``."""
-    vw.volume.load_state_dict(state["volume"])
-    for k, o in vw.opts.items():
-        o.load_state_dict(state["opts"][k])
-    if state.get("cost_coef") is not None and vw.loss_func is not None:
-        vw.loss_func.cost_coef = state["cost_coef"].to(vw.device)
-    vw.generator.set_state(state["generator"])
-    last = state.get("last_good")
-    vw._last_good = None if last is None else [t.to(vw.device) for t in last]  # noqa: SLF001
+    """Load a checkpoint's training state (detector, optimisers, cost coefficient, generator, last usable detector)."""
+    vw.load_training_state(dict(state))
 
 
 @task(name="optimise-prepare", cache_policy=NO_CACHE, persist_result=False)
-def prepare_optimisation(ckpt_dir: str, seed: int, volume_cfg: Mapping[str, Any], passives_cfg: Mapping[str, Any],
-                         opt_cfg: Mapping[str, Any]) -> Dict[str, Any]:
+def prepare_optimisation(
+    ckpt_dir: str,
+    seed: int,
+    volume_cfg: VolumeParams,
+    passives: PassiveParams,
+    opt: OptimiseParams,
+    device: str | None = "cpu",
+) -> dict[str, Any]:
     """Start or resume a run in ``ckpt_dir``: training/validation passives and the epoch-0 checkpoint (starting layout).
 
     Returns ``{"fingerprint", "last_epoch"}`` where ``last_epoch`` is the newest consecutive valid checkpoint.
     """
     log, d = task_logger(), Path(ckpt_dir)
-    fp = run_fingerprint(seed, volume_cfg, passives_cfg, opt_cfg)
+    fp = run_fingerprint(seed, volume_cfg, passives, opt)
     meta = d / "run.json"
     if d.exists() and not (meta.is_file() and read_json(meta).get("fingerprint") == fp):
         log.info("checkpoints in %s belong to other parameters or code; starting afresh", d)
         shutil.rmtree(d)
     d.mkdir(parents=True, exist_ok=True)
-    s = train_seed(seed, opt_cfg)
+    s = train_seed(seed, opt)
     if not meta.is_file():
-        write_passive_set(str(d / "train_passives.h5"), volume_cfg, passives_cfg, int(opt_cfg["n_volumes"]), derive_seed(s, 1))
-        if int(opt_cfg["n_val_volumes"]) > 0:
-            write_passive_set(str(d / "val_passives.h5"), volume_cfg, passives_cfg, int(opt_cfg["n_val_volumes"]), derive_seed(s, 2))
-        vw = make_wrapper(build_start_volume(volume_cfg, opt_cfg["start"], budget=opt_cfg.get("budget")), opt_cfg, seed=derive_seed(s, 3))
+        write_passive_set(str(d / "train_passives.h5"), volume_cfg, passives, opt.n_volumes, derive_seed(s, 1))
+        if opt.n_val_volumes > 0:
+            write_passive_set(str(d / "val_passives.h5"), volume_cfg, passives, opt.n_val_volumes, derive_seed(s, 2))
+        start = build_start_volume(volume_cfg, opt.start, resolve_device(device), budget=opt.budget)
+        vw = make_wrapper(start, opt, seed=derive_seed(s, 3))
         _save_checkpoint(vw, checkpoint_path(ckpt_dir, 0), 0, fp, [], panel_rows(vw.volume, 0))
         write_json({"fingerprint": fp, "seed": s}, meta)
     last = 0
@@ -163,25 +184,54 @@ def prepare_optimisation(ckpt_dir: str, seed: int, volume_cfg: Mapping[str, Any]
 
 
 @task(name="optimise-epoch", task_run_name="epoch-{epoch}", cache_policy=NO_CACHE, persist_result=False)
-def run_epoch(ckpt_dir: str, epoch: int, volume_cfg: Mapping[str, Any], opt_cfg: Mapping[str, Any], fingerprint: str) -> Dict[str, Any]:
-    """Load the checkpoint of ``epoch - 1``, train one epoch (``wrapper.fit(1, ...)``), write the checkpoint of
-    ``epoch`` atomically; returns scalars ``{epoch, train_loss, valid_loss, n_updates, n_rejected, seconds}``."""
+def run_epoch(
+    ckpt_dir: str, epoch: int, volume_cfg: VolumeParams, opt: OptimiseParams, fingerprint: str, device: str | None = "cpu"
+) -> dict[str, Any]:
+    """Load the checkpoint of ``epoch - 1``, train one epoch (``wrapper.fit(1, ...)``) on ``device``, write the
+    checkpoint of ``epoch`` atomically; returns scalars ``{epoch, train_loss, valid_loss, n_updates, n_rejected, seconds}``."""
     t0 = time.perf_counter()
     d = Path(ckpt_dir)
     state = load_checkpoint(checkpoint_path(ckpt_dir, epoch - 1), fingerprint)
-    vw = make_wrapper(build_start_volume(volume_cfg, opt_cfg["start"], budget=opt_cfg.get("budget")), opt_cfg, seed=0)
+    vw = make_wrapper(build_start_volume(volume_cfg, opt.start, resolve_device(device), budget=opt.budget), opt, seed=0)
     restore_wrapper(vw, state)
     trn, _ = passive_layouts(str(d / "train_passives.h5"), vw.volume)
     val = passive_layouts(str(d / "val_passives.h5"), vw.volume)[0] if (d / "val_passives.h5").is_file() else None
     rec = LossRecorder()
-    vw.fit(1, int(opt_cfg["passive_bs"]), int(opt_cfg["n_mu_per_volume"]), int(opt_cfg["mu_bs"]), yielder(trn, True),
-           yielder(val, False) if val else None, cbs=[NoMoreNaNs(), rec], cb_savepath=d)
+    vw.fit(
+        1,
+        opt.passive_bs,
+        opt.n_mu_per_volume,
+        opt.mu_bs,
+        yielder(trn, True),
+        yielder(val, False) if val else None,
+        cbs=[NoMoreNaNs(), rec],
+        cb_savepath=d,
+    )
     fit = vw.fit_params
-    row = {"epoch": epoch, "train_loss": rec.mean("train"), "valid_loss": rec.mean("valid"), "n_updates": int(fit.n_updates),
-           "n_rejected": int(fit.n_rejected_updates), "n_recoveries": int(fit.n_recoveries),
-           "cost": float(vw.volume.get_cost().detach()), "seconds": round(time.perf_counter() - t0, 3)}
-    _save_checkpoint(vw, checkpoint_path(ckpt_dir, epoch), epoch, fingerprint, [*state["history"], row],
-                     [*state["panels"], *panel_rows(vw.volume, epoch)])
-    task_logger().info("epoch %d: train loss %.4g, valid loss %.4g, %d updates (%.1f s)", epoch, row["train_loss"],
-                       row["valid_loss"], row["n_updates"], row["seconds"])
+    row = {
+        "epoch": epoch,
+        "train_loss": rec.mean("train"),
+        "valid_loss": rec.mean("valid"),
+        "n_updates": int(fit.n_updates),
+        "n_rejected": int(fit.n_rejected_updates),
+        "n_recoveries": int(fit.n_recoveries),
+        "cost": float(vw.volume.get_cost().detach()),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    _save_checkpoint(
+        vw,
+        checkpoint_path(ckpt_dir, epoch),
+        epoch,
+        fingerprint,
+        [*state["history"], row],
+        [*state["panels"], *panel_rows(vw.volume, epoch)],
+    )
+    task_logger().info(
+        "epoch %d: train loss %.4g, valid loss %.4g, %d updates (%.1f s)",
+        epoch,
+        row["train_loss"],
+        row["valid_loss"],
+        row["n_updates"],
+        row["seconds"],
+    )
     return row

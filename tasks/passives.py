@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional
-
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from config import PassiveParams, VolumeParams
 from tomopt_lib.core import X0
 from tomopt_lib.io import PassiveRecord, write_passives
 from tomopt_lib.optimisation.data.passives import RandomBlockPassiveGenerator, VoxelPassiveGenerator
 from tomopt_lib.runtime import resolve_device
+from tomopt_lib.volume.volume import Volume
 
-from .common import build_volume, derive_seed, task_logger
+from .common import derive_seed, task_logger
+from .volumes import build_volume
 
 __all__ = ["PASSIVES_STAGE_KEY", "make_passive_generator", "generate_passive_records", "generate_passives"]
 
@@ -21,40 +22,44 @@ PASSIVES_STAGE_KEY = 1
 """Stage key mixed into the seeds of this stage."""
 
 
-def make_passive_generator(volume: Any, passives_cfg: Mapping[str, Any], seed: int):
-    """The passive generator named by ``passives_cfg["generator"]`` (``random_block`` or ``voxel``), seeded."""
-    kind = passives_cfg["generator"]
-    common = dict(materials=list(passives_cfg["materials"]), seed=seed)
-    if kind == "random_block":
+def make_passive_generator(
+    volume: Volume, passives: PassiveParams, seed: int
+) -> RandomBlockPassiveGenerator | VoxelPassiveGenerator:
+    """The passive generator named by ``passives.generator`` (``random_block`` or ``voxel``), seeded."""
+    if passives.generator == "random_block":
         return RandomBlockPassiveGenerator(
             volume,
-            block_size=passives_cfg.get("block_size"),
-            sort_x0=bool(passives_cfg.get("sort_x0", False)),
-            enforce_diff_mat=bool(passives_cfg.get("enforce_diff_mat", True)),
-            block_size_max_half=bool(passives_cfg.get("block_size_max_half", True)),
-            **common,
+            materials=list(passives.materials),
+            seed=seed,
+            block_size=passives.block_size,
+            sort_x0=passives.sort_x0,
+            enforce_diff_mat=passives.enforce_diff_mat,
+            block_size_max_half=passives.block_size_max_half,
         )
-    if kind == "voxel":
-        return VoxelPassiveGenerator(volume, **common)
-    raise ValueError(f"passives.generator={kind!r} is unknown; allowed: 'random_block', 'voxel'")
+    return VoxelPassiveGenerator(volume, materials=list(passives.materials), seed=seed)
 
 
-def _material_names(cube: np.ndarray) -> List[str]:
+def _material_names(cube: np.ndarray) -> list[str]:
     by_x0 = {np.float32(v): k for k, v in X0.items()}
     return sorted({by_x0.get(np.float32(v), f"X0={v:.4g}") for v in np.unique(cube)})
 
 
 def generate_passive_records(
-    volume_cfg: Mapping[str, Any], passives_cfg: Mapping[str, Any], seed: int, first: int = 0, n: Optional[int] = None,
-    device: Optional[str] = "cpu",
-) -> List[PassiveRecord]:
-    """Passive volumes ``first ... first + n - 1`` (default: all ``n_volumes``); volume i depends only on (seed, i)."""
+    volume_cfg: VolumeParams,
+    passives: PassiveParams,
+    seed: int,
+    first: int = 0,
+    n: int | None = None,
+    device: str | None = "cpu",
+) -> list[PassiveRecord]:
+    """Passive volumes ``first ... first + n - 1`` (default: all ``passives.n_volumes``); volume i depends only on
+    (seed, i)."""
     dev = resolve_device(device)
     volume = build_volume(volume_cfg, dev)
-    n = int(passives_cfg["n_volumes"]) - first if n is None else n
+    n = passives.n_volumes - first if n is None else n
     records = []
     for i in range(first, first + n):
-        gen = make_passive_generator(volume, passives_cfg, derive_seed(seed, PASSIVES_STAGE_KEY, i))
+        gen = make_passive_generator(volume, passives, derive_seed(seed, PASSIVES_STAGE_KEY, i))
         func, target = gen.get_data()
         volume.load_rad_length(func, target)
         cube = volume.get_rad_cube().detach().cpu().numpy()
@@ -65,13 +70,18 @@ def generate_passive_records(
 
 @task(name="generate-passives", task_run_name="generate-passives-{n_volumes}", cache_policy=NO_CACHE, persist_result=False)
 def generate_passives(
-    out_path: str, n_volumes: int, volume_cfg: Mapping[str, Any], passives_cfg: Mapping[str, Any], seed: int, device: Optional[str] = "cpu",
-) -> Dict[str, Any]:
+    out_path: str,
+    n_volumes: int,
+    volume: VolumeParams,
+    passives: PassiveParams,
+    seed: int,
+    device: str | None = "cpu",
+) -> dict[str, object]:
     """Generate ``n_volumes`` passive volumes and write them to ``out_path``; returns ``{"path", "n_volumes", "materials"}``."""
-    records = generate_passive_records(volume_cfg, passives_cfg, seed, 0, n_volumes, device)
-    attrs = {"generator": passives_cfg["generator"], "materials": list(passives_cfg["materials"]), "seed": int(seed)}
+    records = generate_passive_records(volume, passives, seed, 0, n_volumes, device)
+    attrs = {"generator": passives.generator, "materials": list(passives.materials), "seed": int(seed)}
     write_passives(out_path, records, attrs=attrs)
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     for r in records:
         for m in r.attrs["materials"]:
             counts[m] = counts.get(m, 0) + 1

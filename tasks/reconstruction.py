@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -11,18 +12,29 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from config import ReconstructParams, VolumeParams
 from tomopt_lib.inference.scattering import ScatterBatch
 from tomopt_lib.io import MuonRecord, read_muon_records, read_parquet, write_parquet
 from tomopt_lib.muon.muon_batch import MuonBatch
 from tomopt_lib.runtime import resolve_device
+from tomopt_lib.volume.volume import Volume
 
 from .caching import FileCachePolicy, with_output_hashes
-from .common import build_volume, task_logger
+from .common import task_logger
+from .volumes import build_volume
 
-__all__ = ["VOLUME_CACHE", "SCATTER_COLUMNS", "empty_scatter_table", "record_to_muon_batch", "scatter_table", "reconstruct_volume", "merge_scatters"]
+__all__ = [
+    "VOLUME_CACHE",
+    "SCATTER_COLUMNS",
+    "empty_scatter_table",
+    "record_to_muon_batch",
+    "scatter_table",
+    "reconstruct_volume",
+    "merge_scatters",
+]
 
 # scatter variable -> column names (one per component); every one also gets "<column>_unc"
-_VARS: Dict[str, List[str]] = {
+_VARS: dict[str, list[str]] = {
     "poca_xyz": ["poca_x", "poca_y", "poca_z"],
     "total_scatter": ["total_scatter"],
     "theta_in": ["theta_in"],
@@ -40,7 +52,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 VOLUME_CACHE = FileCachePolicy(input_files=("irradiated_path",), code_paths=(str(_ROOT / "tomopt_lib"), str(_ROOT / "tasks")))
 """Cache of per-volume reconstructions: content of the irradiated file, parameters, task and library code."""
 
-SCATTER_COLUMNS: Dict[str, str] = {
+SCATTER_COLUMNS: dict[str, str] = {
     "volume_id": "int32",
     "muon_id": "int64",
     "chunk": "int32",
@@ -63,7 +75,7 @@ def empty_scatter_table(n: int = 0) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def record_to_muon_batch(rec: MuonRecord, start: int = 0, stop: Optional[int] = None, device: Any = None) -> MuonBatch:
+def record_to_muon_batch(rec: MuonRecord, start: int = 0, stop: int | None = None, device: Any = None) -> MuonBatch:
     """Rebuild the ``MuonBatch`` (final states and hits, rows ``start:stop``) written by the irradiation stage."""
     final = torch.as_tensor(rec.final[start:stop])
     mu = MuonBatch(final[:, [0, 1, 3, 4, 5]], init_z=final[:, 2], device=device)
@@ -74,7 +86,7 @@ def record_to_muon_batch(rec: MuonRecord, start: int = 0, stop: Optional[int] = 
     return mu
 
 
-def scatter_table(rec: MuonRecord, volume: Any, volume_id: int, chunk_size: int, device: Any = None) -> pd.DataFrame:
+def scatter_table(rec: MuonRecord, volume: Volume, volume_id: int, chunk_size: int, device: Any = None) -> pd.DataFrame:
     """One row per muon of ``rec``: reconstructed scatter variables with uncertainties, flags and true values."""
     n = rec.n_kept
     df = empty_scatter_table(n)
@@ -119,10 +131,10 @@ def reconstruct_volume(
     irradiated_path: str,
     volume_id: int,
     out_path: str,
-    volume_cfg: Mapping[str, Any],
-    reconstruct_cfg: Mapping[str, Any],
-    device: Optional[str] = "cpu",
-) -> Dict[str, Any]:
+    volume_cfg: VolumeParams,
+    reconstruct: ReconstructParams,
+    device: str | None = "cpu",
+) -> dict[str, Any]:
     """Reconstruct every muon of volume ``volume_id`` and write the rows to the Parquet file ``out_path``.
 
     Returns ``{"path", "volume_id", "n_rows", "n_reco", "n_inside", "output_sha256"}``; cached with ``VOLUME_CACHE``.
@@ -132,7 +144,7 @@ def reconstruct_volume(
     volume = build_volume(volume_cfg, dev)
     rec = read_muon_records(irradiated_path, [volume_id])[volume_id]
     with torch.no_grad():
-        df = scatter_table(rec, volume, volume_id, int(reconstruct_cfg["chunk_size"]), dev)
+        df = scatter_table(rec, volume, volume_id, reconstruct.chunk_size, dev)
     write_parquet(df, out_path)
     n_reco, n_inside = int(df["reco_ok"].sum()), int(df["poca_inside"].sum())
     log.info("volume %d: %d muons, %d reconstructed, %d with PoCA inside the passive block", volume_id, len(df), n_reco, n_inside)
@@ -141,7 +153,7 @@ def reconstruct_volume(
 
 
 @task(name="merge-scatters", task_run_name="merge-scatters", cache_policy=NO_CACHE, persist_result=False)
-def merge_scatters(part_results: List[Mapping[str, Any]], out_path: str, cleanup: bool = True) -> Dict[str, Any]:
+def merge_scatters(part_results: Sequence[Mapping[str, Any]], out_path: str, cleanup: bool = True) -> dict[str, Any]:
     """Concatenate the per-volume Parquet parts (by volume id) into ``out_path``; returns ``{"path", "n_rows", "n_reco"}``."""
     parts = sorted(part_results, key=lambda r: int(r["volume_id"]))
     frames = [read_parquet(p["path"]) for p in parts]

@@ -2,39 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from config import ReportParams, VolumeParams
 from tomopt_lib.core import X0
-from tomopt_lib.io import atomic_path, read_h5_attrs, read_parquet, read_passives, write_json
+from tomopt_lib.io import read_h5_attrs, read_parquet, read_passives, write_json
 from tomopt_lib.plotting import plot_detector_layout, plot_poca_density_per_layer, plot_scatter_angle_hist
 from tomopt_lib.volume.builders import panel_volume_heights
 
-from .common import build_volume, task_logger
+from .common import task_logger
+from .outputs import save_csv, save_png
+from .volumes import build_volume
 
 __all__ = ["poca_materials", "compute_metrics", "write_angle_hist_csv", "metrics_markdown", "build_metrics", "render_plots"]
 
 MRAD = 1e3
 
 
-def _stat(a: np.ndarray, fn) -> Optional[float]:
+def _stat(a: np.ndarray, fn) -> float | None:
     a = np.asarray(a, dtype=float)
     a = a[np.isfinite(a)]
     return float(fn(a)) if len(a) else None
 
 
-def poca_materials(df: pd.DataFrame, cubes: List[np.ndarray], volume_cfg: Mapping[str, Any]) -> np.ndarray:
+def poca_materials(df: pd.DataFrame, cubes: list[np.ndarray], volume_cfg: VolumeParams) -> np.ndarray:
     """Name of the material (nearest known X0) of the voxel holding each PoCA; ``""`` for PoCAs outside the block."""
     out = np.full(len(df), "", dtype=object)
     if len(df) == 0:
         return out
-    size = float(volume_cfg["voxel_size"])
-    _, _, z_bottom = panel_volume_heights(int(volume_cfg["passive_n_layers"]), size)
+    size = volume_cfg.voxel_size
+    _, _, z_bottom = panel_volume_heights(volume_cfg.passive_n_layers, size)
     names = np.array(list(X0))
     log_x0 = np.log(np.array([X0[n] for n in names]))
     inside = df["poca_inside"].to_numpy(bool)
@@ -51,12 +55,12 @@ def poca_materials(df: pd.DataFrame, cubes: List[np.ndarray], volume_cfg: Mappin
     return out
 
 
-def compute_metrics(df: pd.DataFrame, materials: np.ndarray, n_generated: int, n_volumes: int) -> Dict[str, Any]:
+def compute_metrics(df: pd.DataFrame, materials: np.ndarray, n_generated: int, n_volumes: int) -> dict[str, Any]:
     """Counts, fractions, scatter-angle statistics overall and per PoCA material, angular resolution."""
     reco = df[df["reco_ok"]] if len(df) else df
     inside = df["poca_inside"].to_numpy(bool) if len(df) else np.zeros(0, bool)
     n_reco, n_inside = int(len(reco)), int(inside.sum())
-    metrics: Dict[str, Any] = {
+    metrics: dict[str, Any] = {
         "n_volumes": int(n_volumes),
         "muons": {"generated": int(n_generated), "left_volume": int(len(df)), "reconstructed": n_reco, "poca_inside": n_inside},
         "fractions": {
@@ -98,8 +102,7 @@ def write_angle_hist_csv(df: pd.DataFrame, path: str, *, bins: int, max_angle: f
         a = reco[col].to_numpy(float)
         a = np.clip(a[np.isfinite(a)], 0.0, max_angle * (1 - 1e-9))
         cols[name] = np.histogram(a, bins=edges)[0]
-    with atomic_path(path) as tmp:
-        pd.DataFrame(cols).to_csv(tmp, index=False)
+    save_csv(pd.DataFrame(cols), path)
     return Path(path)
 
 
@@ -124,7 +127,7 @@ def metrics_markdown(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _load(passives_path: str, scatters_path: str, volume_cfg: Mapping[str, Any]):
+def _load(passives_path: str, scatters_path: str, volume_cfg: VolumeParams):
     cubes = [r.x0 for r in read_passives(passives_path)]
     df = read_parquet(scatters_path)
     return cubes, df, poca_materials(df, cubes, volume_cfg)
@@ -132,29 +135,41 @@ def _load(passives_path: str, scatters_path: str, volume_cfg: Mapping[str, Any])
 
 @task(name="build-metrics", task_run_name="build-metrics", cache_policy=NO_CACHE, persist_result=False)
 def build_metrics(
-    passives_path: str, irradiated_path: str, scatters_path: str, metrics_path: str, hist_csv_path: str,
-    volume_cfg: Mapping[str, Any], report_cfg: Mapping[str, Any],
-) -> Dict[str, Any]:
+    passives_path: str,
+    irradiated_path: str,
+    scatters_path: str,
+    metrics_path: str,
+    hist_csv_path: str,
+    volume_cfg: VolumeParams,
+    report: ReportParams,
+) -> dict[str, Any]:
     """Write ``metrics_path`` (JSON) and ``hist_csv_path`` (scatter-angle histogram); return the metrics."""
     cubes, df, materials = _load(passives_path, scatters_path, volume_cfg)
     n_generated = int(read_h5_attrs(irradiated_path, "muon_hits").get("n_generated", 0))
     metrics = compute_metrics(df, materials, n_generated, len(cubes))
     write_json(metrics, metrics_path)
-    write_angle_hist_csv(df, hist_csv_path, bins=int(report_cfg["angle_bins"]), max_angle=float(report_cfg["max_angle"]))
+    write_angle_hist_csv(df, hist_csv_path, bins=report.angle_bins, max_angle=report.max_angle)
     task_logger().info(
-        "report: %d generated, %d reconstructed, %d PoCAs inside", n_generated, metrics["muons"]["reconstructed"], metrics["muons"]["poca_inside"]
+        "report: %d generated, %d reconstructed, %d PoCAs inside",
+        n_generated,
+        metrics["muons"]["reconstructed"],
+        metrics["muons"]["poca_inside"],
     )
     return metrics
 
 
 @task(name="render-plots", task_run_name="render-plots", cache_policy=NO_CACHE, persist_result=False)
 def render_plots(
-    passives_path: str, scatters_path: str, plot_paths: Mapping[str, str], volume_cfg: Mapping[str, Any], report_cfg: Mapping[str, Any],
-) -> Dict[str, str]:
+    passives_path: str,
+    scatters_path: str,
+    plot_paths: Mapping[str, str],
+    volume_cfg: VolumeParams,
+    report: ReportParams,
+) -> dict[str, str]:
     """Write the PoCA-density, scatter-angle and detector-layout PNGs to ``plot_paths`` (keys ``poca_density``,
     ``scatter_angle``, ``detector_layout``); returns the paths."""
     cubes, df, materials = _load(passives_path, scatters_path, volume_cfg)
-    size, n_layers = float(volume_cfg["voxel_size"]), int(volume_cfg["passive_n_layers"])
+    size, n_layers = volume_cfg.voxel_size, volume_cfg.passive_n_layers
     _, _, z_bottom = panel_volume_heights(n_layers, size)
     ins = df["poca_inside"].to_numpy(bool)
     reco = df["reco_ok"].to_numpy(bool)
@@ -163,13 +178,16 @@ def render_plots(
         series[f"PoCA in {m}"] = df.loc[ins & (materials == m), "total_scatter"].to_numpy()
     figs = {
         "poca_density": plot_poca_density_per_layer(
-            df.loc[ins, ["poca_x", "poca_y", "poca_z"]].to_numpy(float), lw=volume_cfg["lw"], z_bottom=z_bottom, size=size,
-            n_layers=n_layers, bins_per_voxel=int(report_cfg["poca_bins_per_voxel"]),
+            df.loc[ins, ["poca_x", "poca_y", "poca_z"]].to_numpy(float),
+            lw=list(volume_cfg.lw),
+            z_bottom=z_bottom,
+            size=size,
+            n_layers=n_layers,
+            bins_per_voxel=report.poca_bins_per_voxel,
         ),
-        "scatter_angle": plot_scatter_angle_hist(series, bins=int(report_cfg["angle_bins"]), max_angle=float(report_cfg["max_angle"])),
+        "scatter_angle": plot_scatter_angle_hist(series, bins=report.angle_bins, max_angle=report.max_angle),
         "detector_layout": plot_detector_layout(build_volume(volume_cfg, "cpu"), x0_cube=cubes[0] if cubes else None),
     }
     for key, fig in figs.items():
-        with atomic_path(plot_paths[key]) as tmp:
-            fig.savefig(tmp, format="png", dpi=80)
+        save_png(fig, plot_paths[key], dpi=80)
     return dict(plot_paths)

@@ -6,7 +6,7 @@ index ``list(X0)``.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,7 +32,7 @@ MUON_MASS: float = 0.1056583755
 MUON_MASS2: float = MUON_MASS**2
 """Muon mass squared [GeV^2]."""
 
-X0: Dict[str, float] = {
+X0: dict[str, float] = {
     "beryllium": 0.3528,
     "graphite": 0.1932,
     "silicon": 0.0937,
@@ -58,7 +58,7 @@ X0: Dict[str, float] = {
     "slag": 0.08211,
 }
 
-DENSITIES: Dict[str, float] = {
+DENSITIES: dict[str, float] = {
     "beryllium": 1848.0,
     "graphite": 2210.0,
     "silicon": 2329.0,
@@ -97,9 +97,9 @@ def x0_from_mixture(
     x0s: Sequence[float],
     densities: Sequence[float],
     *,
-    weight_fracs: Optional[Sequence[float]] = None,
-    volume_fracs: Optional[Sequence[float]] = None,
-) -> Dict[str, float]:
+    weight_fracs: Sequence[float] | None = None,
+    volume_fracs: Sequence[float] | None = None,
+) -> dict[str, float]:
     """X0 [m] and density [kg/m^3] of a mixture (CERN PH-EP-Tech-Note-2010-013).
 
     1/(X0 rho)_mix = sum_i w_i / (X0_i rho_i) and 1/rho_mix = sum_i w_i / rho_i, with mass fractions w_i
@@ -126,7 +126,7 @@ def x0_from_mixture(
     return {"X0": x0rho_mix / rho_mix, "density": rho_mix}
 
 
-def class_to_x0preds(array: np.ndarray, id2x0: Dict[int, float]) -> np.ndarray:
+def class_to_x0preds(array: np.ndarray, id2x0: dict[int, float]) -> np.ndarray:
     """Map integer class IDs to X0 values [m]."""
     out = np.empty(np.shape(array), dtype=float)
     arr = np.asarray(array)
@@ -135,7 +135,7 @@ def class_to_x0preds(array: np.ndarray, id2x0: Dict[int, float]) -> np.ndarray:
     return out
 
 
-def x0targs_to_classtargs(array: np.ndarray, x02id: Dict[float, int]) -> np.ndarray:
+def x0targs_to_classtargs(array: np.ndarray, x02id: dict[float, int]) -> np.ndarray:
     """Map X0 values to the class ID of the nearest known X0 (in log space, so that air and lead are both resolved)."""
     keys = np.array(list(x02id.keys()), dtype=float)
     ids = np.array(list(x02id.values()))

@@ -12,9 +12,10 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import h5py
 import numpy as np
@@ -41,14 +42,14 @@ __all__ = [
     "read_json",
 ]
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 SCHEMA_VERSION: int = 1
 """Version of the HDF5/Parquet layouts written here; bump it on any incompatible change."""
 
 _PARQUET_VERSION_KEY = b"tomoflow.schema_version"
 
-UNITS: Dict[str, str] = {
+UNITS: dict[str, str] = {
     "x0": "m (radiation length per voxel; axes z, x, y with z index 0 = bottom layer)",
     "target": "task dependent (X0 [m] of the block for block generators, NaN if none)",
     "generated": "x [m], y [m], p [GeV], theta [rad], phi [rad] at z = top of the volume",
@@ -80,7 +81,7 @@ class PassiveRecord:
 
     x0: np.ndarray
     target: float = float("nan")
-    attrs: Dict[str, Any] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,9 +93,9 @@ class MuonRecord:
 
     generated: np.ndarray
     final: np.ndarray
-    hits: Dict[str, Dict[str, np.ndarray]]
-    extra: Dict[str, np.ndarray] = field(default_factory=dict)
-    attrs: Dict[str, Any] = field(default_factory=dict)
+    hits: dict[str, dict[str, np.ndarray]]
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_generated(self) -> int:
@@ -197,13 +198,13 @@ def _write_h5(path: PathLike, kind: str, attrs: Mapping[str, Any], fill) -> Path
     return Path(path)
 
 
-def read_h5_attrs(path: PathLike, kind: str) -> Dict[str, Any]:
+def read_h5_attrs(path: PathLike, kind: str) -> dict[str, Any]:
     """Root attributes of a checked HDF5 file of ``kind``."""
     with _open_h5(path, kind) as f:
         return {k: _py_attr(v) for k, v in f.attrs.items()}
 
 
-def write_passives(path: PathLike, records: Sequence[PassiveRecord], attrs: Optional[Mapping[str, Any]] = None) -> Path:
+def write_passives(path: PathLike, records: Sequence[PassiveRecord], attrs: Mapping[str, Any] | None = None) -> Path:
     """Write passive volumes as groups ``vol_000``, ``vol_001``, ... (datasets ``x0``, ``target``)."""
 
     def fill(f: h5py.File) -> None:
@@ -218,7 +219,7 @@ def write_passives(path: PathLike, records: Sequence[PassiveRecord], attrs: Opti
     return _write_h5(path, "passives", attrs or {}, fill)
 
 
-def _sorted_volumes(f: h5py.File, path: PathLike) -> List[str]:
+def _sorted_volumes(f: h5py.File, path: PathLike) -> list[str]:
     names = sorted(k for k in f.keys() if k.startswith("vol_"))
     n = _py_attr(f.attrs.get("n_volumes"))
     if n is not None and n != len(names):
@@ -226,9 +227,9 @@ def _sorted_volumes(f: h5py.File, path: PathLike) -> List[str]:
     return names
 
 
-def read_passives(path: PathLike, volume_ids: Optional[Sequence[int]] = None) -> List[PassiveRecord]:
+def read_passives(path: PathLike, volume_ids: Sequence[int] | None = None) -> list[PassiveRecord]:
     """Read the passive volumes of a ``passives`` file in order (all, or only the indices ``volume_ids``)."""
-    out: List[PassiveRecord] = []
+    out: list[PassiveRecord] = []
     with _open_h5(path, "passives") as f:
         names = _sorted_volumes(f, path)
         if volume_ids is not None:
@@ -243,7 +244,7 @@ def read_passives(path: PathLike, volume_ids: Optional[Sequence[int]] = None) ->
     return out
 
 
-def write_muon_records(path: PathLike, records: Mapping[int, MuonRecord], attrs: Optional[Mapping[str, Any]] = None) -> Path:
+def write_muon_records(path: PathLike, records: Mapping[int, MuonRecord], attrs: Mapping[str, Any] | None = None) -> Path:
     """Write muon records as groups ``vol_<id>`` with ``generated``, ``final``, ``hits/<group>/<var>`` and ``extra/<col>``."""
 
     def fill(f: h5py.File) -> None:
@@ -273,9 +274,9 @@ def write_muon_records(path: PathLike, records: Mapping[int, MuonRecord], attrs:
     return _write_h5(path, "muon_hits", attrs or {}, fill)
 
 
-def read_muon_records(path: PathLike, volume_ids: Optional[Sequence[int]] = None) -> Dict[int, MuonRecord]:
+def read_muon_records(path: PathLike, volume_ids: Sequence[int] | None = None) -> dict[int, MuonRecord]:
     """Read muon records (all, or only ``volume_ids``) keyed by volume id."""
-    out: Dict[int, MuonRecord] = {}
+    out: dict[int, MuonRecord] = {}
     with _open_h5(path, "muon_hits") as f:
         for name in _sorted_volumes(f, path):
             grp = f[name]
@@ -300,7 +301,7 @@ def read_muon_records(path: PathLike, volume_ids: Optional[Sequence[int]] = None
 
 
 # ---------------------------------------------------------------------------------------------------------- Parquet
-def write_parquet(df: pd.DataFrame, path: PathLike, metadata: Optional[Mapping[str, str]] = None) -> Path:
+def write_parquet(df: pd.DataFrame, path: PathLike, metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``df`` (without its index) to Parquet with the schema version and optional extra metadata."""
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})
@@ -313,7 +314,7 @@ def write_parquet(df: pd.DataFrame, path: PathLike, metadata: Optional[Mapping[s
     return Path(path)
 
 
-def read_parquet(path: PathLike, columns: Optional[Sequence[str]] = None) -> pd.DataFrame:
+def read_parquet(path: PathLike, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Read a Parquet file written by ``write_parquet``, checking its schema version."""
     p = Path(path)
     if not p.is_file():

@@ -6,14 +6,21 @@ worker threads), optionally saves it to ``savename`` and returns it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from .volume.layer import AbsDetectorLayer
+    from .volume.volume import Volume
 
 __all__ = [
     "TK_SZ",
@@ -38,10 +45,10 @@ LEG_SZ: int = 16
 CAT_PALETTE: str = "tab10"
 """Colour map of categorical series."""
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
-def _finish(fig: Figure, savename: Optional[PathLike]) -> Figure:
+def _finish(fig: Figure, savename: PathLike | None) -> Figure:
     if fig.get_layout_engine() is None:
         fig.tight_layout()
     if savename is not None:
@@ -50,7 +57,7 @@ def _finish(fig: Figure, savename: Optional[PathLike]) -> Figure:
     return fig
 
 
-def _style(ax: Any, xlabel: str = "", ylabel: str = "", title: str = "") -> None:
+def _style(ax: Axes, xlabel: str = "", ylabel: str = "", title: str = "") -> None:
     ax.tick_params(labelsize=TK_SZ)
     if xlabel:
         ax.set_xlabel(xlabel, fontsize=LBL_SZ)
@@ -60,14 +67,15 @@ def _style(ax: Any, xlabel: str = "", ylabel: str = "", title: str = "") -> None
         ax.set_title(title, fontsize=LBL_SZ)
 
 
-def _colour(i: int) -> Any:
+def _colour(i: int) -> tuple[float, float, float, float]:
     from matplotlib import colormaps
 
     return colormaps[CAT_PALETTE](i % 10)
 
 
-def plot_pred_true_x0(pred: np.ndarray, true: np.ndarray, savename: Optional[PathLike] = None, *,
-                      voxel_size: Optional[float] = None) -> Figure:
+def plot_pred_true_x0(
+    pred: np.ndarray, true: np.ndarray, savename: PathLike | None = None, *, voxel_size: float | None = None
+) -> Figure:
     """Side-by-side (z, x, y) X0 maps [m] per layer (rows, bottom layer first): truth | prediction, shared log colour
     scale; with ``voxel_size`` [m] the axes are positions in metres, else voxel indices."""
     pred, true = np.asarray(pred, dtype=float), np.asarray(true, dtype=float)
@@ -92,8 +100,12 @@ def plot_pred_true_x0(pred: np.ndarray, true: np.ndarray, savename: Optional[Pat
 
 
 def plot_scatter_density(
-    df: pd.DataFrame, *, cols: Sequence[str] = ("poca_x", "poca_y", "poca_z"), bins: int = 50,
-    weight: Optional[str] = None, savename: Optional[PathLike] = None,
+    df: pd.DataFrame,
+    *,
+    cols: Sequence[str] = ("poca_x", "poca_y", "poca_z"),
+    bins: int = 50,
+    weight: str | None = None,
+    savename: PathLike | None = None,
 ) -> Figure:
     """2-D densities of PoCA positions [m] in the xy, xz and yz projections (``weight``: optional weight column)."""
     x, y, z = (df[c].to_numpy(dtype=float) for c in cols)
@@ -109,7 +121,13 @@ def plot_scatter_density(
 
 
 def plot_hit_density(
-    df: pd.DataFrame, *, x: str = "x", y: str = "y", panel: str = "panel", bins: int = 50, savename: Optional[PathLike] = None,
+    df: pd.DataFrame,
+    *,
+    x: str = "x",
+    y: str = "y",
+    panel: str = "panel",
+    bins: int = 50,
+    savename: PathLike | None = None,
 ) -> Figure:
     """2-D hit densities [m], one subplot per value of the ``panel`` column (or a single one without it)."""
     groups = list(df.groupby(panel, sort=True)) if panel in df.columns else [("all", df)]
@@ -124,14 +142,20 @@ def plot_hit_density(
         if ok.any():
             ax.hist2d(a[ok], b[ok], bins=bins, cmap="viridis", cmin=1e-12)
         _style(ax, f"{x} [m]", f"{y} [m]", f"{panel} {name}" if panel in df.columns else "hits")
-    for ax in axes[len(groups):]:
+    for ax in axes[len(groups) :]:
         ax.set_visible(False)
     return _finish(fig, savename)
 
 
 def plot_poca_density_per_layer(
-    poca_xyz: np.ndarray, *, lw: Sequence[float], z_bottom: float, size: float, n_layers: int,
-    bins_per_voxel: int = 2, savename: Optional[PathLike] = None,
+    poca_xyz: np.ndarray,
+    *,
+    lw: Sequence[float],
+    z_bottom: float,
+    size: float,
+    n_layers: int,
+    bins_per_voxel: int = 2,
+    savename: PathLike | None = None,
 ) -> Figure:
     """PoCA counts in xy per passive layer (top layer first), binned ``bins_per_voxel`` per voxel edge."""
     p = np.asarray(poca_xyz, dtype=float).reshape(-1, 3)
@@ -161,8 +185,13 @@ def plot_poca_density_per_layer(
 
 
 def plot_scatter_angle_hist(
-    angles: Mapping[str, np.ndarray], *, bins: int = 50, max_angle: float = 0.1, log: bool = True,
-    xlabel: str = "Scatter angle [mrad]", savename: Optional[PathLike] = None,
+    angles: Mapping[str, np.ndarray],
+    *,
+    bins: int = 50,
+    max_angle: float = 0.1,
+    log: bool = True,
+    xlabel: str = "Scatter angle [mrad]",
+    savename: PathLike | None = None,
 ) -> Figure:
     """Step histograms of scatter angles [rad] (shown in mrad), one per labelled series; returns the figure."""
     edges = np.linspace(0.0, max_angle, bins + 1) * 1e3
@@ -173,7 +202,14 @@ def plot_scatter_angle_hist(
         a = np.asarray(arr, dtype=float)
         a = a[np.isfinite(a)] * 1e3
         n_total += len(a)
-        ax.hist(np.clip(a, edges[0], edges[-1] - 1e-9), bins=edges, histtype="step", lw=2, color=_colour(i), label=f"{label} ({len(a)})")
+        ax.hist(
+            np.clip(a, edges[0], edges[-1] - 1e-9),
+            bins=edges,  # type: ignore[arg-type]  # matplotlib's stubs leave out ndarray bin edges
+            histtype="step",
+            lw=2,
+            color=_colour(i),
+            label=f"{label} ({len(a)})",
+        )
     if log and n_total:
         ax.set_yscale("log")
     _style(ax, xlabel, "Muons")
@@ -182,7 +218,7 @@ def plot_scatter_angle_hist(
     return _finish(fig, savename)
 
 
-def panel_geometry(volume: Any) -> Iterator[Tuple[int, Any, int, Tuple[float, float, float, float, float]]]:
+def panel_geometry(volume: Volume) -> Iterator[tuple[int, AbsDetectorLayer, int, tuple[float, float, float, float, float]]]:
     """``(detector index, detector layer, panel index, (x, y, z, span_x, span_y))`` [m] of every panel, spans
     effective (budget-scaled)."""
     for i, det in enumerate(volume.get_detectors()):
@@ -193,7 +229,10 @@ def panel_geometry(volume: Any) -> Iterator[Tuple[int, Any, int, Tuple[float, fl
 
 
 def plot_detector_layout(
-    volume: Any, *, x0_cube: Optional[np.ndarray] = None, savename: Optional[PathLike] = None,
+    volume: Volume,
+    *,
+    x0_cube: np.ndarray | None = None,
+    savename: PathLike | None = None,
 ) -> Figure:
     """Side (x-z) and top (x-y) views of the passive block and the panels (coloured by detector group).
 
@@ -207,7 +246,9 @@ def plot_detector_layout(
     side, top = fig.subplots(1, 2)
     if x0_cube is not None:
         lx = np.log10(np.asarray(x0_cube, dtype=float)).mean(axis=2)  # (z, x)
-        im = side.pcolormesh(np.linspace(0, lw[0], lx.shape[1] + 1), np.linspace(z_lo, z_hi, lx.shape[0] + 1), lx, cmap="viridis_r", alpha=0.8)
+        im = side.pcolormesh(
+            np.linspace(0, lw[0], lx.shape[1] + 1), np.linspace(z_lo, z_hi, lx.shape[0] + 1), lx, cmap="viridis_r", alpha=0.8
+        )
         fig.colorbar(im, ax=side, label="mean log10 X0 [m]")
     for p in passives:
         side.add_patch(Rectangle((0, p.z_bottom), float(lw[0]), p.size, fill=x0_cube is None, fc="0.85", ec="0.4", lw=1))

@@ -5,7 +5,8 @@ All functions return a matplotlib ``Figure`` (no pyplot state) and optionally sa
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -13,10 +14,13 @@ from matplotlib.patches import Rectangle
 
 from .plotting import LBL_SZ, LEG_SZ, PathLike, _colour, _finish, _style, panel_geometry
 
+if TYPE_CHECKING:
+    from .volume.volume import Volume
+
 __all__ = ["plot_layouts_overlay", "plot_pred_vs_true_by_material", "plot_metric_intervals"]
 
 
-def plot_layouts_overlay(volumes: Mapping[str, Any], *, savename: Optional[PathLike] = None) -> Figure:
+def plot_layouts_overlay(volumes: Mapping[str, Volume], *, savename: PathLike | None = None) -> Figure:
     """Side (x-z) and top (x-y) views of several detectors over one passive block: one colour per detector, panels
     drawn with their effective (budget-scaled) spans."""
     first = next(iter(volumes.values()))
@@ -44,9 +48,7 @@ def plot_layouts_overlay(volumes: Mapping[str, Any], *, savename: Optional[PathL
     return _finish(fig, savename)
 
 
-def plot_pred_vs_true_by_material(
-    rows: Sequence[Mapping[str, Any]], *, savename: Optional[PathLike] = None
-) -> Figure:
+def plot_pred_vs_true_by_material(rows: Sequence[Mapping[str, Any]], *, savename: PathLike | None = None) -> Figure:
     """Predicted vs true X0 [m] per material and detector: markers at the median prediction of the material's voxels,
     error bars from the 16th to the 84th percentile; the diagonal is perfect calibration.
 
@@ -75,7 +77,7 @@ def plot_pred_vs_true_by_material(
 
 
 def plot_metric_intervals(
-    values: Mapping[str, Tuple[float, float, float]], *, label: str, title: str, savename: Optional[PathLike] = None
+    values: Mapping[str, tuple[float, float, float]], *, label: str, title: str, savename: PathLike | None = None
 ) -> Figure:
     """One horizontal bar per detector: ``values[name] = (estimate, low, high)`` (e.g. a mean with its bootstrap 95 %
     interval)."""

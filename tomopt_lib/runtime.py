@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ __all__ = ["DEFAULT_DTYPE", "resolve_device", "make_generator", "seed_everything
 DEFAULT_DTYPE: torch.dtype = torch.float32
 """Floating dtype of muon states, hits and detector parameters."""
 
-DeviceLike = Union[str, torch.device, None]
+DeviceLike = str | torch.device | None
 
 
 def resolve_device(device: DeviceLike = None) -> torch.device:
@@ -31,11 +30,13 @@ def resolve_device(device: DeviceLike = None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but CUDA is not available; allowed: 'cpu', 'auto' or an available CUDA device")
+        raise ValueError(
+            f"device={device!r} requested but CUDA is not available; allowed: 'cpu', 'auto' or an available CUDA device"
+        )
     return dev
 
 
-def make_generator(seed: Optional[int] = None, device: DeviceLike = None) -> torch.Generator:
+def make_generator(seed: int | None = None, device: DeviceLike = None) -> torch.Generator:
     """A ``torch.Generator`` on ``device``, seeded with ``seed`` (a fresh non-deterministic seed when ``None``)."""
     gen = torch.Generator(device=resolve_device(device))
     if seed is None:
@@ -52,7 +53,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_threads(n_threads: Optional[int] = None) -> int:
+def set_threads(n_threads: int | None = None) -> int:
     """Set torch's intra-op thread count (default: ``OMP_NUM_THREADS`` or 1) and return it.
 
     Oversubscribed torch threads were 2-30x slower on the 2-core machines this project targets, so the default is 1.

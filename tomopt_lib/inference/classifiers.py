@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any, Callable, Optional, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -11,12 +12,16 @@ from torch import Tensor
 
 from .x0_base import AbsVolumeInferrer, AbsX0Inferrer
 
+if TYPE_CHECKING:
+    from ..volume.volume import Volume
+    from .scattering import ScatterBatch
+
 __all__ = ["DenseBlockClassifierFromX0s", "AbsIntClassifierFromX0", "make_x0_inferrer"]
 
-X0InferrerLike = Union[str, Callable[..., AbsX0Inferrer]]
+X0InferrerLike = str | Callable[..., AbsX0Inferrer]
 
 
-def make_x0_inferrer(partial_x0_inferrer: X0InferrerLike, volume: Any) -> AbsX0Inferrer:
+def make_x0_inferrer(partial_x0_inferrer: X0InferrerLike, volume: Volume) -> AbsX0Inferrer:
     """Instantiate ``partial_x0_inferrer(volume=volume)`` (a class or ``functools.partial``) or a registry name."""
     if isinstance(partial_x0_inferrer, str):
         from .volume import get_volume_inferrer  # registry lives in the facade module
@@ -31,16 +36,16 @@ def make_x0_inferrer(partial_x0_inferrer: X0InferrerLike, volume: Any) -> AbsX0I
 class _FromX0(AbsVolumeInferrer):
     """Shared plumbing: scatters and efficiencies go to the wrapped X0 inferrer."""
 
-    def __init__(self, partial_x0_inferrer: X0InferrerLike, volume: Any) -> None:
+    def __init__(self, partial_x0_inferrer: X0InferrerLike, volume: Volume) -> None:
         self.x0_inferrer = make_x0_inferrer(partial_x0_inferrer, volume)
         super().__init__(volume)
 
-    def add_scatters(self, scatters: Any) -> None:
+    def add_scatters(self, scatters: ScatterBatch) -> None:
         """Hand the batch to the X0 inferrer (predictions use every batch added so far)."""
         super().add_scatters(scatters)
         self.x0_inferrer.add_scatters(scatters)
 
-    def compute_efficiency(self, scatters: Any) -> Tensor:
+    def compute_efficiency(self, scatters: ScatterBatch) -> Tensor:
         """(N,) muon efficiencies as computed by the X0 inferrer."""
         return self.x0_inferrer.compute_efficiency(scatters)
 
@@ -68,7 +73,7 @@ class DenseBlockClassifierFromX0s(_FromX0):
         self,
         n_block_voxels: int,
         partial_x0_inferrer: X0InferrerLike,
-        volume: Any,
+        volume: Volume,
         use_avgpool: bool = True,
         cut_coef: float = 1e4,
         ratio_offset: float = -1.0,
@@ -112,9 +117,9 @@ class AbsIntClassifierFromX0(_FromX0):
     def __init__(
         self,
         partial_x0_inferrer: X0InferrerLike,
-        volume: Any,
+        volume: Volume,
         output_probs: bool = True,
-        class2float: Optional[Callable[[Tensor, Any], Tensor]] = None,
+        class2float: Callable[[Tensor, Volume], Tensor] | None = None,
     ) -> None:
         super().__init__(partial_x0_inferrer, volume)
         self.output_probs = bool(output_probs)

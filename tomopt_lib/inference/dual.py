@@ -9,7 +9,7 @@ whatever the inputs depend on (autograd), and nothing from ``torch.func`` / dyna
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Union, cast
 
 import torch
 from torch import Tensor
@@ -19,7 +19,7 @@ __all__ = ["Dual", "lift", "d_atan", "d_atan2", "d_safe_sqrt", "d_where", "d_abs
 Num = Union["Dual", Tensor, float]
 
 
-def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
+def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     if a is None:
         return b
     if b is None:
@@ -27,7 +27,7 @@ def _add(a: Optional[Tensor], b: Optional[Tensor]) -> Optional[Tensor]:
     return a + b
 
 
-def _scale(d: Optional[Tensor], s: Union[Tensor, float]) -> Optional[Tensor]:
+def _scale(d: Tensor | None, s: Tensor | float) -> Tensor | None:
     return None if d is None else d * s
 
 
@@ -36,7 +36,7 @@ class Dual:
 
     __slots__ = ("v", "d")
 
-    def __init__(self, v: Union[Tensor, float], d: Optional[Tensor] = None) -> None:
+    def __init__(self, v: Tensor | float, d: Tensor | None = None) -> None:
         self.v = v
         self.d = d
 
@@ -50,36 +50,36 @@ class Dual:
         eye = torch.eye(p, dtype=params.dtype, device=params.device)
         return [Dual(c, eye[:, k : k + 1].expand(p, n)) for k, c in enumerate(cols)]
 
-    def __add__(self, o: Num) -> "Dual":
+    def __add__(self, o: Num) -> Dual:
         o = lift(o)
         return Dual(self.v + o.v, _add(self.d, o.d))
 
     __radd__ = __add__
 
-    def __neg__(self) -> "Dual":
+    def __neg__(self) -> Dual:
         return Dual(-self.v, _scale(self.d, -1.0))
 
-    def __sub__(self, o: Num) -> "Dual":
+    def __sub__(self, o: Num) -> Dual:
         return self + (-lift(o))
 
-    def __rsub__(self, o: Num) -> "Dual":
+    def __rsub__(self, o: Num) -> Dual:
         return lift(o) + (-self)
 
-    def __mul__(self, o: Num) -> "Dual":
+    def __mul__(self, o: Num) -> Dual:
         o = lift(o)
         return Dual(self.v * o.v, _add(_scale(self.d, o.v), _scale(o.d, self.v)))
 
     __rmul__ = __mul__
 
-    def __truediv__(self, o: Num) -> "Dual":
+    def __truediv__(self, o: Num) -> Dual:
         o = lift(o)
         v = self.v / o.v
         return Dual(v, _scale(_add(self.d, _scale(o.d, -v)), 1 / o.v))
 
-    def __rtruediv__(self, o: Num) -> "Dual":
+    def __rtruediv__(self, o: Num) -> Dual:
         return lift(o) / self
 
-    def __pow__(self, k: int) -> "Dual":
+    def __pow__(self, k: int) -> Dual:
         if k != 2:
             raise ValueError("only squares are supported")
         return Dual(self.v**2, _scale(self.d, 2 * self.v))
@@ -98,20 +98,20 @@ def safe_sqrt(x: Tensor) -> Tensor:
 
 def d_safe_sqrt(a: Dual) -> Dual:
     """sqrt with value and tangent 0 where a <= 0 (d sqrt(a) = d a / (2 sqrt(a)))."""
-    r = safe_sqrt(a.v)
+    r = safe_sqrt(cast(Tensor, a.v))
     pos = r > 0
     return Dual(r, None if a.d is None else torch.where(pos, a.d / (2 * torch.where(pos, r, torch.ones_like(r))), 0.0))
 
 
 def d_atan(a: Dual) -> Dual:
     """atan, d = d a / (1 + a^2)."""
-    return Dual(torch.atan(a.v), _scale(a.d, 1 / (1 + a.v**2)))
+    return Dual(torch.atan(cast(Tensor, a.v)), _scale(a.d, 1 / (1 + a.v**2)))
 
 
 def d_atan2(y: Dual, x: Dual) -> Dual:
     """atan2(y, x), d = (x dy - y dx) / (x^2 + y^2); the caller keeps (x, y) away from (0, 0)."""
     r2 = x.v**2 + y.v**2
-    return Dual(torch.atan2(y.v, x.v), _scale(_add(_scale(y.d, x.v), _scale(x.d, -y.v)), 1 / r2))
+    return Dual(torch.atan2(cast(Tensor, y.v), cast(Tensor, x.v)), _scale(_add(_scale(y.d, x.v), _scale(x.d, -y.v)), 1 / r2))
 
 
 def d_where(mask: Tensor, a: Num, b: Num) -> Dual:
@@ -126,9 +126,10 @@ def d_where(mask: Tensor, a: Num, b: Num) -> Dual:
 
 def d_abs(a: Dual) -> Dual:
     """|a|, d = sign(a) d a."""
-    return Dual(a.v.abs(), _scale(a.d, torch.sign(a.v)))
+    v = cast(Tensor, a.v)
+    return Dual(v.abs(), _scale(a.d, torch.sign(v)))
 
 
 def d_wrap(a: Dual) -> Dual:
     """Angle wrapped to [-pi, pi) (tangent unchanged)."""
-    return Dual(torch.remainder(a.v + math.pi, 2 * math.pi) - math.pi, a.d)
+    return Dual(torch.remainder(cast(Tensor, a.v) + math.pi, 2 * math.pi) - math.pi, a.d)

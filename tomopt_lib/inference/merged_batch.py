@@ -10,12 +10,13 @@ gradients reach the detector parameters exactly as before.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor
 
-from .scattering import GenScatterBatch, ScatterBatch
+from .scattering import FitInputs, GenScatterBatch, ScatterBatch
 
 __all__ = ["MergedScatterBatch", "merge_scatter_batches"]
 
@@ -25,12 +26,12 @@ class MergedScatterBatch(ScatterBatch):
 
     def __init__(self, batches: Sequence[ScatterBatch]) -> None:  # noqa: D107  (no ScatterBatch.__init__: no refit)
         first = batches[0]
-        self.mu = None
+        self.mu = None  # type: ignore[assignment]  # a merged batch has no single MuonBatch (mom / mom_in are stored)
         self.volume, self.device = first.volume, first.device
         self.in_groups, self.out_groups, self.lw = first.in_groups, first.out_groups, first.lw
         self.z_bottom, self.z_top, self.z_ref = first.z_bottom, first.z_top, first.z_ref
-        self._fit_in = tuple(torch.cat([b._fit_in[k] for b in batches]) for k in range(3))
-        self._fit_out = tuple(torch.cat([b._fit_out[k] for b in batches]) for k in range(3))
+        self._fit_in = cast(FitInputs, tuple(torch.cat([b._fit_in[k] for b in batches]) for k in range(3)))
+        self._fit_out = cast(FitInputs, tuple(torch.cat([b._fit_out[k] for b in batches]) for k in range(3)))
         self._raw_in = {k: torch.cat([b._raw_in[k] for b in batches]) for k in first._raw_in}
         self._raw_out = {k: torch.cat([b._raw_out[k] for b in batches]) for k in first._raw_out}
         self._all_hits = {}
@@ -52,13 +53,13 @@ class MergedScatterBatch(ScatterBatch):
         return self._mom_in
 
 
-def merge_scatter_batches(batches: Sequence[Any]) -> Optional[MergedScatterBatch]:
+def merge_scatter_batches(batches: Sequence[ScatterBatch]) -> MergedScatterBatch | None:
     """One :class:`MergedScatterBatch` of the non-empty ``batches``, or ``None`` if they cannot be merged exactly.
 
     Mergeable: all plain ``ScatterBatch`` or all ``GenScatterBatch`` (not other subclasses, which may compute their
     variables differently), with the same device, z range and detector groups, and the same hits per muon.
     """
-    parts: List[Any] = [b for b in batches if b.n_mu > 0]
+    parts: list[ScatterBatch] = [b for b in batches if b.n_mu > 0]
     if not parts:
         return None
     kind = type(parts[0])

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Optional, Tuple
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -36,8 +36,11 @@ from torch import Tensor
 from ..core import MUON_MASS, MUON_MASS2
 from ..runtime import make_generator
 
-__all__ = ["MOMENTUM_MODELS", "MomentumModel", "inv_beta_p2", "SpectrumMomentum", "CrossingMomentum",
-           "muon_momentum_factor"]
+if TYPE_CHECKING:
+    from ..muon.generation import AbsMuonGenerator
+    from ..runtime import DeviceLike
+
+__all__ = ["MOMENTUM_MODELS", "MomentumModel", "inv_beta_p2", "SpectrumMomentum", "CrossingMomentum", "muon_momentum_factor"]
 
 MOMENTUM_MODELS = ("true", "smeared", "unknown")
 """Names of the momentum models (see the module docstring)."""
@@ -71,7 +74,7 @@ class MomentumModel:
             raise ValueError(f"momentum resolution={self.resolution!r} must be a relative resolution in (0, 1]")
 
     @classmethod
-    def coerce(cls, spec: Any) -> "MomentumModel":
+    def coerce(cls, spec: MomentumModel | str | None) -> MomentumModel:
         """A ``MomentumModel`` from an instance, a kind name or ``None`` (= ``"true"``)."""
         if spec is None:
             return cls()
@@ -109,7 +112,7 @@ class CrossingMomentum:
         w = ((x - xp[i - 1]) / (xp[i] - xp[i - 1])).clamp(0.0, 1.0)
         return fp[i - 1] + w * (fp[i] - fp[i - 1])
 
-    def _at(self, p: Tensor) -> Tuple[Tensor, Tensor]:
+    def _at(self, p: Tensor) -> tuple[Tensor, Tensor]:
         t = (torch.sqrt(p.to(torch.float64).square() + MUON_MASS2) - MUON_MASS).clamp_min(float(self.ln_t[0].exp()))
         ln_t = torch.log(t)
         return self._interp(ln_t, self.ln_t, self.r), self._interp(ln_t, self.ln_t, self.u_cum)
@@ -147,12 +150,13 @@ class SpectrumMomentum:
     logarithmic centre (bins are 1-2 % wide in E). Lookup: linear interpolation in theta (clamped to the table).
     """
 
-    def __init__(self, generator: Any, device: Any = None) -> None:
+    def __init__(self, generator: AbsMuonGenerator, device: DeviceLike = None) -> None:
         prob = generator._bin_prob.to(torch.float64)  # (n_theta, n_energy)
         u_edges, t_edges = generator._u_edges.to(torch.float64), generator._t_edges.to(torch.float64)
         energy = torch.exp(0.5 * (u_edges[1:] + u_edges[:-1]))
-        if getattr(generator, "fixed_mom", None) is not None:
-            mom = torch.full_like(energy, float(generator.fixed_mom))
+        fixed_mom = getattr(generator, "fixed_mom", None)
+        if fixed_mom is not None:
+            mom = torch.full_like(energy, float(fixed_mom))
         else:
             mom = torch.sqrt((energy.square() - MUON_MASS2).clamp_min(1e-12))
         u = inv_beta_p2(mom)
@@ -164,7 +168,7 @@ class SpectrumMomentum:
         self.var_factor = (second / mean.square()).to(dev)
         self._w, self._mom = w.to(dev), mom.to(dev)  # (n_theta, n_energy) bin weights, (n_energy,) momenta
 
-    def lookup_after_loss(self, theta: Tensor, delta_e: Tensor) -> Tuple[Tensor, Tensor]:
+    def lookup_after_loss(self, theta: Tensor, delta_e: Tensor) -> tuple[Tensor, Tensor]:
         """``(E[u], E[u^2]/E[u]^2)`` of crossings that lose ``delta_e`` [GeV] (N,) at zenith angles ``theta`` (N,):
         u is each energy bin's path-averaged 1/(beta p)^2 from p to p(E - delta_e) (:class:`CrossingMomentum`), and
         muons that would stop (kinetic energy below 1 MeV at the exit) are left out: they are never observed."""
@@ -183,7 +187,7 @@ class SpectrumMomentum:
         second = (w * u.square()).sum(1) / norm
         return mean.to(theta.dtype), (second / mean.square().clamp_min(1e-300)).to(theta.dtype)
 
-    def lookup(self, theta: Tensor) -> Tuple[Tensor, Tensor]:
+    def lookup(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         """``(E[u], E[u^2]/E[u]^2)`` at zenith angles ``theta`` [rad] (same shape, dtype of ``theta``)."""
         tc = self.theta_centres
         t = theta.detach().to(tc.dtype).clamp(float(tc[0]), float(tc[-1]))
@@ -200,9 +204,9 @@ def muon_momentum_factor(
     mom_in: Tensor,
     mom_out: Tensor,
     theta_in: Tensor,
-    spectrum: Optional[SpectrumMomentum] = None,
-    generator: Optional[torch.Generator] = None,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    spectrum: SpectrumMomentum | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(u, var_factor, p_in, p_out)``, all (N,): the crossing's 1 / (beta p)^2 [GeV^-2] under ``model``,
     E[u^2]/E[u]^2, and the entry / exit momenta [GeV] the model knows (measured; NaN for ``"unknown"``).
 

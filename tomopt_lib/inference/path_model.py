@@ -24,13 +24,19 @@ inference: their slopes and noise terms overflow float32 and they carry no usabl
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..core import SCATTER_COEF_A
 from .momentum import crossing_momentum, inv_beta_p2
+
+if TYPE_CHECKING:
+    from .scattering import ScatterBatch
+    from .x0_base import AbsX0Inferrer as _InferrerBase  # the classes the mixin is combined with
+else:
+    _InferrerBase = object
 
 __all__ = ["PATH_MODES", "MAX_TRACK_THETA", "PathModelMixin"]
 
@@ -39,30 +45,42 @@ MAX_TRACK_THETA: float = math.radians(80.0)
 """Tracks steeper than this zenith angle [rad] (in or out) are left out of the X0 inference."""
 
 
-class PathModelMixin:
+class PathModelMixin(_InferrerBase):
     """Path samples, observables and measurement noise for inferrers over ``AbsX0Inferrer`` data.
 
     Requires ``z_bottom``, ``z_top``, ``size``, ``shp_zxy``, ``n_vox``, ``n_samples``, ``path`` and
     ``_get_muon_data()`` with the variables of ``PATH_MUON_VARS`` plus ``noise_cov`` (added by ``_batch_data``).
     """
 
-    PATH_MUON_VARS = ("poca_xyz", "total_scatter", "theta_in", "theta_out", "dtheta_xy", "theta_xy_in", "theta_xy_out",
-                      "xyz_in", "xyz_out")
+    n_samples: int  # set by the inferrer classes
+    path: str
+
+    PATH_MUON_VARS = (
+        "poca_xyz",
+        "total_scatter",
+        "theta_in",
+        "theta_out",
+        "dtheta_xy",
+        "theta_xy_in",
+        "theta_xy_out",
+        "xyz_in",
+        "xyz_out",
+    )
 
     # ------------------------------------------------------------------ data
-    def _path_batch_data(self, sb: Any, d: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    def _path_batch_data(self, sb: ScatterBatch, d: dict[str, Tensor]) -> dict[str, Tensor]:
         """Add the (N, 6) ``noise_cov`` column and drop nothing (the steep-track cut is a ``_keep_muons`` rule)."""
         d["noise_cov"] = self._noise_cov(sb, d).reshape(len(d["mom"]), 6)
         return d
 
     @staticmethod
-    def steep_track_mask(d: Dict[str, Tensor]) -> Tensor:
+    def steep_track_mask(d: dict[str, Tensor]) -> Tensor:
         """(N,) True for muons whose in- and out-track are flatter than ``MAX_TRACK_THETA``."""
         lim = math.tan(MAX_TRACK_THETA)
         a_in, a_out = torch.tan(d["theta_xy_in"].detach()), torch.tan(d["theta_xy_out"].detach())
         return (a_in.square().sum(1) < lim * lim) & (a_out.square().sum(1) < lim * lim)
 
-    def _noise_cov(self, sb: Any, d: Dict[str, Tensor]) -> Tensor:
+    def _noise_cov(self, sb: ScatterBatch, d: dict[str, Tensor]) -> Tensor:
         """(N, 2, 3) per projection (x, y) the measurement covariance (var da, cov, var dx) of (da, dx) [-, m]."""
         lines = getattr(sb, "_get_lines", None)
         if callable(lines):  # exact: propagate the (position at z_ref, slope) fit covariances of both tracks
@@ -79,12 +97,12 @@ class PathModelMixin:
         return torch.stack([s_in.square() + s_out.square(), torch.zeros_like(var_dx), var_dx], dim=-1)
 
     # ------------------------------------------------------------------ geometry
-    def _slopes(self) -> Tuple[Tensor, Tensor]:
+    def _slopes(self) -> tuple[Tensor, Tensor]:
         """(N, 2) slopes (dx/dz, dy/dz) of the in- and out-tracks."""
         d = self._get_muon_data()
         return -torch.tan(d["theta_xy_in"]), -torch.tan(d["theta_xy_out"])
 
-    def path_samples(self) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def path_samples(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``(idx, m_in, m_out, l_in, l_out, t)``: (N, S) flat zxy voxel index of each sample (``n_vox`` = outside),
         (N, S) float masks of samples on the in-/out-branch inside the block, (N,) path length per sample [m] on each
         branch, (N, S) lever arm z_b - z [m]. S = n_layers * n_samples; samples ordered bottom layer first."""
@@ -126,7 +144,7 @@ class PathModelMixin:
         t = (self.z_bottom - z_s).expand(len(idx), -1)  # (N, S) signed lever arm to the exit plane [m]
         return idx, m_in, m_out, l_in, l_out, t
 
-    def _momentum_profile(self, d: Dict[str, Tensor], z_s: Tensor) -> Optional[Tensor]:
+    def _momentum_profile(self, d: dict[str, Tensor], z_s: Tensor) -> Tensor | None:
         """(N, S) u(z) / u of each path sample when the entry and exit momenta are known (energy loss): the momentum
         falls with depth from p_in to p_out (continuous slowing down, residual range linear in depth), so the scattering
         per unit length grows as 1 / (beta p(z))^2;
@@ -143,12 +161,12 @@ class PathModelMixin:
         prof = u_s / d["inv_p2"]
         return torch.where(known[:, None], prof, torch.ones_like(prof)).detach()
 
-    def sample_lengths(self) -> Tuple[Tensor, Tensor, Tensor]:
+    def sample_lengths(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(idx, lw, t)``: (N, S) voxel index, path length [m] and lever arm [m] of every path sample."""
         idx, m_in, m_out, l_in, l_out, t = self.path_samples()
         return idx, m_in * l_in[:, None] + m_out * l_out[:, None], t
 
-    def _observables(self) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def _observables(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Per muon: d (N, 2, 2) = (da, dx) per projection, noise (N, 2, 3), f (N, 2) slope-kick factors,
         k0 = A^2 u (N,) [rad^2], efficiency (N,)."""
         d = self._get_muon_data()

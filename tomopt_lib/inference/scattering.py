@@ -24,8 +24,9 @@ Shapes: (N, 1) scalars, (N, 2) xy, (N, 3) xyz; an empty batch gives (0, k) tenso
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor
@@ -33,6 +34,9 @@ from torch import Tensor
 from ..muon.muon_batch import MuonBatch
 from ..runtime import DeviceLike, resolve_device
 from .track_fit import VAR_SIZES, LineFit, fit_lines, propagate_unc, scatter_vars, split_vars
+
+if TYPE_CHECKING:
+    from ..volume.volume import Volume
 
 __all__ = ["ScatterBatch", "GenScatterBatch"]
 
@@ -48,6 +52,10 @@ def _value(name: str, doc: str) -> property:
 
 def _unc(name: str) -> property:
     return property(lambda self: self._get_uncs()[name], doc=f"Uncertainty on ``{name}`` (same shape) [same units].")
+
+
+FitInputs = tuple[Tensor, Tensor, Tensor]
+"""(positions, uncertainties, efficiencies) of the hits a track is fitted to."""
 
 
 class ScatterBatch:
@@ -66,10 +74,10 @@ class ScatterBatch:
     def __init__(
         self,
         mu: MuonBatch,
-        volume: Any,
+        volume: Volume,
         *,
-        in_groups: Optional[Sequence[str]] = None,
-        out_groups: Optional[Sequence[str]] = None,
+        in_groups: Sequence[str] | None = None,
+        out_groups: Sequence[str] | None = None,
         device: DeviceLike = None,
     ) -> None:
         self.mu = mu
@@ -82,24 +90,26 @@ class ScatterBatch:
         self._all_hits = {g: {k: v.to(self.device) for k, v in d.items()} for g, d in mu.get_hits().items()}
         raw_in, raw_out = self._stack(self.in_groups), self._stack(self.out_groups)
         fit_in, fit_out = self._fit_inputs(raw_in), self._fit_inputs(raw_out)
-        self._lines: Optional[Tuple[LineFit, LineFit]] = (fit_lines(*fit_in, self.z_ref), fit_lines(*fit_out, self.z_ref))
-        self._uncs: Optional[Dict[str, Tensor]] = None
+        self._lines: tuple[LineFit, LineFit] | None = (fit_lines(*fit_in, self.z_ref), fit_lines(*fit_out, self.z_ref))
+        self._uncs: dict[str, Tensor] | None = None
         with torch.no_grad():  # the cuts only need detached values; differentiable ones are computed lazily
-            self._vals: Optional[Dict[str, Tensor]] = self._split(
+            self._vals: dict[str, Tensor] | None = self._split(
                 scatter_vars(self._params(), self.z_ref, self.z_top, self.z_bottom)[0]
             )
         self.keep_mask = self._keep()
         keep = self.keep_mask
         self._vals = None
         if not bool(keep.all()):  # refit the kept muons so that no filtered muon enters the autograd graph
-            fit_in, fit_out = tuple(v[keep] for v in fit_in), tuple(v[keep] for v in fit_out)
+            fit_in, fit_out = cast(FitInputs, tuple(v[keep] for v in fit_in)), cast(FitInputs, tuple(v[keep] for v in fit_out))
             raw_in, raw_out = {k: v[keep] for k, v in raw_in.items()}, {k: v[keep] for k, v in raw_out.items()}
             self._lines = None
         self._raw_in, self._raw_out, self._fit_in, self._fit_out = raw_in, raw_out, fit_in, fit_out
 
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
-    def _resolve_groups(volume: Any, in_groups, out_groups) -> Tuple[List[str], List[str]]:
+    def _resolve_groups(
+        volume: Volume, in_groups: Sequence[str] | None, out_groups: Sequence[str] | None
+    ) -> tuple[list[str], list[str]]:
         groups = {"above": ["above"], "below": ["below"]}
         if hasattr(volume, "get_detector_groups"):
             groups = {k: list(v) for k, v in volume.get_detector_groups().items()}
@@ -109,12 +119,12 @@ class ScatterBatch:
             raise ValueError(f"need at least one detector group above and below the passive block, got {ins} / {outs}")
         return ins, outs
 
-    def _stack(self, groups: List[str]) -> Dict[str, Tensor]:
+    def _stack(self, groups: list[str]) -> dict[str, Tensor]:
         """Concatenate the hits of ``groups`` along the hit axis: reco/gen (N, n, 3), unc (N, n, 3), eff (N, n, 1)."""
         present = [g for g in groups if g in self._all_hits]
         if not present:
             raise ValueError(f"none of the detector groups {groups} recorded hits; recorded: {list(self._all_hits)}")
-        out: Dict[str, List[Tensor]] = {"reco_xyz": [], "gen_xyz": [], "unc_xyz": [], "eff": []}
+        out: dict[str, list[Tensor]] = {"reco_xyz": [], "gen_xyz": [], "unc_xyz": [], "eff": []}
         for g in present:
             d = self._all_hits[g]
             reco = d["reco_xyz"]
@@ -127,14 +137,14 @@ class ScatterBatch:
             out["eff"].append(d.get("eff", torch.ones_like(reco[..., :1])))
         return {k: torch.cat(v, dim=1) for k, v in out.items()}
 
-    def _fit_inputs(self, raw: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    def _fit_inputs(self, raw: dict[str, Tensor]) -> FitInputs:
         """(positions, uncertainties, efficiencies) the tracks are fitted to."""
         return raw[self._pos_key], raw["unc_xyz"], raw["eff"]
 
     def _keep(self) -> Tensor:
         """(N,) muons that pass the quality cuts of the module docstring."""
-        l_in, l_out = self._lines
-        v = {k: t.detach() for k, t in self._vals.items()}
+        l_in, l_out = self._get_lines()
+        v = {k: t.detach() for k, t in self._get_values().items()}
         keep = l_in.ok & l_out.ok
         keep &= torch.isfinite(l_in.params.detach()).all(1) & torch.isfinite(l_out.params.detach()).all(1)
         keep &= (v["theta_in"][:, 0] < MAX_THETA) & (v["theta_out"][:, 0] < MAX_THETA)
@@ -146,13 +156,13 @@ class ScatterBatch:
         return keep
 
     @staticmethod
-    def _split(values: Tensor) -> Dict[str, Tensor]:
+    def _split(values: Tensor) -> dict[str, Tensor]:
         out = split_vars(values)
         out["total_scatter"] = out["theta_msc"]
         return out
 
     # ------------------------------------------------------------------ lazy computation
-    def _get_lines(self) -> Tuple[LineFit, LineFit]:
+    def _get_lines(self) -> tuple[LineFit, LineFit]:
         if self._lines is None:
             self._lines = (fit_lines(*self._fit_in, self.z_ref), fit_lines(*self._fit_out, self.z_ref))
         return self._lines
@@ -161,12 +171,12 @@ class ScatterBatch:
         l_in, l_out = self._get_lines()
         return torch.cat([l_in.params, l_out.params], dim=1)
 
-    def _get_values(self) -> Dict[str, Tensor]:
+    def _get_values(self) -> dict[str, Tensor]:
         if self._vals is None:
             self._compute_vars()
         return self._vals  # type: ignore[return-value]
 
-    def _get_uncs(self) -> Dict[str, Tensor]:
+    def _get_uncs(self) -> dict[str, Tensor]:
         if self._uncs is None:
             self._compute_vars()
         return self._uncs  # type: ignore[return-value]
@@ -177,7 +187,7 @@ class ScatterBatch:
         l_in, l_out = self._get_lines()
         values, jac = scatter_vars(self._params(), self.z_ref, self.z_top, self.z_bottom, with_jac=True)
         self._vals = self._split(values)
-        self._uncs = self._split(propagate_unc(jac, l_in.cov, l_out.cov))
+        self._uncs = self._split(propagate_unc(cast(Tensor, jac), l_in.cov, l_out.cov))  # with_jac=True
 
     # ------------------------------------------------------------------ scatter variables
     poca_xyz = _value("poca_xyz", "(N, 3) point of closest approach of the in- and out-track [m].")
@@ -212,12 +222,12 @@ class ScatterBatch:
     xyz_out_unc = _unc("xyz_out")
 
     @property
-    def variables(self) -> List[str]:
+    def variables(self) -> list[str]:
         """Names of all scatter variables (each has a ``<name>_unc``)."""
         return [*VAR_SIZES, "total_scatter"]
 
     # ------------------------------------------------------------------ tracks
-    def _track_start(self, line: LineFit, fit: Tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    def _track_start(self, line: LineFit, fit: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         """Track at the z of its highest usable hit [m]."""
         valid = line.valid.any(-1)
         z = torch.where(valid, fit[0][..., 2], torch.full_like(fit[0][..., 2], -float("inf"))).amax(1)
@@ -254,8 +264,8 @@ class ScatterBatch:
 
     @staticmethod
     def get_muon_trajectory(
-        hits: Tensor, uncs: Tensor, lw: Optional[Tensor] = None, effs: Optional[Tensor] = None
-    ) -> Tuple[Tensor, Tensor]:
+        hits: Tensor, uncs: Tensor, lw: Tensor | None = None, effs: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Fit one straight track per muon to (N, n, 3) hits with (N, n, 3) xy uncertainties (optional (N, n, 1) effs).
 
         Returns ``(direction, start)``: (N, 3) unit flight direction and (N, 3) track point at the z of the highest
@@ -297,7 +307,7 @@ class ScatterBatch:
         return self.mu.mom_in.to(self.device)[self.keep_mask]
 
     @property
-    def hits(self) -> Dict[str, Dict[str, Tensor]]:
+    def hits(self) -> dict[str, dict[str, Tensor]]:
         """``{group: {var: (N, n, k)}}`` of all groups, kept muons only."""
         return {g: {k: v[self.keep_mask] for k, v in d.items()} for g, d in self._all_hits.items()}
 
@@ -325,7 +335,7 @@ class ScatterBatch:
         inside = (p[:, :2] >= 0).all(1) & (p[:, :2] < self.lw).all(1)
         return inside & (p[:, 2] >= self.z_bottom) & (p[:, 2] < self.z_top)
 
-    def plot_scatter(self, idx: int, savename: Optional[Path] = None):
+    def plot_scatter(self, idx: int, savename: Path | None = None):
         """Plot the hits (with xy uncertainties), fitted tracks and PoCA of muon ``idx`` in the xz and yz planes."""
         import matplotlib.pyplot as plt
 
@@ -340,8 +350,11 @@ class ScatterBatch:
                 u = fit[1][idx, :, k].detach().cpu()
                 ok = torch.isfinite(h).all(1) & torch.isfinite(u)
                 ax.errorbar(h[ok, k], h[ok, 2], xerr=u[ok], fmt="o", color=col, label=f"{lab} hits")
-                z = torch.linspace(min(float(h[ok, 2].min()) if ok.any() else self.z_top, self.z_bottom),
-                                   max(float(h[ok, 2].max()) if ok.any() else self.z_bottom, self.z_top), 50)
+                z = torch.linspace(
+                    min(float(h[ok, 2].min()) if ok.any() else self.z_top, self.z_bottom),
+                    max(float(h[ok, 2].max()) if ok.any() else self.z_bottom, self.z_top),
+                    50,
+                )
                 p = line.params[idx].detach().cpu()
                 ax.plot(p[k] + p[k + 2] * (z - self.z_ref), z, color=col, label=f"{lab} track")
             ax.plot([float(poca[k])], [float(poca[2])], "k*", markersize=12, label="PoCA")
@@ -362,7 +375,7 @@ class GenScatterBatch(ScatterBatch):
 
     _pos_key = "gen_xyz"
 
-    def _fit_inputs(self, raw: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+    def _fit_inputs(self, raw: dict[str, Tensor]) -> FitInputs:
         gen = raw["gen_xyz"]
         unc = torch.cat([torch.ones_like(gen[..., :2]), torch.zeros_like(gen[..., 2:])], dim=-1).detach()
         return gen, unc, torch.ones_like(gen[..., :1]).detach()

@@ -25,7 +25,7 @@ stays differentiable (autograd) w.r.t. hits, uncertainties and efficiencies.
 from __future__ import annotations
 
 import math
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -34,7 +34,7 @@ from .dual import Dual, d_abs, d_atan, d_atan2, d_safe_sqrt, d_where, d_wrap, sa
 
 __all__ = ["VAR_SIZES", "LineFit", "valid_hit_mask", "fit_lines", "scatter_vars", "split_vars", "propagate_unc"]
 
-VAR_SIZES: Dict[str, int] = {
+VAR_SIZES: dict[str, int] = {
     "poca_xyz": 3,
     "dxy": 2,
     "theta_in": 1,
@@ -113,18 +113,18 @@ def fit_lines(xyz: Tensor, unc: Tensor, eff: Tensor, z_ref: float) -> LineFit:
     return LineFit(params=params, cov=cov, valid=valid, n_valid=n_valid, ok=ok_ax.all(1))
 
 
-def _angles(ax: Dual, ay: Dual) -> Tuple[Dual, Dual]:
+def _angles(ax: Dual, ay: Dual) -> tuple[Dual, Dual]:
     """theta (from -z) and phi (anticlockwise from +x, in [0, 2 pi)) of the flight direction (-a_x, -a_y, -1)."""
     r2 = ax**2 + ay**2
     theta = d_atan(d_safe_sqrt(r2))
-    vertical = r2.v <= 0  # phi undefined: use 0 with zero derivative
+    vertical = cast(Tensor, r2.v) <= 0  # phi undefined: use 0 with zero derivative
     phi = d_atan2(d_where(vertical, 0.0, -ay), d_where(vertical, 1.0, -ax))
-    return theta, Dual(torch.remainder(phi.v, 2 * math.pi), phi.d)
+    return theta, Dual(torch.remainder(cast(Tensor, phi.v), 2 * math.pi), phi.d)
 
 
 def scatter_vars(
     params: Tensor, z_ref: float, z_top: float, z_bottom: float, with_jac: bool = False
-) -> Tuple[Tensor, Optional[Tensor]]:
+) -> tuple[Tensor, Tensor | None]:
     """All scatter variables from (N, 8) in/out track parameters: ``(values (N, K), jacobian (K, 8, N) or None)``.
 
     Columns follow ``VAR_SIZES``; the Jacobian (forward-mode duals) is w.r.t. ``x_in, y_in, a_x_in, a_y_in, x_out, ...``.
@@ -157,7 +157,7 @@ def scatter_vars(
     txy1, txy2 = [d_atan(-ax1), d_atan(-ay1)], [d_atan(-ax2), d_atan(-ay2)]
     dth_a, dph_a = th2 - th1, d_wrap(ph2 - ph1)
     dth_b, dph_b = -th2 - th1, d_wrap(ph2 + math.pi - ph1)
-    use_b = dth_b.v**2 + dph_b.v**2 < dth_a.v**2 + dph_a.v**2
+    use_b = cast(Tensor, dth_b.v**2 + dph_b.v**2 < dth_a.v**2 + dph_a.v**2)
     dtheta, dphi = d_abs(d_where(use_b, dth_b, dth_a)), d_abs(d_where(use_b, dph_b, dph_a))
     msc = d_atan2(d_safe_sqrt(den), ax1 * ax2 + ay1 * ay2 + 1.0)
     zero = params.new_zeros(len(params))
@@ -172,7 +172,7 @@ def scatter_vars(
     return values, torch.stack([tzero if c.d is None else c.d for c in cols], dim=0)
 
 
-def split_vars(flat: Tensor) -> Dict[str, Tensor]:
+def split_vars(flat: Tensor) -> dict[str, Tensor]:
     """Split the (..., K) output of ``scatter_vars`` (or its uncertainties) into named (..., k) views."""
     return dict(zip(VAR_SIZES, torch.split(flat, list(VAR_SIZES.values()), dim=-1)))
 

@@ -9,8 +9,6 @@ Empty input: ``get_prediction`` with no usable muon raises ``NoMuonsError`` (a `
 
 from __future__ import annotations
 
-from typing import Dict, Type
-
 from .classifiers import AbsIntClassifierFromX0, DenseBlockClassifierFromX0s, make_x0_inferrer
 from .voxel_probs import dense_voxel_probs, prob_at_least_two, voxel_pair_probs
 from .x0_base import (
@@ -43,11 +41,11 @@ __all__ = [
     "solve_highland_x",
 ]
 
-VOLUME_INFERRERS: Dict[str, Type[AbsX0Inferrer]] = {"poca": PanelX0Inferrer, "path": PathX0Inferrer}
+VOLUME_INFERRERS: dict[str, type[AbsX0Inferrer]] = {"poca": PanelX0Inferrer, "path": PathX0Inferrer}
 """Registry of X0 inferrers by name (read-only by convention)."""
 
 
-def get_volume_inferrer(name: str) -> Type[AbsX0Inferrer]:
+def get_volume_inferrer(name: str) -> type[AbsX0Inferrer]:
     """X0 inferrer class for ``name`` ("poca" or "path"); ``ValueError`` listing the names otherwise."""
     try:
         return VOLUME_INFERRERS[name]

@@ -14,7 +14,7 @@ a window is dropped (negligible when ``window`` >~ 2 * 3 sigma / size + 1); ``wi
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -24,7 +24,9 @@ __all__ = [
     "axis_window_probs",
     "voxel_axis_probs",
     "voxel_pair_probs",
-    "dense_voxel_probs", "prob_at_least_two"]
+    "dense_voxel_probs",
+    "prob_at_least_two",
+]
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -37,8 +39,8 @@ def gauss_interval_prob(lo: Tensor, hi: Tensor) -> Tensor:
 
 
 def axis_window_probs(
-    centre: Tensor, sigma: Tensor, *, low: float, size: float, n: int, window: Optional[int]
-) -> Tuple[Tensor, Tensor]:
+    centre: Tensor, sigma: Tensor, *, low: float, size: float, n: int, window: int | None
+) -> tuple[Tensor, Tensor]:
     """Per-axis voxel probabilities in a window: ``(probs (N, w), idx (N, w) long)``, w = min(window, n).
 
     The window starts at ``floor((centre - low) / size) - (w - 1) // 2`` clamped to [0, n - w] (detached choice).
@@ -59,9 +61,9 @@ def voxel_axis_probs(
     low_xyz: Sequence[float],
     size: float,
     shp_zxy: Sequence[int],
-    window: Optional[int] = None,
+    window: int | None = None,
     min_sigma: float = 1e-7,
-) -> Tuple[Tuple[Tensor, Tensor], Tuple[Tensor, Tensor], Tuple[Tensor, Tensor]]:
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """Per-axis window factors ``((pz, iz), (px, ix), (py, iy))`` of :func:`voxel_pair_probs` (each (N, w_axis))."""
     n_z, n_x, n_y = (int(v) for v in shp_zxy)
     sig = poca_unc + min_sigma
@@ -78,9 +80,9 @@ def voxel_pair_probs(
     low_xyz: Sequence[float],
     size: float,
     shp_zxy: Sequence[int],
-    window: Optional[int] = None,
+    window: int | None = None,
     min_sigma: float = 1e-7,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Sparse PoCA-in-voxel probabilities: ``(probs (N, W), flat_idx (N, W))`` with W = w_z w_x w_y.
 
     ``flat_idx`` indexes the (z, x, y) voxel grid flattened in C order (z from the bottom); sigma = unc + ``min_sigma``.

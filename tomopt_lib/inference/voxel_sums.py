@@ -15,7 +15,8 @@ for the saved inputs plus O(chunk) of work space; the result equals the unchunke
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -29,7 +30,7 @@ DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 def _chunk_probs(
     pz: Tensor, px: Tensor, py: Tensor, iz: Tensor, ix: Tensor, iy: Tensor, n_x: int, n_y: int
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """(C, W) probabilities and flat voxel indices of one chunk (W = w_z w_x w_y, C order z, x, y)."""
     c = len(pz)
     probs = (pz[:, :, None, None] * px[:, None, :, None] * py[:, None, None, :]).reshape(c, -1)
@@ -44,7 +45,7 @@ def _densify(probs: Tensor, idx: Tensor, n_vox: int) -> Tensor:
 
 def _chunk_backward(
     g: Tensor, probs: Tensor, idx: Tensor, vals: Tensor, dense: bool, need_vals: bool
-) -> Tuple[Optional[Tensor], Tensor]:
+) -> tuple[Tensor | None, Tensor]:
     """For S[v] = sum p[c, w] vals[c] at v = idx[c, w] and upstream grad g (n_vox, K): (dS/dvals, dS/dp) of a chunk."""
     if dense:  # (C, n_vox) work space, two small matmuls
         gv = _densify(probs, idx, g.shape[0]) @ g if need_vals else None
@@ -62,10 +63,19 @@ class _SeparableVoxelSums(torch.autograd.Function):
     """Autograd function behind :func:`separable_voxel_sums` (chunked forward, recomputing chunked backward)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, pz: Tensor, px: Tensor, py: Tensor, a: Tensor, b: Tensor,
-        iz: Tensor, ix: Tensor, iy: Tensor, shp_zxy: Tuple[int, int, int], chunk: int,
-    ) -> Tuple[Tensor, Tensor]:
+    def forward(
+        ctx: Any,
+        pz: Tensor,
+        px: Tensor,
+        py: Tensor,
+        a: Tensor,
+        b: Tensor,
+        iz: Tensor,
+        ix: Tensor,
+        iy: Tensor,
+        shp_zxy: tuple[int, int, int],
+        chunk: int,
+    ) -> tuple[Tensor, Tensor]:
         n_z, n_x, n_y = shp_zxy
         n_vox = n_z * n_x * n_y
         n_mu, width = len(a), pz.shape[1] * px.shape[1] * py.shape[1]
@@ -90,9 +100,7 @@ class _SeparableVoxelSums(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: Any, g1: Optional[Tensor], g2: Optional[Tensor]
-    ) -> Tuple[Optional[Tensor], ...]:
+    def backward(ctx: Any, g1: Tensor | None, g2: Tensor | None) -> tuple[Tensor | None, ...]:
         pz, px, py, a, b, iz, ix, iy = ctx.saved_tensors
         _, n_x, n_y = ctx.shp
         need = ctx.needs_input_grad
@@ -109,7 +117,7 @@ class _SeparableVoxelSums(torch.autograd.Function):
                     continue
                 gv, gpv = _chunk_backward(g, p, idx, vals[sl], ctx.dense, need_vals=grad is not None)
                 if grad is not None:
-                    grad[sl] = gv
+                    grad[sl] = cast(Tensor, gv)  # computed because need_vals=True
                 gp += 2.0 * probs * gpv if sq else gpv
             if gz is None and gx is None and gy is None:
                 continue
@@ -124,13 +132,13 @@ class _SeparableVoxelSums(torch.autograd.Function):
 
 
 def separable_voxel_sums(
-    axis_probs: Sequence[Tuple[Tensor, Tensor]],
+    axis_probs: Sequence[tuple[Tensor, Tensor]],
     shp_zxy: Sequence[int],
     a: Tensor,
-    b: Optional[Tensor] = None,
+    b: Tensor | None = None,
     *,
     chunk: int = DEFAULT_CHUNK_ELEMENTS,
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """``(S1 (n_vox, K), S2 (n_vox, K2))`` weighted per-voxel sums (see the module docstring), differentiable.
 
     Args:

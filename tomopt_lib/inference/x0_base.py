@@ -9,7 +9,7 @@ batches, or everything dropped) every prediction raises :class:`NoMuonsError` (a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -18,6 +18,11 @@ from ..core import SCATTER_COEF_A, SCATTER_COEF_B
 from .merged_batch import merge_scatter_batches
 from .momentum import MomentumModel, SpectrumMomentum, muon_momentum_factor
 from .voxel_probs import prob_at_least_two
+
+if TYPE_CHECKING:
+    from ..muon.generation import AbsMuonGenerator
+    from ..volume.volume import Volume
+    from .scattering import ScatterBatch
 
 __all__ = [
     "NoMuonsError",
@@ -33,7 +38,7 @@ class NoMuonsError(ValueError):
     """Raised when a prediction is requested but no (finite) muon has been added to the inferrer."""
 
 
-def panel_muon_efficiency(scatters: Any) -> Tensor:
+def panel_muon_efficiency(scatters: ScatterBatch) -> Tensor:
     """(N,) P(>= 2 hits in the in-groups) * P(>= 2 hits in the out-groups) from the per-hit efficiencies.
 
     The in-/out-groups are all detector groups above / below the passive block (``ScatterBatch.above_hit_effs`` /
@@ -80,10 +85,12 @@ class AbsVolumeInferrer(ABC):
     ``scatter_batches`` (list of added batches).
     """
 
-    def __init__(self, volume: Any, *, momentum: Any = None, mu_generator: Any = None) -> None:
+    def __init__(
+        self, volume: Volume, *, momentum: MomentumModel | str | None = None, mu_generator: AbsMuonGenerator | None = None
+    ) -> None:
         self.momentum = MomentumModel.coerce(momentum)
         self.mu_generator = mu_generator
-        self._spectrum: Optional[SpectrumMomentum] = None
+        self._spectrum: SpectrumMomentum | None = None
         self.volume = volume
         self.device = volume.device
         self.size = float(volume.passive_size)
@@ -92,9 +99,9 @@ class AbsVolumeInferrer(ABC):
         n_x, n_y = (int(v) for v in (lw / self.size).round().long().tolist())
         n_z = int(round((top - bottom) / self.size))
         self.z_bottom, self.z_top = bottom, top
-        self.shp_xyz: Tuple[int, int, int] = (n_x, n_y, n_z)
-        self.shp_zxy: Tuple[int, int, int] = (n_z, n_x, n_y)
-        self.scatter_batches: List[Any] = []
+        self.shp_xyz: tuple[int, int, int] = (n_x, n_y, n_z)
+        self.shp_zxy: tuple[int, int, int] = (n_z, n_x, n_y)
+        self.scatter_batches: list[ScatterBatch] = []
         self._reset_vars()
 
     @property
@@ -115,20 +122,20 @@ class AbsVolumeInferrer(ABC):
             self._spectrum = SpectrumMomentum(gen, device=self.device)
         return self._spectrum
 
-    def add_scatters(self, scatters: Any) -> None:
+    def add_scatters(self, scatters: ScatterBatch) -> None:
         """Append a ``ScatterBatch``; later predictions use every batch added so far (memoised values are reset)."""
         self.scatter_batches.append(scatters)
         self._reset_vars()
 
-    def _reset_vars(self) -> None:
+    def _reset_vars(self) -> None:  # noqa: B027 (optional hook: subclasses without memoised values keep the no-op)
         """Forget every memoised quantity (called on construction and by ``add_scatters``)."""
 
     @abstractmethod
-    def compute_efficiency(self, scatters: Any) -> Tensor:
+    def compute_efficiency(self, scatters: ScatterBatch) -> Tensor:
         """(N,) per-muon efficiencies of ``scatters`` from its per-hit efficiencies."""
 
     @abstractmethod
-    def get_prediction(self) -> Optional[Tensor]:
+    def get_prediction(self) -> Tensor | None:
         """Prediction from all added batches."""
 
 
@@ -145,23 +152,23 @@ class AbsX0Inferrer(AbsVolumeInferrer):
     ``mom_var`` = E[u^2] / E[u]^2. ``mu_generator``: the generator whose spectrum the ``"unknown"`` model uses.
     """
 
-    _muon_vars: Tuple[str, ...] = ("poca_xyz", "total_scatter", "theta_in", "theta_out")
+    _muon_vars: tuple[str, ...] = ("poca_xyz", "total_scatter", "theta_in", "theta_out")
     merge_batches: bool = True
     """Compute the per-muon data of compatible batches once on their concatenation (:mod:`.merged_batch`; same
     values, one autograd graph instead of one per muon batch); False: batch by batch."""
 
     def _reset_vars(self) -> None:
-        self._muon_data: Optional[Dict[str, Tensor]] = None
-        self._vox_zxy_x0_preds: Optional[Tensor] = None
-        self._vox_zxy_x0_pred_uncs: Optional[Tensor] = None
+        self._muon_data: dict[str, Tensor] | None = None
+        self._vox_zxy_x0_preds: Tensor | None = None
+        self._vox_zxy_x0_pred_uncs: Tensor | None = None
 
-    def compute_efficiency(self, scatters: Any) -> Tensor:
+    def compute_efficiency(self, scatters: ScatterBatch) -> Tensor:
         """(N,) probability that the muon leaves >= 2 hits above and >= 2 hits below (:func:`panel_muon_efficiency`)."""
         return panel_muon_efficiency(scatters)
 
     # ------------------------------------------------------------------ per-muon data
-    def _batch_data(self, sb: Any) -> Dict[str, Tensor]:
-        d: Dict[str, Tensor] = {}
+    def _batch_data(self, sb: ScatterBatch) -> dict[str, Tensor]:
+        d: dict[str, Tensor] = {}
         for name in self._muon_vars:
             d[name] = getattr(sb, name).to(self.device)
             d[f"{name}_unc"] = getattr(sb, f"{name}_unc").to(self.device)
@@ -171,18 +178,24 @@ class AbsX0Inferrer(AbsVolumeInferrer):
         d["efficiency"] = self.compute_efficiency(sb).to(self.device).reshape(-1, 1)
         return d
 
-    def _get_muon_data(self) -> Dict[str, Tensor]:
+    def _get_muon_data(self) -> dict[str, Tensor]:
         if self._muon_data is None:
             batches = [sb for sb in self.scatter_batches if sb.n_mu > 0]
             merged = merge_scatter_batches(batches) if self.merge_batches and len(batches) > 1 else None
             parts = [self._batch_data(sb) for sb in ([merged] if merged is not None else batches)]
             if not parts:
-                raise NoMuonsError(f"{type(self).__name__}: no muons to infer from; add_scatters() with a non-empty ScatterBatch first")
+                raise NoMuonsError(
+                    f"{type(self).__name__}: no muons to infer from; add_scatters() with a non-empty ScatterBatch first"
+                )
             data = {k: torch.cat([p[k] for p in parts], dim=0) for k in parts[0]}
             spec = self.momentum_spectrum() if self.momentum.kind == "unknown" else None
             u, var, p_in, p_out = muon_momentum_factor(
-                self.momentum, mom_in=data["mom_in"][:, 0].detach(), mom_out=data["mom"][:, 0].detach(),
-                theta_in=data["theta_in"][:, 0].detach(), spectrum=spec)
+                self.momentum,
+                mom_in=data["mom_in"][:, 0].detach(),
+                mom_out=data["mom"][:, 0].detach(),
+                theta_in=data["theta_in"][:, 0].detach(),
+                spectrum=spec,
+            )
             if spec is not None and self._volume_has_energy_loss():
                 u, var = self._unknown_with_energy_loss(spec, data, u)
             data["inv_p2"], data["mom_var"] = u[:, None], var[:, None]
@@ -201,7 +214,7 @@ class AbsX0Inferrer(AbsVolumeInferrer):
         get = getattr(self.volume, "get_passives", None)
         return bool(callable(get) and any(getattr(layer, "energy_loss", False) for layer in get()))
 
-    def _unknown_with_energy_loss(self, spec: SpectrumMomentum, data: Dict[str, Tensor], u: Tensor) -> Tuple[Tensor, Tensor]:
+    def _unknown_with_energy_loss(self, spec: SpectrumMomentum, data: dict[str, Tensor], u: Tensor) -> tuple[Tensor, Tensor]:
         """``"unknown"`` momentum with energy loss: a first homogeneous X0 of the block (mean squared scatter over
         A^2 u L) names the material (:class:`~..volume.energy_loss.EnergyLossTable`), whose stopping power at 1 GeV
         times each muon's straight path L_i = height / cos(theta_in) gives its energy loss; u and its spread are then
@@ -218,7 +231,7 @@ class AbsX0Inferrer(AbsVolumeInferrer):
         dedx = float(table.dedx(torch.tensor([1.0], dtype=torch.float64, device=self.device), table.rows_for(torch.tensor([x0]))))
         return spec.lookup_after_loss(theta_in, dedx * path)
 
-    def _keep_muons(self, data: Dict[str, Tensor]) -> Tensor:
+    def _keep_muons(self, data: dict[str, Tensor]) -> Tensor:
         """(N,) bool: muons used by this inferrer before the finiteness test (all, unless a subclass cuts)."""
         return torch.ones(len(data["mom"]), dtype=torch.bool, device=self.device)
 
@@ -241,12 +254,14 @@ class AbsX0Inferrer(AbsVolumeInferrer):
     muon_mom = property(lambda self: self._get_muon_data()["mom"], doc="(N, 1) momenta [GeV].")
     muon_mom_unc = property(lambda self: self._get_muon_data()["mom_unc"], doc="(N, 1) momentum uncertainties (0) [GeV].")
     muon_efficiency = property(lambda self: self._get_muon_data()["efficiency"], doc="(N, 1) muon efficiencies.")
-    muon_inv_p2 = property(lambda self: self._get_muon_data()["inv_p2"],
-                           doc="(N, 1) 1 / (beta p)^2 of each crossing under the momentum model [GeV^-2].")
+    muon_inv_p2 = property(
+        lambda self: self._get_muon_data()["inv_p2"],
+        doc="(N, 1) 1 / (beta p)^2 of each crossing under the momentum model [GeV^-2].",
+    )
 
     # ------------------------------------------------------------------ predictions
     @abstractmethod
-    def _compute_x0(self) -> Tuple[Tensor, Tensor]:
+    def _compute_x0(self) -> tuple[Tensor, Tensor]:
         """``(pred, unc)``: (n_z, n_x, n_y) X0 predictions and uncertainties [m]."""
 
     def _ensure_x0(self) -> None:
@@ -269,13 +284,11 @@ class AbsX0Inferrer(AbsVolumeInferrer):
         """(n_z, n_x, n_y) X0 predictions [m]; :class:`NoMuonsError` if there are no muons."""
         return self.vox_zxy_x0_preds
 
-    def get_prediction_and_unc(self) -> Tuple[Tensor, Tensor]:
+    def get_prediction_and_unc(self) -> tuple[Tensor, Tensor]:
         """``(pred, unc)``, both (n_z, n_x, n_y) [m]."""
         return self.vox_zxy_x0_preds, self.vox_zxy_x0_pred_uncs
 
     @staticmethod
-    def x0_from_scatters(
-        delta_z: float, total_scatter: Tensor, theta_in: Tensor, theta_out: Tensor, mom: Tensor
-    ) -> Tensor:
+    def x0_from_scatters(delta_z: float, total_scatter: Tensor, theta_in: Tensor, theta_out: Tensor, mom: Tensor) -> Tensor:
         """TomOpt's PDG inversion without the log term (see :func:`x0_from_scatters`)."""
         return x0_from_scatters(delta_z, total_scatter, theta_in, theta_out, mom)

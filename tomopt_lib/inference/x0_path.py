@@ -48,7 +48,7 @@ by the prior: it is flagged in ``low_data`` and its uncertainty is at least its 
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,12 @@ from torch import Tensor
 from ..core import SCATTER_COEF_B
 from .path_model import PATH_MODES, PathModelMixin
 from .x0_base import AbsX0Inferrer
+
+if TYPE_CHECKING:
+    from ..muon.generation import AbsMuonGenerator
+    from ..volume.volume import Volume
+    from .momentum import MomentumModel
+    from .scattering import ScatterBatch
 
 __all__ = ["PathX0Inferrer", "PATH_MODES"]
 
@@ -86,7 +92,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
 
     def __init__(
         self,
-        volume: Any,
+        volume: Volume,
         *,
         n_iter: int = 20,
         n_samples: int = 8,
@@ -94,12 +100,12 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         log_term: bool = True,
         relax: float = 1.0,
         prior_strength: float = 0.1,
-        x0_range: Tuple[float, float] = (1e-4, 1e4),
+        x0_range: tuple[float, float] = (1e-4, 1e4),
         min_data_fraction: float = 1.0,
         moment_anchor: bool = True,
         shrink_crossings: float = 3.0,
-        momentum: Any = None,
-        mu_generator: Any = None,
+        momentum: MomentumModel | str | None = None,
+        mu_generator: AbsMuonGenerator | None = None,
     ) -> None:
         for name, v in (("n_iter", n_iter), ("n_samples", n_samples)):
             if isinstance(v, bool) or int(v) != v or v < 1:
@@ -126,7 +132,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
 
     def _reset_vars(self) -> None:
         super()._reset_vars()
-        self._low_data: Optional[Tensor] = None
+        self._low_data: Tensor | None = None
 
     @property
     def low_data(self) -> Tensor:
@@ -134,10 +140,10 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         self._ensure_x0()
         return self._low_data  # type: ignore[return-value]
 
-    def _keep_muons(self, data: Dict[str, Tensor]) -> Tensor:
+    def _keep_muons(self, data: dict[str, Tensor]) -> Tensor:
         return self.steep_track_mask(data)
 
-    def _batch_data(self, sb: Any) -> Dict[str, Tensor]:
+    def _batch_data(self, sb: ScatterBatch) -> dict[str, Tensor]:
         return self._path_batch_data(sb, super()._batch_data(sb))
 
     def _log_factor(self, x: Tensor) -> Tensor:
@@ -151,7 +157,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         information per unit log rho): the prior is worth ``prior_strength`` of a typical voxel's data."""
         return self.prior_strength * (rho[: self.n_vox] * den[: self.n_vox]).median().clamp_min(_TINY)
 
-    def _add_prior(self, rho: Tensor, num: Tensor, den: Tensor, beta: Tensor) -> Tuple[Tensor, Tensor]:
+    def _add_prior(self, rho: Tensor, num: Tensor, den: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
         """Add the log-normal smoothness prior's gradient to the update's numerator / denominator (one-step-late)."""
         rho_v = rho[: self.n_vox]
         log_v = torch.log(rho_v).reshape(1, *self.shp_zxy)
@@ -160,7 +166,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         pen = torch.cat([pen, pen.new_zeros(1)])
         return num + torch.relu(-pen), den + torch.relu(pen)
 
-    def _compute_x0(self) -> Tuple[Tensor, Tensor]:
+    def _compute_x0(self) -> tuple[Tensor, Tensor]:
         idx, m_in, m_out, l_in, l_out, t = self.path_samples()
         obs, noise, f, k0, eff = self._observables()
         lw = m_in * l_in[:, None] + m_out * l_out[:, None]  # (N, S) path length per sample [m]
@@ -180,18 +186,18 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         rho0 = obs_tot / (w_mm * k0 * fm * lw.sum(1)).sum().clamp_min(_TINY)
         rho = rho0.clamp(rho_lo, rho_hi).expand(n_tot)
 
-        def moments(r: Tensor) -> List[Tensor]:
+        def moments(r: Tensor) -> list[Tensor]:
             g = r[idx]
             return [l_in * (g * pi).sum(1) + l_out * (g * po).sum(1) for pi, po in zip(p_in, p_out)]
 
-        def back(coefs: List[Tensor]) -> Tensor:
-            src = sum(c[:, None] * l for c, l in zip(coefs, lw_t))
+        def back(coefs: list[Tensor]) -> Tensor:
+            src = cast(Tensor, sum(c[:, None] * lw_c for c, lw_c in zip(coefs, lw_t)))
             return lw.new_zeros(n_tot).index_add(0, flat, src.reshape(-1))
 
-        def inv_cov(r: Tensor) -> Tuple[Tensor, Tensor]:
+        def inv_cov(r: Tensor) -> tuple[Tensor, Tensor]:
             m0, m1, m2 = moments(r)
             k = k0 * self._log_factor(m0)
-            kf = (k[:, None] * f)  # (N, 2)
+            kf = k[:, None] * f  # (N, 2)
             s11 = noise[..., 0] + kf * m0[:, None]
             s12 = noise[..., 1] + kf * m1[:, None]
             s22 = noise[..., 2] + kf * m2[:, None]
@@ -224,7 +230,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         # information of the slope change, reduced by the momentum model's spread)
         per_len2 = 0.5 * ((kf / c11.clamp_min(_TINY)).square()).sum(1) / self._get_muon_data()["mom_var"][:, 0]
         seg = lw * self.n_samples  # path through the sample's layer (one-voxel approximation)
-        per_sample = (lw * seg * per_len2[:, None])
+        per_sample = lw * seg * per_len2[:, None]
         info = lw.new_zeros(n_tot).index_add(0, flat, (eff[:, None] * per_sample).reshape(-1))[: self.n_vox]
         info_j = lw.new_zeros(n_tot).index_add(0, flat, (eff.square()[:, None] * per_sample).reshape(-1))[: self.n_vox]
         rho_v = rho[: self.n_vox]
@@ -237,8 +243,9 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         shp = (1, *self.shp_zxy)
         ln_rho = torch.log(rho_v)
         w_nb = F.avg_pool3d(info_log.detach().reshape(shp), 3, stride=1, padding=1, count_include_pad=False).reshape(-1)
-        ln_nb = F.avg_pool3d((info_log.detach() * ln_rho).reshape(shp), 3, stride=1, padding=1,
-                             count_include_pad=False).reshape(-1) / w_nb.clamp_min(_TINY)
+        ln_nb = F.avg_pool3d((info_log.detach() * ln_rho).reshape(shp), 3, stride=1, padding=1, count_include_pad=False).reshape(
+            -1
+        ) / w_nb.clamp_min(_TINY)
         ln_nb = torch.where(w_nb > 0, ln_nb, ln_rho)
         # a data-poor neighbourhood falls back to the block's homogeneous (method-of-moments) density
         ln_glob = torch.log(rho0.clamp(rho_lo, rho_hi)).detach()

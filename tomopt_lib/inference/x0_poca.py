@@ -40,7 +40,7 @@ sigma_X0 = X0 sqrt(var_j / n_eff_j) / m_j, m_j and var_j the weighted mean and v
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,12 @@ from .path_model import PATH_MODES, PathModelMixin
 from .voxel_probs import gauss_interval_prob, voxel_axis_probs
 from .voxel_sums import DEFAULT_CHUNK_ELEMENTS, separable_voxel_sums
 from .x0_base import AbsX0Inferrer, x0_from_scatters
+
+if TYPE_CHECKING:
+    from ..muon.generation import AbsMuonGenerator
+    from ..volume.volume import Volume
+    from .momentum import MomentumModel
+    from .scattering import ScatterBatch
 
 __all__ = ["PanelX0Inferrer"]
 
@@ -76,19 +82,19 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
 
     def __init__(
         self,
-        volume: Any,
+        volume: Volume,
         *,
         tomopt_exact: bool = False,
-        window: Optional[int] = None,
-        log_term: Optional[bool] = None,
+        window: int | None = None,
+        log_term: bool | None = None,
         prior_strength: float = 2.0,
         poca_floor: float = 0.3,
         min_muons: float = 2.0,
         n_samples: int = 1,
         path: str = "poca",
         chunk: int = DEFAULT_CHUNK_ELEMENTS,
-        momentum: Any = None,
-        mu_generator: Any = None,
+        momentum: MomentumModel | str | None = None,
+        mu_generator: AbsMuonGenerator | None = None,
     ) -> None:
         if window is not None and (isinstance(window, bool) or int(window) != window or window < 1):
             raise ValueError(f"window must be None or an integer >= 1 (voxels per axis), got {window!r}")
@@ -109,19 +115,19 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
         super().__init__(volume, momentum=momentum, mu_generator=mu_generator)
 
     @property
-    def _muon_vars(self) -> Tuple[str, ...]:  # type: ignore[override]
+    def _muon_vars(self) -> tuple[str, ...]:  # type: ignore[override]
         return _TOMOPT_VARS if self.tomopt_exact else self.PATH_MUON_VARS
 
     def _reset_vars(self) -> None:
         super()._reset_vars()
-        self._axis_probs: Optional[Tuple[Tuple[Tensor, Tensor], ...]] = None
-        self._low_data: Optional[Tensor] = None
+        self._axis_probs: tuple[tuple[Tensor, Tensor], ...] | None = None
+        self._low_data: Tensor | None = None
 
-    def _batch_data(self, sb: Any) -> Dict[str, Tensor]:
+    def _batch_data(self, sb: ScatterBatch) -> dict[str, Tensor]:
         d = super()._batch_data(sb)
         return d if self.tomopt_exact else self._path_batch_data(sb, d)
 
-    def _keep_muons(self, data: Dict[str, Tensor]) -> Tensor:
+    def _keep_muons(self, data: dict[str, Tensor]) -> Tensor:
         if self.tomopt_exact:
             return super()._keep_muons(data)
         return self.steep_track_mask(data)
@@ -135,7 +141,7 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
         return self._low_data
 
     # ------------------------------------------------------------------ PoCA voxel probabilities
-    def _get_axis_probs(self) -> Tuple[Tuple[Tensor, Tensor], ...]:
+    def _get_axis_probs(self) -> tuple[tuple[Tensor, Tensor], ...]:
         """``((pz, iz), (px, ix), (py, iy))`` per-axis window probabilities of the PoCAs (memoised)."""
         if self._axis_probs is None:
             self._axis_probs = voxel_axis_probs(
@@ -148,7 +154,7 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
             )
         return self._axis_probs
 
-    def _get_pair_probs(self) -> Tuple[Tensor, Tensor]:
+    def _get_pair_probs(self) -> tuple[Tensor, Tensor]:
         """``(probs (N, W), flat zxy voxel index (N, W))`` of the PoCAs (diagnostics; O(N W) memory, not memoised)."""
         (pz, iz), (px, ix), (py, iy) = self._get_axis_probs()
         _, n_x, n_y = self.shp_zxy
@@ -165,10 +171,10 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
         return dense.reshape(len(probs), *self.shp_zxy)
 
     # ------------------------------------------------------------------ estimators
-    def _compute_x0(self) -> Tuple[Tensor, Tensor]:
+    def _compute_x0(self) -> tuple[Tensor, Tensor]:
         return self._compute_x0_tomopt() if self.tomopt_exact else self._compute_x0_calibrated()
 
-    def _path_poca_weights(self) -> Tuple[Tensor, Tensor, Tensor]:
+    def _path_poca_weights(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(idx, b, path_len)``: (N, S) voxel of each path sample (one per layer), (N, S) back-projection weight
         b = (poca_floor + P(PoCA in that voxel)) x (path length in it) / path_len, (N,) path length in the block [m]."""
         d = self._get_muon_data()
@@ -185,7 +191,7 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
         b = (self.poca_floor + prob) * inside * lw / path_len.clamp_min(_TINY)[:, None]
         return idx, b, path_len
 
-    def _compute_x0_calibrated(self) -> Tuple[Tensor, Tensor]:
+    def _compute_x0_calibrated(self) -> tuple[Tensor, Tensor]:
         d = self._get_muon_data()
         idx, bw, path_len = self._path_poca_weights()
         obs, noise, f, k0, eff = self._observables()
@@ -208,7 +214,11 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
 
         num, den = vox(w * (y - n), bw), vox(w * a, bw)
         b2 = bw.square()
-        q_aa, q_an, q_nn = vox((w * a).square() * v, b2), vox(2 * w.square() * v * a * n, b2), vox(w.square() * v * n.square(), b2)
+        q_aa, q_an, q_nn = (
+            vox((w * a).square() * v, b2),
+            vox(2 * w.square() * v * a * n, b2),
+            vox(w.square() * v * n.square(), b2),
+        )
         n_eff = den.square() / vox((w * a).square(), b2).clamp_min(_TINY)
         rho_raw = (num / den.clamp_min(_TINY)).clamp(1e-4, 1e4)
         if self.prior_strength > 0:
@@ -228,7 +238,7 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
         self._low_data = low.reshape(self.shp_zxy)
         return x0.reshape(self.shp_zxy), unc.reshape(self.shp_zxy)
 
-    def _compute_x0_tomopt(self) -> Tuple[Tensor, Tensor]:
+    def _compute_x0_tomopt(self) -> tuple[Tensor, Tensor]:
         eff = self.muon_efficiency[:, 0]
         vals = [self.muon_total_scatter, self.muon_theta_in, self.muon_theta_out, self.muon_mom]
         uncs = [self.muon_total_scatter_unc, self.muon_theta_in_unc, self.muon_theta_out_unc, None]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import ABCMeta, abstractmethod
-from typing import Any, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,9 +24,12 @@ from torch import Tensor
 from ..core import MUON_MASS
 from ..runtime import DEFAULT_DTYPE, DeviceLike, resolve_device
 
+if TYPE_CHECKING:
+    from ..volume.volume import Volume
+
 __all__ = ["AbsMuonGenerator", "MuonGenerator2015", "MuonGenerator2016"]
 
-ArrayLike = Union[float, np.ndarray, Tensor]
+ArrayLike = float | np.ndarray | Tensor
 _GL_ORDER = 4  # Gauss-Legendre points per bin and dimension
 
 
@@ -37,8 +40,14 @@ def _as_f64(x: ArrayLike) -> Tensor:
     return torch.as_tensor(np.asarray(x, dtype=np.float64))
 
 
-def _check_range(name: str, rng: Tuple[float, float], low: float = -math.inf, high: float = math.inf,
-                 low_open: bool = False, high_open: bool = False) -> Tuple[float, float]:
+def _check_range(
+    name: str,
+    rng: tuple[float, float],
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> tuple[float, float]:
     """Validate an ordered, finite ``(lo, hi)`` range inside the allowed interval; ``ValueError`` naming ``name``."""
     try:
         lo, hi = (float(v) for v in rng)
@@ -81,11 +90,11 @@ class AbsMuonGenerator(metaclass=ABCMeta):
 
     def __init__(
         self,
-        x_range: Tuple[float, float],
-        y_range: Tuple[float, float],
-        fixed_mom: Optional[float] = None,
-        energy_range: Tuple[float, float] = (0.5, 500.0),
-        theta_range: Tuple[float, float] = (0.0, 70 * math.pi / 180),
+        x_range: tuple[float, float],
+        y_range: tuple[float, float],
+        fixed_mom: float | None = None,
+        energy_range: tuple[float, float] = (0.5, 500.0),
+        theta_range: tuple[float, float] = (0.0, 70 * math.pi / 180),
         n_bins_energy: int = 200,
         n_bins_theta: int = 200,
         device: DeviceLike = None,
@@ -119,13 +128,13 @@ class AbsMuonGenerator(metaclass=ABCMeta):
     # ------------------------------------------------------------------ tables
     def _build_tables(self) -> None:
         """Bin edges, bin-integrated probabilities (Gauss-Legendre) and corner densities, all float64 on ``device``."""
-        f64 = dict(dtype=torch.float64, device=self.device)
+        f64: dict[str, Any] = dict(dtype=torch.float64, device=self.device)
         u_edges = torch.linspace(math.log(self.energy_range[0]), math.log(self.energy_range[1]), self.n_bins_energy + 1, **f64)
         t_edges = torch.linspace(self.theta_range[0], self.theta_range[1], self.n_bins_theta + 1, **f64)
         nodes, weights = np.polynomial.legendre.leggauss(_GL_ORDER)
         nodes_t, weights_t = torch.tensor(nodes, **f64), torch.tensor(weights, **f64)
 
-        def _points(edges: Tensor) -> Tuple[Tensor, Tensor]:
+        def _points(edges: Tensor) -> tuple[Tensor, Tensor]:
             lo, hi = edges[:-1, None], edges[1:, None]
             pts = 0.5 * (lo + hi) + 0.5 * (hi - lo) * nodes_t  # (n_bins, order)
             return pts, 0.5 * (hi - lo) * weights_t
@@ -146,10 +155,10 @@ class AbsMuonGenerator(metaclass=ABCMeta):
         self.total_flux = total  # integral of ``flux`` over the energy and theta ranges (per unit phi)
 
     # ------------------------------------------------------------------ sampling
-    def _rand(self, n: int, generator: Optional[torch.Generator]) -> Tensor:
+    def _rand(self, n: int, generator: torch.Generator | None) -> Tensor:
         return torch.rand(n, dtype=torch.float64, device=self.device, generator=generator)
 
-    def sample_theta_energy(self, n_muons: int, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+    def sample_theta_energy(self, n_muons: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Draw ``n_muons`` (theta [rad], E [GeV]) pairs (float64) from the continuous flux."""
         r = self._rand(n_muons, generator) * float(self._cdf[-1])
         idx = torch.searchsorted(self._cdf, r, right=True).clamp(max=self._cdf.numel() - 1)
@@ -162,7 +171,7 @@ class AbsMuonGenerator(metaclass=ABCMeta):
         u = self._u_edges[iu] + fu * (self._u_edges[iu + 1] - self._u_edges[iu])
         return theta, torch.exp(u)
 
-    def generate_set(self, n_muons: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    def generate_set(self, n_muons: int, generator: torch.Generator | None = None) -> Tensor:
         """(n_muons, 5) tensor of ``x, y`` [m], ``p`` [GeV], ``theta``, ``phi`` [rad] on ``device`` (DEFAULT_DTYPE).
 
         ``generator`` must live on ``device``; ``None`` uses torch's global generator.
@@ -180,16 +189,18 @@ class AbsMuonGenerator(metaclass=ABCMeta):
         phi = 2 * math.pi * self._rand(n_muons, generator)
         return torch.stack([x, y, mom, theta, phi], dim=1).to(DEFAULT_DTYPE)
 
-    def __call__(self, n_muons: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    def __call__(self, n_muons: int, generator: torch.Generator | None = None) -> Tensor:
         return self.generate_set(n_muons, generator=generator)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(x_range={self.x_range}, y_range={self.y_range}, fixed_mom={self.fixed_mom}, "
-                f"energy_range={self.energy_range}, theta_range={self.theta_range}, device={self.device})")
+        return (
+            f"{type(self).__name__}(x_range={self.x_range}, y_range={self.y_range}, fixed_mom={self.fixed_mom}, "
+            f"energy_range={self.energy_range}, theta_range={self.theta_range}, device={self.device})"
+        )
 
     # ------------------------------------------------------------------ construction from a volume
     @classmethod
-    def from_volume(cls, volume: Any, min_angle: float = math.pi / 12, **kwargs: Any) -> "AbsMuonGenerator":
+    def from_volume(cls, volume: Volume, min_angle: float = math.pi / 12, **kwargs: Any) -> AbsMuonGenerator:
         """Generator whose x/y range is the passive footprint widened by d on every side.
 
         d = tan(min_angle) (h - z_passive_bottom + voxel size): a muon starting at the top ``h`` [m] of the volume

@@ -11,7 +11,6 @@ Hits are stored per *named* detector group (any string, e.g. ``"above"``, ``"bel
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ from ..runtime import DEFAULT_DTYPE, DeviceLike, resolve_device
 
 __all__ = ["MuonBatch"]
 
-XYLimit = Union[Tuple[float, float], Tensor, None]
+XYLimit = tuple[float, float] | Tensor | None
 
 
 class MuonBatch:
@@ -40,7 +39,7 @@ class MuonBatch:
     th_dim = 4
     ph_dim = 5
 
-    def __init__(self, xy_p_theta_phi: Tensor, init_z: Union[Tensor, float], device: DeviceLike = None) -> None:
+    def __init__(self, xy_p_theta_phi: Tensor, init_z: Tensor | float, device: DeviceLike = None) -> None:
         xy_p_theta_phi = torch.as_tensor(xy_p_theta_phi)
         if xy_p_theta_phi.ndim != 2 or xy_p_theta_phi.shape[1] != 5:
             raise ValueError(f"xy_p_theta_phi must have shape (N, 5), got {tuple(xy_p_theta_phi.shape)}")
@@ -50,13 +49,13 @@ class MuonBatch:
         z = torch.as_tensor(init_z, dtype=dtype, device=dev).detach().reshape(-1).expand(len(src))
         self.device = dev
         self._muons = torch.stack([src[:, 0], src[:, 1], z, src[:, 2], src[:, 3], src[:, 4]], dim=1).contiguous()
-        self._hits: Dict[str, Dict[str, List[Tensor]]] = {}
-        self._xyz_hist: List[Tensor] = []
-        self._upwards_muons: List[Tensor] = []
-        self._keep_mask: Optional[Tensor] = None
+        self._hits: dict[str, dict[str, list[Tensor]]] = {}
+        self._xyz_hist: list[Tensor] = []
+        self._upwards_muons: list[Tensor] = []
+        self._keep_mask: Tensor | None = None
         self._x0_traversed = torch.zeros(len(src), dtype=dtype, device=dev)
         self._mom_in = src[:, 2].clone()
-        self._stopped_muons: List[Tensor] = []
+        self._stopped_muons: list[Tensor] = []
 
     # ------------------------------------------------------------------ state access
     def __len__(self) -> int:
@@ -142,7 +141,7 @@ class MuonBatch:
         """
         return self._x0_traversed
 
-    def set_state(self, muons: Tensor, x0_traversed: Tensor, keep: Optional[Tensor] = None) -> None:
+    def set_state(self, muons: Tensor, x0_traversed: Tensor, keep: Tensor | None = None) -> None:
         """Overwrite the (N, 6) state and (N,) ``x0_traversed`` in place (detached), then drop upward muons.
 
         ``keep``: the caller's all-True result of the upward-muon test for the new state (skips recomputing it).
@@ -163,7 +162,7 @@ class MuonBatch:
         self._x0_traversed = self._x0_traversed + dx_over_x0.detach()
 
     @property
-    def xyz_hist(self) -> List[Tensor]:
+    def xyz_hist(self) -> list[Tensor]:
         """Positions recorded by ``snapshot_xyz`` (a list of (N_at_the_time, 3) detached tensors)."""
         return self._xyz_hist
 
@@ -222,7 +221,7 @@ class MuonBatch:
         return torch.where(bad, torch.full_like(out, float("nan")), out)
 
     @staticmethod
-    def theta_phi_from_direction(direction: Tensor) -> Tuple[Tensor, Tensor]:
+    def theta_phi_from_direction(direction: Tensor) -> tuple[Tensor, Tensor]:
         """Inverse of ``direction_from_theta_phi`` for (..., 3) vectors (any norm > 0).
 
         theta = atan2(hypot(d_x, d_y), -d_z): unlike acos(-d_z) this keeps full precision for near-vertical tracks
@@ -233,21 +232,23 @@ class MuonBatch:
         return theta, phi
 
     # ------------------------------------------------------------------ motion
-    def _apply(self, col: slice, new: Tensor, mask: Optional[Tensor]) -> None:
+    def _apply(self, col: slice, new: Tensor, mask: Tensor | None) -> None:
         if mask is not None:
             new = torch.where(mask.reshape(-1, *([1] * (new.ndim - 1))), new, self._muons[:, col])
         self._muons[:, col] = new
 
-    def propagate_dz(self, dz: Union[Tensor, float], mask: Optional[Tensor] = None) -> None:
+    def propagate_dz(self, dz: Tensor | float, mask: Tensor | None = None) -> None:
         """Move along the track so that z decreases by ``dz`` [m] (positive dz = downwards)."""
         dz = torch.as_tensor(dz, dtype=self._muons.dtype, device=self.device).detach()
         if dz.ndim > 0:
             dz = dz.reshape(-1)
         tan_t = torch.tan(self.theta)
-        step = torch.stack([dz * tan_t * torch.cos(self.phi), dz * tan_t * torch.sin(self.phi), -dz * torch.ones_like(tan_t)], dim=1)
+        step = torch.stack(
+            [dz * tan_t * torch.cos(self.phi), dz * tan_t * torch.sin(self.phi), -dz * torch.ones_like(tan_t)], dim=1
+        )
         self._apply(slice(0, 3), self.xyz + step, mask)
 
-    def propagate_d(self, d: Union[Tensor, float], mask: Optional[Tensor] = None) -> None:
+    def propagate_d(self, d: Tensor | float, mask: Tensor | None = None) -> None:
         """Move a distance ``d`` [m] along the direction of flight."""
         d = torch.as_tensor(d, dtype=self._muons.dtype, device=self.device).detach()
         if d.ndim > 0:
@@ -256,22 +257,22 @@ class MuonBatch:
 
     def scatter_dxyz(
         self,
-        dx_vol: Optional[Tensor] = None,
-        dy_vol: Optional[Tensor] = None,
-        dz_vol: Optional[Tensor] = None,
-        mask: Optional[Tensor] = None,
+        dx_vol: Tensor | None = None,
+        dy_vol: Tensor | None = None,
+        dz_vol: Tensor | None = None,
+        mask: Tensor | None = None,
     ) -> None:
         """Displace muons by (dx, dy, dz) [m] in the volume frame."""
         zero = torch.zeros_like(self.x)
         delta = torch.stack([t.detach() if t is not None else zero for t in (dx_vol, dy_vol, dz_vol)], dim=1)
         self._apply(slice(0, 3), self.xyz + delta, mask)
 
-    def _set_angles(self, theta: Tensor, phi: Tensor, mask: Optional[Tensor]) -> None:
+    def _set_angles(self, theta: Tensor, phi: Tensor, mask: Tensor | None) -> None:
         self._apply(slice(self.th_dim, self.ph_dim + 1), torch.stack([theta, phi], dim=1), mask)
         self.remove_upwards_muons()
 
     def scatter_dtheta_xy(
-        self, dtheta_x_vol: Optional[Tensor] = None, dtheta_y_vol: Optional[Tensor] = None, mask: Optional[Tensor] = None
+        self, dtheta_x_vol: Tensor | None = None, dtheta_y_vol: Tensor | None = None, mask: Tensor | None = None
     ) -> None:
         """Change theta_x and theta_y [rad] by the given amounts; muons turned upwards are removed."""
         tx = self.theta_x + (dtheta_x_vol.detach() if dtheta_x_vol is not None else 0.0)
@@ -279,7 +280,7 @@ class MuonBatch:
         self._set_angles(self.theta_from_theta_xy(tx, ty), self.phi_from_theta_xy(tx, ty), mask)
 
     def scatter_dtheta_dphi(
-        self, dtheta_vol: Optional[Tensor] = None, dphi_vol: Optional[Tensor] = None, mask: Optional[Tensor] = None
+        self, dtheta_vol: Tensor | None = None, dphi_vol: Tensor | None = None, mask: Tensor | None = None
     ) -> None:
         """Change theta and phi [rad]; theta < 0 or > pi is folded back (phi += pi), phi wrapped to [0, 2 pi)."""
         theta = self.theta + (dtheta_vol.detach() if dtheta_vol is not None else 0.0)
@@ -289,7 +290,7 @@ class MuonBatch:
         phi = torch.where(neg | over, phi + math.pi, phi)
         self._set_angles(theta, torch.remainder(phi, 2 * math.pi), mask)
 
-    def deflect(self, dtheta_1: Tensor, dtheta_2: Tensor, mask: Optional[Tensor] = None) -> None:
+    def deflect(self, dtheta_1: Tensor, dtheta_2: Tensor, mask: Tensor | None = None) -> None:
         """Rotate each direction by small angles in its own transverse frame (exact 3-D rotation).
 
         ``dtheta_1`` turns the track towards e_theta = (cos t cos p, cos t sin p, sin t) and ``dtheta_2`` towards
@@ -343,14 +344,14 @@ class MuonBatch:
         return mask
 
     # ------------------------------------------------------------------ hits
-    def append_hits(self, hits: Dict[str, Tensor], pos: str) -> None:
+    def append_hits(self, hits: dict[str, Tensor], pos: str) -> None:
         """Record one detector's hits (dict of var -> (N, k) tensors) under the group name ``pos``."""
         group = self._hits.setdefault(pos, {})
         for var, val in hits.items():
             group.setdefault(var, []).append(val)
 
     @property
-    def hit_groups(self) -> List[str]:
+    def hit_groups(self) -> list[str]:
         """Names of the detector groups that recorded hits, in recording order."""
         return list(self._hits)
 
@@ -359,10 +360,10 @@ class MuonBatch:
         group = self._hits.get(pos)
         return len(next(iter(group.values()))) if group else 0
 
-    def get_hits(self, xy_low: XYLimit = None, xy_high: XYLimit = None) -> Dict[str, Dict[str, Tensor]]:
+    def get_hits(self, xy_low: XYLimit = None, xy_high: XYLimit = None) -> dict[str, dict[str, Tensor]]:
         """Stacked hits ``{group: {var: (N, n_hits, k)}}``, optionally only for muons inside the xy limits."""
         mask = None if xy_low is None and xy_high is None else self.get_xy_mask(xy_low, xy_high)
-        out: Dict[str, Dict[str, Tensor]] = {}
+        out: dict[str, dict[str, Tensor]] = {}
         for pos, group in self._hits.items():
             out[pos] = {}
             for var, hits in group.items():
@@ -384,7 +385,7 @@ class MuonBatch:
     def dtheta_y(self, theta_ref_y: Tensor) -> Tensor:
         return torch.abs(self.theta_y - theta_ref_y)
 
-    def copy(self) -> "MuonBatch":
+    def copy(self) -> MuonBatch:
         """Detached copy of the current state and ``x0_traversed`` (hits are not copied)."""
         xy_p_theta_phi = self._muons[:, [0, 1, 3, 4, 5]].detach().clone()
         out = MuonBatch(xy_p_theta_phi, init_z=self.z.detach().clone(), device=self.device)

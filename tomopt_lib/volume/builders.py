@@ -9,7 +9,8 @@ In general each detector layer is ``2 * voxel_size`` thick and holds its panels 
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from .volume import Volume
 
 __all__ = ["build_panel_volume", "panel_volume_heights", "rad_length_func_from_cube"]
 
-SpanLike = Union[float, Sequence[float]]
+SpanLike = float | Sequence[float]
 
 
 def _pos_int(name: str, value: int, low: int) -> int:
@@ -40,19 +41,29 @@ def _pos_float(name: str, value: float) -> float:
     return v
 
 
-def panel_volume_heights(passive_n_layers: int, voxel_size: float) -> Tuple[float, float, float]:
+def panel_volume_heights(passive_n_layers: int, voxel_size: float) -> tuple[float, float, float]:
     """``(h, passive_top, passive_bottom)`` [m] of a ``build_panel_volume`` layout."""
     det = 2 * voxel_size
     return det * 2 + passive_n_layers * voxel_size, det + passive_n_layers * voxel_size, det
 
 
 def _panels(
-    n: int, z_top: float, det_size: float, lw: Tuple[float, float], span: Tuple[float, float], *, res: float, eff: float,
-    sigmoid_smooth: Optional[float], device: torch.device,
-) -> List[DetectorPanel]:
-    out: List[DetectorPanel] = []
+    n: int,
+    z_top: float,
+    det_size: float,
+    lw: Sequence[float],
+    span: Sequence[float],
+    *,
+    res: float,
+    eff: float,
+    sigmoid_smooth: float | None,
+    device: torch.device,
+) -> list[DetectorPanel]:
+    out: list[DetectorPanel] = []
     for i in range(n):
-        kw = dict(res=res, eff=eff, init_xyz=(lw[0] / 2, lw[1] / 2, z_top - i * det_size / n), init_xy_span=span, device=device)
+        kw: dict[str, Any] = dict(
+            res=res, eff=eff, init_xyz=(lw[0] / 2, lw[1] / 2, z_top - i * det_size / n), init_xy_span=span, device=device
+        )
         out.append(DetectorPanel(**kw) if sigmoid_smooth is None else SigmoidDetectorPanel(smooth=sigmoid_smooth, **kw))
     return out
 
@@ -69,8 +80,8 @@ def build_panel_volume(
     panel_span: SpanLike = 1.0,
     step_sz: float = 0.01,
     scatter_model: str = "pdg",
-    sigmoid_smooth: Optional[float] = None,
-    budget: Optional[float] = None,
+    sigmoid_smooth: float | None = None,
+    budget: float | None = None,
     energy_loss: bool = False,
     highland_beta: bool = True,
     device: DeviceLike = None,
@@ -100,20 +111,21 @@ def build_panel_volume(
         _pos_float("sigmoid_smooth", sigmoid_smooth)
     det = 2 * size
     h, passive_top, _ = panel_volume_heights(n_pass, size)
-    pkw = dict(res=res, eff=eff, sigmoid_smooth=sigmoid_smooth, device=dev)
-    layers: List[nn.Module] = [
+    pkw: dict[str, Any] = dict(res=res, eff=eff, sigmoid_smooth=sigmoid_smooth, device=dev)
+    layers: list[nn.Module] = [
         PanelDetectorLayer("above", lw=lw_t, z=h, size=det, panels=_panels(n_above, h, det, lw_t, span, **pkw))
     ]
     for i in range(n_pass):
         z = round(passive_top - i * size, 10)
         model = PDGScatterModel(use_beta=highland_beta) if scatter_model == "pdg" else scatter_model
-        layers.append(PassiveLayer(lw=lw_t, z=z, size=size, step_sz=step_sz, scatter_model=model,
-                                   energy_loss=energy_loss, device=dev))
+        layers.append(
+            PassiveLayer(lw=lw_t, z=z, size=size, step_sz=step_sz, scatter_model=model, energy_loss=energy_loss, device=dev)
+        )
     layers.append(PanelDetectorLayer("below", lw=lw_t, z=det, size=det, panels=_panels(n_below, det, det, lw_t, span, **pkw)))
     return Volume(nn.ModuleList(layers), budget=budget)
 
 
-def rad_length_func_from_cube(cube: Union[np.ndarray, Tensor], *, z_bottom: float, size: float) -> Callable[..., Tensor]:
+def rad_length_func_from_cube(cube: np.ndarray | Tensor, *, z_bottom: float, size: float) -> Callable[..., Tensor]:
     """A ``RadLengthFunc`` serving the (n_z, n_x, n_y) X0 ``cube`` [m] (z index 0 = bottom layer, as ``get_rad_cube``).
 
     The layer whose top is ``z`` gets slice ``round((z - size - z_bottom) / size)``; ``ValueError`` if out of range or

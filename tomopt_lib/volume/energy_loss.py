@@ -37,9 +37,9 @@ and steps muons through it with a midpoint (second-order) update of the energy.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -103,7 +103,7 @@ _G_CM2_PER_M_PER_KG_M3 = 0.1
 _X0_MATCH_RTOL = 1.0e-3
 
 # PDG muE_copper_Cu radiative columns: (T [MeV], brems, pair, photonuclear [MeV cm^2/g]).
-_CU_RADIATIVE_TABLE: Tuple[Tuple[float, float, float, float], ...] = (
+_CU_RADIATIVE_TABLE: tuple[tuple[float, float, float, float], ...] = (
     (1.0e03, 7.559e-04, 4.496e-06, 4.493e-04),
     (2.0e03, 1.928e-03, 9.575e-04, 8.568e-04),
     (5.0e03, 6.306e-03, 5.488e-03, 2.121e-03),
@@ -143,7 +143,7 @@ class MaterialLoss:
     mean_excitation_ev: float
     density_kg_m3: float
     x0_m: float
-    sternheimer: Optional[Sternheimer] = None
+    sternheimer: Sternheimer | None = None
 
     @property
     def x0_g_cm2(self) -> float:
@@ -222,9 +222,7 @@ def _build_material_loss() -> Mapping[str, MaterialLoss]:
     }
     assert set(tab) == set(X0), f"energy-loss materials differ from core.X0: {set(tab) ^ set(X0)}"
     out = {
-        name: MaterialLoss(
-            z_over_a=za, mean_excitation_ev=i_ev, density_kg_m3=DENSITIES[name], x0_m=X0[name], sternheimer=st
-        )
+        name: MaterialLoss(z_over_a=za, mean_excitation_ev=i_ev, density_kg_m3=DENSITIES[name], x0_m=X0[name], sternheimer=st)
         for name, (za, i_ev, st) in tab.items()
     }
     return MappingProxyType({name: out[name] for name in X0})
@@ -233,8 +231,8 @@ def _build_material_loss() -> Mapping[str, MaterialLoss]:
 MATERIAL_LOSS: Mapping[str, MaterialLoss] = _build_material_loss()
 """Read-only map material name -> :class:`MaterialLoss`, same keys (and order) as ``core.X0``."""
 
-MaterialLike = Union[str, MaterialLoss]
-MomentumLike = Union[Tensor, float, Sequence[float]]
+MaterialLike = str | MaterialLoss
+MomentumLike = Tensor | float | Sequence[float]
 
 
 def _material(material: MaterialLike) -> MaterialLoss:
@@ -276,9 +274,7 @@ def _ionisation_mass(p: Tensor, mat: MaterialLoss) -> Tensor:
     wmax = 2.0 * me * bg2 / (1.0 + 2.0 * gamma * me / m + (me / m) ** 2)
     i_gev = mat.mean_excitation_ev * 1e-9
     delta = density_effect(0.5 * torch.log10(bg2), mat.density_parameters)
-    bracket = (
-        0.5 * torch.log(2.0 * me * bg2 * wmax / i_gev**2) - beta2 - 0.5 * delta + 0.125 * (wmax / energy) ** 2
-    )
+    bracket = 0.5 * torch.log(2.0 * me * bg2 * wmax / i_gev**2) - beta2 - 0.5 * delta + 0.125 * (wmax / energy) ** 2
     kza = BETHE_K * mat.z_over_a
     bethe = kza / beta2 * bracket
     lw = torch.log(2.0 * wmax / me)
@@ -309,9 +305,7 @@ def _to_linear(mass_sp: Tensor, mat: MaterialLoss, mass: bool) -> Tensor:
     return mass_sp if mass else mass_sp * (mat.density_kg_m3 * _MEV_CM2_G_TO_GEV_M_PER_KG_M3)
 
 
-def ionisation_loss(
-    p_gev: MomentumLike, material: MaterialLike, *, mass: bool = False, device: DeviceLike = None
-) -> Tensor:
+def ionisation_loss(p_gev: MomentumLike, material: MaterialLike, *, mass: bool = False, device: DeviceLike = None) -> Tensor:
     """Ionisation a(E): -dE/dx [GeV/m] (``mass=True``: [MeV cm^2/g]) of muons of momentum p [GeV], float64, p's shape.
 
     ``material`` is a name of ``core.X0`` or a :class:`MaterialLoss`. p = 0 gives 0 (the formula is not valid below
@@ -323,18 +317,14 @@ def ionisation_loss(
     return torch.where(p > 0, _to_linear(_ionisation_mass(safe, mat), mat, mass), torch.zeros_like(p))
 
 
-def radiative_loss(
-    p_gev: MomentumLike, material: MaterialLike, *, mass: bool = False, device: DeviceLike = None
-) -> Tensor:
+def radiative_loss(p_gev: MomentumLike, material: MaterialLike, *, mass: bool = False, device: DeviceLike = None) -> Tensor:
     """Radiative loss b(E) E: -dE/dx [GeV/m] (``mass=True``: [MeV cm^2/g]), float64, p's shape."""
     mat = _material(material)
     p = _as_p(p_gev, device)
     return _to_linear(_radiative_mass(p, mat), mat, mass)
 
 
-def stopping_power(
-    p_gev: MomentumLike, material: MaterialLike, *, mass: bool = False, device: DeviceLike = None
-) -> Tensor:
+def stopping_power(p_gev: MomentumLike, material: MaterialLike, *, mass: bool = False, device: DeviceLike = None) -> Tensor:
     """Total mean loss a(E) + b(E) E: -dE/dx [GeV/m] (``mass=True``: [MeV cm^2/g]), float64, p's shape."""
     mat = _material(material)
     p = _as_p(p_gev, device)

@@ -7,8 +7,8 @@ of a passive layer (the X0 value identifies the material) so that stepping a bat
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -64,7 +64,7 @@ class EnergyLossTable:
         self.table = table
         self.p_min = float(p_min)
         self.p_max = float(p_max)
-        self.labels: Tuple[str, ...] = tuple(labels)
+        self.labels: tuple[str, ...] = tuple(labels)
         self._ln_p_min = math.log(p_min)
         self._dln_p = (math.log(p_max) - math.log(p_min)) / (table.shape[1] - 1)
         finite = torch.isfinite(x0_keys)
@@ -90,21 +90,21 @@ class EnergyLossTable:
     @classmethod
     def from_x0(
         cls,
-        x0_values: Union[Tensor, Sequence[float]],
+        x0_values: Tensor | Sequence[float],
         *,
         device: DeviceLike = None,
-        densities: Optional[Union[Tensor, Sequence[float]]] = None,
+        densities: Tensor | Sequence[float] | None = None,
         p_min: float = 0.01,
         p_max: float = 1.0e4,
         n_p: int = 400,
         dtype: torch.dtype = torch.float64,
-    ) -> "EnergyLossTable":
+    ) -> EnergyLossTable:
         """Build the table for the X0 values [m] of a map (any shape; duplicates and inf allowed; see the class doc)."""
         dev = resolve_device(device)
         x0 = torch.as_tensor(x0_values, dtype=torch.float64).detach().cpu().reshape(-1)
         if bool(torch.isnan(x0).any()) or bool((x0 <= 0).any()):
             raise ValueError("x0_values must be > 0 (inf for vacuum) and not NaN")
-        rho: Optional[Tensor] = None
+        rho: Tensor | None = None
         if densities is not None:
             rho = torch.as_tensor(densities, dtype=torch.float64).detach().cpu().reshape(-1)
             if rho.shape != x0.shape:
@@ -113,7 +113,7 @@ class EnergyLossTable:
                 raise ValueError("densities must be finite and > 0")
         finite = torch.isfinite(x0)
         keys, inverse = torch.unique(x0[finite], return_inverse=True)
-        key_rho: Optional[Tensor] = None
+        key_rho: Tensor | None = None
         if rho is not None:
             rho_f = rho[finite]
             key_rho = torch.zeros_like(keys).scatter_(0, inverse, rho_f)
@@ -124,7 +124,7 @@ class EnergyLossTable:
         mass_sp = _material_mass_table(float(p_min), float(p_max), int(n_p))  # (n_mat, n_p), memoised constant
         mat_rho = torch.tensor([MATERIAL_LOSS[n].density_kg_m3 for n in names], dtype=torch.float64)
         mat_x0 = torch.tensor([MATERIAL_LOSS[n].x0_m for n in names], dtype=torch.float64)
-        rows: List[Tensor] = [torch.zeros(n_p, dtype=torch.float64)]
+        rows: list[Tensor] = [torch.zeros(n_p, dtype=torch.float64)]
         labels = ["vacuum"]
         for j, key in enumerate(keys.tolist()):
             rel = (mat_x0 - key).abs() / key
@@ -157,7 +157,7 @@ class EnergyLossTable:
         table = torch.stack(rows)
         return cls(x0_keys.to(dev, dtype), table.to(dev, dtype), p_min, p_max, labels)
 
-    def to(self, device: DeviceLike) -> "EnergyLossTable":
+    def to(self, device: DeviceLike) -> EnergyLossTable:
         """A copy on ``device``."""
         dev = resolve_device(device)
         return EnergyLossTable(self.x0_keys.to(dev), self.table.to(dev), self.p_min, self.p_max, self.labels)
@@ -206,7 +206,7 @@ class EnergyLossTable:
         hi = flat[base + 1]
         return lo + frac * (hi - lo)
 
-    def step(self, p: Tensor, rows: Tensor, path_length: Tensor) -> Tuple[Tensor, Tensor]:
+    def step(self, p: Tensor, rows: Tensor, path_length: Tensor) -> tuple[Tensor, Tensor]:
         """Move muons by ``path_length`` [m] through table rows ``rows``: (new momentum [GeV], stopped mask).
 
         Midpoint rule on the kinetic energy T = E - M (same as on E = sqrt(p^2 + M^2), without cancellation):
@@ -224,4 +224,3 @@ class EnergyLossTable:
         stopped = (t_new < STOP_KINETIC_ENERGY) | (t_half < STOP_KINETIC_ENERGY)
         p_new = torch.where(stopped, torch.zeros_like(t_new), _momentum(t_new))
         return p_new.to(out_dtype), stopped
-

@@ -8,7 +8,8 @@ paths are not differentiable: only the hits depend on the detector parameters.
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +17,9 @@ from torch import Tensor, nn
 from ..runtime import DeviceLike
 from .layer_base import AbsLayer
 from .panel import DetectorPanel
+
+if TYPE_CHECKING:
+    from ..muon.muon_batch import MuonBatch
 
 __all__ = ["AbsLayer", "AbsDetectorLayer", "PanelDetectorLayer", "PassiveLayer"]
 
@@ -37,14 +41,14 @@ class AbsDetectorLayer(AbsLayer, metaclass=ABCMeta):
     type_label: str = ""
     _n_costs: int = 0
 
-    def __init__(self, pos: str, *, lw: Union[Tensor, Sequence[float]], z: float, size: float, device: DeviceLike = None) -> None:
+    def __init__(self, pos: str, *, lw: Tensor | Sequence[float], z: float, size: float, device: DeviceLike = None) -> None:
         if not isinstance(pos, str) or not pos:
             raise ValueError(f"pos must be a non-empty string naming the detector group, got {pos!r}")
         super().__init__(lw=lw, z=z, size=size, device=device)
         self.pos = pos
 
     @abstractmethod
-    def forward(self, mu, generator: Optional[torch.Generator] = None) -> None:
+    def forward(self, mu: MuonBatch, generator: torch.Generator | None = None) -> None:
         """Move the muons through the layer, recording hits under ``self.pos``."""
 
     @abstractmethod
@@ -54,7 +58,7 @@ class AbsDetectorLayer(AbsLayer, metaclass=ABCMeta):
     def conform_detector(self) -> None:
         """Bring detector parameters back inside their allowed ranges (after an optimiser step); no-op by default."""
 
-    def assign_budget(self, budget: Optional[Tensor] = None) -> None:
+    def assign_budget(self, budget: Tensor | None = None) -> None:
         """Distribute an (``_n_costs``,) tensor of budgets to the detectors; no-op by default."""
 
     def extra_repr(self) -> str:
@@ -75,15 +79,15 @@ class PanelDetectorLayer(AbsDetectorLayer):
         self,
         pos: str,
         *,
-        lw: Union[Tensor, Sequence[float]],
+        lw: Tensor | Sequence[float],
         z: float,
         size: float,
-        panels: Union[Sequence[DetectorPanel], nn.ModuleList],
+        panels: Sequence[DetectorPanel] | nn.ModuleList,
     ) -> None:
-        panels = list(panels) if panels is not None else []
+        panels = cast("list[DetectorPanel]", list(panels)) if panels is not None else []
         if not panels or not all(isinstance(p, DetectorPanel) for p in panels):
             raise ValueError(f"panels must be a non-empty list of DetectorPanel objects, got {panels!r}")
-        device = self.get_device(nn.ModuleList(panels))
+        device = self.get_device(cast("Iterable[DetectorPanel]", nn.ModuleList(panels)))
         super().__init__(pos, lw=lw, z=z, size=size, device=device)
         bottom, top = self.z_bottom, self.z_top
         tol = 1e-6
@@ -91,28 +95,28 @@ class PanelDetectorLayer(AbsDetectorLayer):
             pz = float(p.z.detach())
             if not bottom - tol <= pz <= top + tol:
                 raise ValueError(f"panels[{i}] has z={pz:.6g} m outside its layer's z range [{bottom:.6g}, {top:.6g}] m")
-        self.panels = nn.ModuleList(panels)
+        self.panels = cast("Sequence[DetectorPanel]", nn.ModuleList(panels))  # registered submodules, typed by item
         self._n_costs = len(panels)
 
     @staticmethod
-    def get_device(panels: nn.ModuleList) -> torch.device:
+    def get_device(panels: Iterable[DetectorPanel]) -> torch.device:
         """The one device all ``panels`` live on; ``ValueError`` naming ``panels`` if they differ."""
         devices = {p.xy.device for p in panels}
         if len(devices) != 1:
             raise ValueError(f"panels must all be on one device, got {sorted(str(d) for d in devices)}")
         return devices.pop()
 
-    def get_panel_zorder(self) -> List[int]:
+    def get_panel_zorder(self) -> list[int]:
         """Indices of the panels by decreasing z."""
         zs = torch.cat([p.z.detach().reshape(1) for p in self.panels])
         return torch.argsort(zs, descending=True, stable=True).tolist()
 
-    def yield_zordered_panels(self) -> Iterator[Tuple[int, DetectorPanel]]:
+    def yield_zordered_panels(self) -> Iterator[tuple[int, DetectorPanel]]:
         """``(index, panel)`` pairs by decreasing panel z."""
         for i in self.get_panel_zorder():
             yield i, self.panels[i]
 
-    def forward(self, mu, generator: Optional[torch.Generator] = None) -> None:
+    def forward(self, mu: MuonBatch, generator: torch.Generator | None = None) -> None:
         """Propagate ``mu`` to each panel (detached dz), record its hits under ``pos``, then move to the layer bottom."""
         for _, panel in self.yield_zordered_panels():
             mu.propagate_dz(mu.z - panel.z.detach().to(mu.z.dtype))
@@ -123,7 +127,7 @@ class PanelDetectorLayer(AbsDetectorLayer):
         """Sum of the panel costs (0-d tensor)."""
         return torch.stack([p.get_cost().reshape(()) for p in self.panels]).sum()
 
-    def conform_detector(self, generator: Optional[torch.Generator] = None) -> None:
+    def conform_detector(self, generator: torch.Generator | None = None) -> None:
         """Clamp every panel: centre xy in [0, lw], z inside the layer (with a jitter margin < 1e-3 m), span in
         [lw / 20, 10 lw]."""
         low = torch.cat([torch.zeros(2, dtype=self.lw.dtype, device=self.lw.device), self.z - self.size])
@@ -131,7 +135,7 @@ class PanelDetectorLayer(AbsDetectorLayer):
         for p in self.panels:
             p.clamp_params(low, high, generator=generator)
 
-    def assign_budget(self, budget: Optional[Tensor] = None) -> None:
+    def assign_budget(self, budget: Tensor | None = None) -> None:
         """Give ``budget[k]`` to the k-th panel in decreasing-z order (``None``: no-op)."""
         if budget is None:
             return

@@ -6,7 +6,7 @@ thickness [m] (also the voxel edge of passive layers).
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +19,7 @@ __all__ = ["AbsLayer"]
 class AbsLayer(nn.Module):
     """Base of every layer: ``lw`` (2,) footprint [m], ``z`` top [m], ``size`` thickness [m], ``device``."""
 
-    def __init__(self, lw: Union[Tensor, Sequence[float]], z: float, size: float, device: DeviceLike = None) -> None:
+    def __init__(self, lw: Tensor | Sequence[float], z: float, size: float, device: DeviceLike = None) -> None:
         super().__init__()
         self.device = resolve_device(device)
         lw_t = torch.as_tensor(lw, dtype=DEFAULT_DTYPE).detach().clone().reshape(-1)
@@ -35,7 +35,7 @@ class AbsLayer(nn.Module):
         self.z = torch.tensor([z], dtype=DEFAULT_DTYPE, device=self.device)
         self.size = size
 
-    def get_lw_z_size(self) -> Tuple[Tensor, Tensor, float]:
+    def get_lw_z_size(self) -> tuple[Tensor, Tensor, float]:
         """``(lw, z, size)`` of the layer."""
         return self.lw, self.z, self.size
 

@@ -20,25 +20,29 @@ equals the budget.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from ..runtime import DEFAULT_DTYPE, DeviceLike, resolve_device
 
+if TYPE_CHECKING:
+    from ..muon.muon_batch import MuonBatch
+
 __all__ = ["DetectorPanel", "SigmoidDetectorPanel", "RES_EFF_FLOOR"]
 
 RES_EFF_FLOOR: float = 1e-10
 """Lower bound of the modelled resolution [1/m] and efficiency (keeps 1/res finite)."""
 
-Number = Union[float, int, Tensor]
+Number = float | int | Tensor
 
 
-def _scalar(name: str, value: Number, *, rule: str, low: float = 0.0, high: Optional[float] = None) -> float:
+def _scalar(name: str, value: Number, *, rule: str, low: float = 0.0, high: float | None = None) -> float:
     """``value`` as a float, checked to be finite with ``low < value (<= high)``; else ``ValueError`` naming ``name``."""
     try:
-        v = float(value.detach().reshape(-1)[0]) if isinstance(value, Tensor) and value.numel() == 1 else float(value)  # type: ignore[arg-type]
+        v = float(value.detach().reshape(-1)[0]) if isinstance(value, Tensor) and value.numel() == 1 else float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a single number {rule}, got {value!r}") from None
     if not math.isfinite(v) or v <= low or (high is not None and v > high):
@@ -46,7 +50,7 @@ def _scalar(name: str, value: Number, *, rule: str, low: float = 0.0, high: Opti
     return v
 
 
-def _vector(name: str, value: Union[Sequence[float], Tensor], n: int, *, positive: bool = False) -> Tensor:
+def _vector(name: str, value: Sequence[float] | Tensor, n: int, *, positive: bool = False) -> Tensor:
     """``value`` as an (n,) float tensor of finite (and, if ``positive``, > 0) entries; else ``ValueError``."""
     try:
         t = torch.as_tensor(value, dtype=DEFAULT_DTYPE).detach().clone().reshape(-1)
@@ -74,16 +78,19 @@ class DetectorPanel(nn.Module):
     """
 
     type_label = "panel"
+    resolution: Tensor  # buffers registered in __init__
+    efficiency: Tensor
+    m2_cost: Tensor
 
     def __init__(
         self,
         *,
         res: Number,
         eff: Number,
-        init_xyz: Union[Sequence[float], Tensor],
-        init_xy_span: Union[Sequence[float], Tensor],
+        init_xyz: Sequence[float] | Tensor,
+        init_xy_span: Sequence[float] | Tensor,
         m2_cost: Number = 1.0,
-        budget: Optional[Number] = None,
+        budget: Number | None = None,
         realistic_validation: bool = True,
         device: DeviceLike = None,
     ) -> None:
@@ -95,14 +102,14 @@ class DetectorPanel(nn.Module):
         xyz = _vector("init_xyz", init_xyz, 3)
         span = _vector("init_xy_span", init_xy_span, 2, positive=True)
         self.realistic_validation = bool(realistic_validation)
-        opts = dict(dtype=DEFAULT_DTYPE, device=self.device)
+        opts: dict[str, Any] = dict(dtype=DEFAULT_DTYPE, device=self.device)
         self.xy = nn.Parameter(xyz[:2].to(self.device))
         self.z = nn.Parameter(xyz[2:].to(self.device))
         self.xy_span = nn.Parameter(span.to(self.device))
         self.register_buffer("resolution", torch.tensor(res_v, **opts))
         self.register_buffer("efficiency", torch.tensor(eff_v, **opts))
         self.register_buffer("m2_cost", torch.tensor(cost_v, **opts))
-        self.budget: Optional[Tensor] = None
+        self.budget: Tensor | None = None
         self.assign_budget(budget)
 
     # ------------------------------------------------------------------ geometry
@@ -129,7 +136,7 @@ class DetectorPanel(nn.Module):
             return self.xy_span
         return self.xy_span * self.budget_scale
 
-    def assign_budget(self, budget: Optional[Number] = None) -> None:
+    def assign_budget(self, budget: Number | None = None) -> None:
         """Fix the cost of the panel to ``budget`` (> 0, may carry gradient); ``None`` leaves fixed-budget mode.
 
         The scale is recomputed from the current ``xy_span`` on every use, so it never goes stale after an update.
@@ -168,7 +175,7 @@ class DetectorPanel(nn.Module):
         xy = torch.as_tensor(xy, device=self.xy.device).to(self.xy.dtype)
         return xy.reshape(-1, 2)
 
-    def get_resolution(self, xy: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+    def get_resolution(self, xy: Tensor, mask: Tensor | None = None) -> Tensor:
         """(N, 2) resolution [1/m] at ``xy`` (N, 2) [m]; ``mask`` (N,) = inside the panel (realistic eval only)."""
         xy = self._prep(xy)
         if self._realistic():
@@ -178,7 +185,7 @@ class DetectorPanel(nn.Module):
             return torch.where(inside, self.resolution.expand_as(xy), torch.zeros_like(xy))
         return (self.resolution * self._profile(xy)).clamp_min(RES_EFF_FLOOR)
 
-    def get_efficiency(self, xy: Tensor, mask: Optional[Tensor] = None, as_2d: bool = False) -> Tensor:
+    def get_efficiency(self, xy: Tensor, mask: Tensor | None = None, as_2d: bool = False) -> Tensor:
         """Efficiency (N,) at ``xy`` (N, 2) [m] (shape (N, 1) if ``as_2d``); product of the two axis profiles."""
         xy = self._prep(xy)
         if self._realistic():
@@ -189,7 +196,7 @@ class DetectorPanel(nn.Module):
             eff = (self.efficiency * self._profile(xy).prod(dim=-1)).clamp_min(RES_EFF_FLOOR)
         return eff.reshape(-1, 1) if as_2d else eff
 
-    def get_hits(self, mu, generator: Optional[torch.Generator] = None) -> Dict[str, Tensor]:
+    def get_hits(self, mu: MuonBatch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Hits of the muons of ``mu`` (a ``MuonBatch`` at the panel z) as (N, k) tensors.
 
         ``reco_xyz`` = (x + N(0,1)/res_x, y + N(0,1)/res_y, z_panel) [m]; ``gen_xyz`` = true (x, y, z_panel);
@@ -219,9 +226,9 @@ class DetectorPanel(nn.Module):
     # ------------------------------------------------------------------ constraints
     def clamp_params(
         self,
-        xyz_low: Union[Sequence[float], Tensor],
-        xyz_high: Union[Sequence[float], Tensor],
-        generator: Optional[torch.Generator] = None,
+        xyz_low: Sequence[float] | Tensor,
+        xyz_high: Sequence[float] | Tensor,
+        generator: torch.Generator | None = None,
     ) -> None:
         """Clamp in place: centre xy into [low, high], z into (low_z, high_z) shrunk by a jitter U(0, 1e-3) m
         (at most a quarter of the range, so that stacked panels do not end up at the same z), and span into
@@ -233,7 +240,9 @@ class DetectorPanel(nn.Module):
         with torch.no_grad():
             self.xy.copy_(torch.maximum(torch.minimum(self.xy, high[:2]), low[:2]))
             jit_max = min(1e-3, float(high[2] - low[2]) / 4)
-            eps = torch.rand(2, generator=generator, dtype=DEFAULT_DTYPE, device=self.device if generator is None else generator.device)
+            eps = torch.rand(
+                2, generator=generator, dtype=DEFAULT_DTYPE, device=self.device if generator is None else generator.device
+            )
             eps = eps.to(self.device) * jit_max
             self.z.copy_(self.z.clamp(float(low[2] + eps[0]), float(high[2] - eps[1])))
             self.xy_span.copy_(torch.maximum(torch.minimum(self.xy_span, high[:2] * 10), high[:2] / 20))
@@ -257,16 +266,18 @@ class SigmoidDetectorPanel(DetectorPanel):
     i.e. a closer approximation of the physical panel. Other arguments as for ``DetectorPanel``.
     """
 
+    _smooth: Tensor  # buffer registered in __init__
+
     def __init__(
         self,
         *,
         smooth: Number,
         res: Number,
         eff: Number,
-        init_xyz: Union[Sequence[float], Tensor],
-        init_xy_span: Union[Sequence[float], Tensor],
+        init_xyz: Sequence[float] | Tensor,
+        init_xy_span: Sequence[float] | Tensor,
         m2_cost: Number = 1.0,
-        budget: Optional[Number] = None,
+        budget: Number | None = None,
         realistic_validation: bool = True,
         device: DeviceLike = None,
     ) -> None:

@@ -16,12 +16,14 @@ integral dx / p^2 = L / (p_before p_after)), and muons that stop are removed fro
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import is_voxel_multiple
 from ..muon.muon_batch import MuonBatch
 from ..runtime import DEFAULT_DTYPE, DeviceLike
 from .energy_loss_table import EnergyLossTable
@@ -51,34 +53,34 @@ class PassiveLayer(AbsLayer):
 
     def __init__(
         self,
-        lw: Union[Tensor, Sequence[float]],
+        lw: Tensor | Sequence[float],
         z: float,
         size: float,
-        rad_length_func: Optional[RadLengthFunc] = None,
+        rad_length_func: RadLengthFunc | None = None,
         step_sz: float = 0.01,
-        scatter_model: Union[str, AbsScatterModel] = "pdg",
+        scatter_model: str | AbsScatterModel = "pdg",
         energy_loss: bool = False,
         device: DeviceLike = None,
     ) -> None:
         super().__init__(lw, z, size, device)
         self.energy_loss = bool(energy_loss)
-        self._eloss: Optional[EnergyLossTable] = None
-        self._eloss_rows: Optional[Tensor] = None
+        self._eloss: EnergyLossTable | None = None
+        self._eloss_rows: Tensor | None = None
         step_sz = float(step_sz)
         if not (step_sz > 0 and math.isfinite(step_sz)):
             raise ValueError(f"step_sz must be a finite length > 0 m, got {step_sz}")
         n_vox = (self.lw / self.size).double()
-        if bool(((n_vox - n_vox.round()).abs() > 1e-4 * n_vox.clamp_min(1.0)).any()) or bool((n_vox.round() < 1).any()):
+        if not bool(is_voxel_multiple(self.lw, self.size).all()):
             raise ValueError(f"lw={self.lw.tolist()} must be a (non-zero) multiple of the voxel size={self.size} in x and y")
-        self.n_xy: Tuple[int, int] = (int(n_vox[0].round()), int(n_vox[1].round()))
+        self.n_xy: tuple[int, int] = (int(n_vox[0].round()), int(n_vox[1].round()))
         self.step_sz = step_sz
         self.n_steps = max(1, math.ceil(self.size / step_sz - 1e-9))
         self.scatter_model = get_scatter_model(scatter_model, device=self.device)
-        self.rad_length: Optional[Tensor] = None
+        self.rad_length: Tensor | None = None
         if rad_length_func is not None:
             self.load_rad_length(rad_length_func)
 
-    def load_rad_length(self, rad_length_func: Optional[RadLengthFunc]) -> None:
+    def load_rad_length(self, rad_length_func: RadLengthFunc | None) -> None:
         """Evaluate ``rad_length_func(z=..., lw=..., size=...)`` into ``rad_length`` (``None`` clears it).
 
         The map must have shape ``lw / size`` and X0 > 0 (``inf`` = vacuum is allowed, NaN is not).
@@ -90,9 +92,7 @@ class PassiveLayer(AbsLayer):
         rl = torch.as_tensor(rad_length_func(z=self.z, lw=self.lw, size=self.size))
         rl = rl.detach().to(device=self.device, dtype=DEFAULT_DTYPE).clone()
         if tuple(rl.shape) != self.n_xy:
-            raise ValueError(
-                f"rad_length_func returned shape {tuple(rl.shape)}, expected (n_x, n_y) = lw/size = {self.n_xy}"
-            )
+            raise ValueError(f"rad_length_func returned shape {tuple(rl.shape)}, expected (n_x, n_y) = lw/size = {self.n_xy}")
         if bool((torch.isnan(rl) | (rl <= 0)).any()):
             raise ValueError("rad_length_func returned X0 values <= 0 or NaN; X0 [m] must be > 0")
         self.rad_length = rl
@@ -100,7 +100,7 @@ class PassiveLayer(AbsLayer):
             self._eloss = EnergyLossTable.from_x0(rl.reshape(-1), device=self.device)
             self._eloss_rows = self._eloss.rows_for(rl)
 
-    def abs2idx(self, xy: Union[Tensor, MuonBatch]) -> Tensor:
+    def abs2idx(self, xy: Tensor | MuonBatch) -> Tensor:
         """(N, 2) long voxel indices floor(xy / size) of (N, 2) positions [m] or of a ``MuonBatch``.
 
         Positions outside the footprint give out-of-range indices (not clamped).
@@ -116,7 +116,7 @@ class PassiveLayer(AbsLayer):
         return padded[ix * (ny + 2) + iy]
 
     @torch.no_grad()
-    def forward(self, mu: MuonBatch, generator: Optional[torch.Generator] = None) -> None:
+    def forward(self, mu: MuonBatch, generator: torch.Generator | None = None) -> None:
         """Move muons to the layer top, scatter them down in ``n_steps`` vertical steps, leave them at the bottom.
 
         Per step (volume frame, trig of the incoming direction): horizontal move dz tan(theta) (cos phi, sin phi);
@@ -142,7 +142,7 @@ class PassiveLayer(AbsLayer):
                 return
             z_target = self.z_bottom if i == self.n_steps - 1 else z_top - (i + 1) * dz_nom
             if fused:
-                self._fused_pdg_step(mu, padded_np, rows_padded, float(z_target), generator)
+                self._fused_pdg_step(mu, cast(np.ndarray, padded_np), rows_padded, float(z_target), generator)
                 continue
             x, y, z, mom, theta, phi = mu.muons.unbind(1)  # strided views of the state (no copies)
             ct, cp, sp = torch.cos(theta), torch.cos(phi), torch.sin(phi)
@@ -170,20 +170,32 @@ class PassiveLayer(AbsLayer):
                 _drop_stopped(mu, stopped)
 
     def _fused_pdg_step(
-        self, mu: MuonBatch, padded: np.ndarray, rows_padded: Optional[Tensor], z_target: float,
-        gen: Optional[torch.Generator],
+        self,
+        mu: MuonBatch,
+        padded: np.ndarray,
+        rows_padded: Tensor | None,
+        z_target: float,
+        gen: torch.Generator | None,
     ) -> None:
         """One step for the PDG model on the CPU with :func:`pdg_step_numpy` (same draws, same operations)."""
-        model = self.scatter_model
+        model = cast(PDGScatterModel, self.scatter_model)  # fused only for PDGScatterModel
         z = torch.randn((2, 2, len(mu)), generator=gen, device=mu.muons.device, dtype=mu.muons.dtype)
         eloss = None
         if rows_padded is not None and self._eloss is not None:
             t = self._eloss
             eloss = (t.table.cpu().numpy(), rows_padded.cpu().numpy(), t._ln_p_min, t._dln_p)  # noqa: SLF001
         state, x0_trav, keep, stopped = pdg_step_numpy(
-            mu.muons.detach().numpy(), mu.x0_traversed.detach().numpy(), padded, z.numpy(), z_target=z_target,
-            size=float(self.size), n_xy=self.n_xy, log_term=model.log_term, max_angle=model.max_angle,
-            use_beta=model.use_beta, eloss=eloss,
+            mu.muons.detach().numpy(),
+            mu.x0_traversed.detach().numpy(),
+            padded,
+            z.numpy(),
+            z_target=z_target,
+            size=float(self.size),
+            n_xy=self.n_xy,
+            log_term=model.log_term,
+            max_angle=model.max_angle,
+            use_beta=model.use_beta,
+            eloss=eloss,
         )
         keep_t = torch.from_numpy(keep) if keep.all() else None  # else set_state filters the muons itself
         mu.set_state(torch.from_numpy(state), torch.from_numpy(x0_trav), keep=keep_t)
@@ -191,8 +203,10 @@ class PassiveLayer(AbsLayer):
             _drop_stopped(mu, torch.from_numpy(stopped))
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, step_sz={self.step_sz:.4g}, n_steps={self.n_steps}, "
-                f"model={self.scatter_model!r}, energy_loss={self.energy_loss}")
+        return (
+            f"{super().extra_repr()}, step_sz={self.step_sz:.4g}, n_steps={self.n_steps}, "
+            f"model={self.scatter_model!r}, energy_loss={self.energy_loss}"
+        )
 
 
 def _drop_stopped(mu: MuonBatch, stopped: Tensor) -> None:

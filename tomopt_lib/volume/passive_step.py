@@ -13,7 +13,6 @@ eager path), so a seeded run draws the same random numbers; results agree with t
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
 
 import numpy as np
 
@@ -42,7 +41,7 @@ def _dedx(table: np.ndarray, rows: np.ndarray, p: np.ndarray, ln_p_min: float, d
     return lo + frac * (flat[base + 1] - lo)
 
 
-def _eloss_step(p: np.ndarray, rows: np.ndarray, length: np.ndarray, eloss: tuple) -> Tuple[np.ndarray, np.ndarray]:
+def _eloss_step(p: np.ndarray, rows: np.ndarray, length: np.ndarray, eloss: tuple) -> tuple[np.ndarray, np.ndarray]:
     """``(p_new, stopped)``: ``EnergyLossTable.step`` (midpoint rule on the kinetic energy) in float64 NumPy."""
     table, _, ln_p_min, dln_p = eloss
     p64, l64 = p.astype(np.float64), length.astype(np.float64)
@@ -63,12 +62,12 @@ def pdg_step_numpy(
     *,
     z_target: float,
     size: float,
-    n_xy: Tuple[int, int],
+    n_xy: tuple[int, int],
     log_term: bool,
     max_angle: float,
     use_beta: bool = False,
-    eloss: Optional[tuple] = None,
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    eloss: tuple | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """``(new state (N, 6), new x0_traversed (N,), keep (N,) bool, stopped (N,) bool or None)`` after one vertical
     step down to ``z_target``.
 

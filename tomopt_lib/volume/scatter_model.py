@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
 
 import h5py
 import numpy as np
@@ -73,15 +73,15 @@ def beta_p(mom: Tensor) -> Tensor:
     return mom * mom / torch.sqrt(mom * mom + MUON_MASS2)
 
 
-def _broadcast(x0: Tensor, step_length: Tensor, mom: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def _broadcast(x0: Tensor, step_length: Tensor, mom: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Common shape, dtype and device (those of ``mom``) for the three step inputs."""
     mom = torch.as_tensor(mom)
     dtype = mom.dtype if mom.is_floating_point() else DEFAULT_DTYPE
     x0_t, l_t, p_t = (torch.as_tensor(t, dtype=dtype, device=mom.device) for t in (x0, step_length, mom))
-    return torch.broadcast_tensors(x0_t, l_t, p_t)  # type: ignore[return-value]
+    return torch.broadcast_tensors(x0_t, l_t, p_t)
 
 
-def _randn(shape: tuple, like: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+def _randn(shape: tuple, like: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
@@ -95,10 +95,10 @@ class AbsScatterModel(ABC):
         x0: Tensor,
         step_length: Tensor,
         mom: Tensor,
-        theta: Optional[Tensor] = None,
-        x_traversed: Optional[Tensor] = None,
-        generator: Optional[torch.Generator] = None,
-    ) -> Dict[str, Tensor]:
+        theta: Tensor | None = None,
+        x_traversed: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         """(N,) ``dtheta_1``, ``dtheta_2`` [rad] and ``dx_1``, ``dx_2`` [m] for one step of path length ``step_length``.
 
         ``theta`` (incoming polar angle) is informational; models work with the path length. ``x_traversed`` (N,)
@@ -106,7 +106,7 @@ class AbsScatterModel(ABC):
         with a non-additive width (Highland's log term) use it so that the steps compose to the full crossing.
         """
 
-    def to(self, device: DeviceLike) -> "AbsScatterModel":
+    def to(self, device: DeviceLike) -> AbsScatterModel:
         """Move any tables to ``device`` (no-op for table-free models)."""
         return self
 
@@ -154,10 +154,10 @@ class PDGScatterModel(AbsScatterModel):
         x0: Tensor,
         step_length: Tensor,
         mom: Tensor,
-        theta: Optional[Tensor] = None,
-        x_traversed: Optional[Tensor] = None,
-        generator: Optional[torch.Generator] = None,
-    ) -> Dict[str, Tensor]:
+        theta: Tensor | None = None,
+        x_traversed: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         x0, step_length, mom = _broadcast(x0, step_length, mom)
         if self.use_beta:
             mom = beta_p(mom)
@@ -190,9 +190,9 @@ class TabulatedScatterModel(AbsScatterModel):
 
     def __init__(
         self,
-        path: Union[str, Path],
+        path: str | Path,
         *,
-        correlation: Optional[float] = None,
+        correlation: float | None = None,
         rescale_momentum: bool = False,
         device: DeviceLike = None,
     ) -> None:
@@ -215,8 +215,10 @@ class TabulatedScatterModel(AbsScatterModel):
             raise ValueError(f"path={str(path)!r}: model/dtheta and model/dxy must share a (n_mat, n_mom, n>=2) shape")
         n_mat, n_mom, _ = dtheta.shape
         if mom_bins.shape not in ((n_mom + 1,), (n_mom,)) or not (np.diff(mom_bins) > 0).all() or mom_bins[0] <= 0:
-            raise ValueError(f"path={str(path)!r}: meta_data/mom_bins must be {n_mom + 1} increasing edges (or "
-                             f"{n_mom} lower edges) > 0 GeV, got shape {mom_bins.shape}")
+            raise ValueError(
+                f"path={str(path)!r}: meta_data/mom_bins must be {n_mom + 1} increasing edges (or "
+                f"{n_mom} lower edges) > 0 GeV, got shape {mom_bins.shape}"
+            )
         if len(mom_bins) == n_mom:  # lower edges: close the last bin geometrically for its reference momentum
             upper = np.append(mom_bins[1:], mom_bins[-1] ** 2 / mom_bins[-2] if n_mom > 1 else 2 * mom_bins[-1])
         else:
@@ -246,7 +248,7 @@ class TabulatedScatterModel(AbsScatterModel):
         self.mom_bins = mom_bins.tolist()
         self.to(device)
 
-    def to(self, device: DeviceLike) -> "TabulatedScatterModel":
+    def to(self, device: DeviceLike) -> TabulatedScatterModel:
         self.device = resolve_device(device)
         self._t = {
             k: torch.as_tensor(v, device=self.device, dtype=torch.long if k == "rows" else DEFAULT_DTYPE)
@@ -278,10 +280,10 @@ class TabulatedScatterModel(AbsScatterModel):
         x0: Tensor,
         step_length: Tensor,
         mom: Tensor,
-        theta: Optional[Tensor] = None,
-        x_traversed: Optional[Tensor] = None,
-        generator: Optional[torch.Generator] = None,
-    ) -> Dict[str, Tensor]:
+        theta: Tensor | None = None,
+        x_traversed: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
         x0, step_length, mom = _broadcast(x0, step_length, mom)
         active = torch.isfinite(x0) & (step_length > 0)
         rows = self.table_rows(torch.where(active, x0, torch.ones_like(x0)), mom)
@@ -307,12 +309,12 @@ class TabulatedScatterModel(AbsScatterModel):
 
 
 def build_scatter_table(
-    path: Union[str, Path],
+    path: str | Path,
     *,
     x0s: Sequence[float],
     mom_bins: Sequence[float],
-    samples_dtheta: Union[np.ndarray, Tensor],
-    samples_dxy: Union[np.ndarray, Tensor],
+    samples_dtheta: np.ndarray | Tensor,
+    samples_dxy: np.ndarray | Tensor,
     deltaz: float,
     exp_disp_model: float = 1.85,
     correlation: float = PDG_CORRELATION,
@@ -347,14 +349,14 @@ def build_scatter_table(
 
 
 def build_pdg_scatter_table(
-    path: Union[str, Path],
+    path: str | Path,
     *,
     x0s: Sequence[float],
     mom_bins: Sequence[float],
     deltaz: float = 0.01,
     n_samples: int = 10000,
     log_term: bool = True,
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     device: DeviceLike = None,
 ) -> Path:
     """Tabulate the PDG model: samples for a ``deltaz`` step at each bin's geometric-centre momentum.
@@ -383,7 +385,7 @@ def build_pdg_scatter_table(
     )
 
 
-def _read_x02id(md: "h5py.Group") -> np.ndarray:
+def _read_x02id(md: h5py.Group) -> np.ndarray:
     """(n, 2) rows of (X0, row id) from ``meta_data``: a numeric (n, 2) dataset, or a JSON string mapping X0 -> row
     stored as a string dataset ``x02id`` or as the attribute ``x02id`` of ``meta_data``."""
     raw = md["x02id"][()] if "x02id" in md else md.attrs.get("x02id")
@@ -402,7 +404,7 @@ def _read_x02id(md: "h5py.Group") -> np.ndarray:
     return np.asarray(raw, dtype=np.float64)
 
 
-def get_scatter_model(name_or_model: Union[str, AbsScatterModel], device: DeviceLike = None) -> AbsScatterModel:
+def get_scatter_model(name_or_model: str | AbsScatterModel, device: DeviceLike = None) -> AbsScatterModel:
     """Resolve ``"pdg"``, ``"tabulated:<path>"`` or an :class:`AbsScatterModel` instance (moved to ``device``)."""
     if isinstance(name_or_model, AbsScatterModel):
         return name_or_model.to(device) if device is not None else name_or_model
@@ -414,7 +416,9 @@ def get_scatter_model(name_or_model: Union[str, AbsScatterModel], device: Device
             if low.startswith(prefix) and len(name_or_model) > len(prefix):
                 return TabulatedScatterModel(name_or_model[len(prefix) :], device=device)
         if low in ("pgeant", "tabulated") or low in ("pgeant:", "tabulated:"):
-            raise ValueError(f"scatter_model={name_or_model!r} is the tabulated (parameterised-GEANT) model and needs "
-                             f"its table file: use 'pgeant:<path to hdf5>' (or 'tabulated:<path>'); build one with "
-                             f"build_scatter_table or build_pdg_scatter_table")
+            raise ValueError(
+                f"scatter_model={name_or_model!r} is the tabulated (parameterised-GEANT) model and needs "
+                f"its table file: use 'pgeant:<path to hdf5>' (or 'tabulated:<path>'); build one with "
+                f"build_scatter_table or build_pdg_scatter_table"
+            )
     raise ValueError(f"scatter_model={name_or_model!r} is unknown; allowed: {list(SCATTER_MODEL_NAMES)} or an AbsScatterModel")

@@ -8,14 +8,20 @@ index counted from the *bottom* passive layer.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from ..checks import is_voxel_multiple
 from ..runtime import DEFAULT_DTYPE
 from .layer import AbsDetectorLayer
 from .layer_base import AbsLayer
+
+if TYPE_CHECKING:
+    from ..muon.muon_batch import MuonBatch
+    from .passive_layer import PassiveLayer
 
 __all__ = ["Volume"]
 
@@ -37,17 +43,21 @@ class Volume(nn.Module):
         record_xyz_hist: call ``mu.snapshot_xyz()`` after each layer in ``forward`` (costs memory; default True).
     """
 
-    def __init__(self, layers: Union[nn.ModuleList, Sequence[AbsLayer]], budget: Optional[Union[float, Tensor]] = None) -> None:
+    _xyz_edges: Tensor  # non-persistent buffer of the voxel grid
+    budget_weights: nn.Parameter  # fixed-budget mode only
+
+    def __init__(self, layers: nn.ModuleList | Sequence[AbsLayer], budget: float | Tensor | None = None) -> None:
         super().__init__()
-        layers = nn.ModuleList(layers) if not isinstance(layers, nn.ModuleList) else layers
-        self._check_layers(layers)
-        self.layers = layers
+        module_list = nn.ModuleList(layers) if not isinstance(layers, nn.ModuleList) else layers
+        typed_layers = cast("Sequence[AbsLayer]", module_list)  # checked to hold AbsLayer s just below
+        self._check_layers(typed_layers)
+        self.layers = typed_layers
         self.record_xyz_hist: bool = True
-        self._target: Optional[Tensor] = None
+        self._target: Tensor | None = None
         passives = self.get_passives()
         if passives:
             self._register_voxel_grid(passives)
-        self.budget: Optional[Tensor] = None
+        self.budget: Tensor | None = None
         if budget is not None:
             b = self._check_budget(budget)
             self.budget = torch.tensor(b, dtype=DEFAULT_DTYPE, device=self.device)
@@ -58,9 +68,9 @@ class Volume(nn.Module):
 
     # ------------------------------------------------------------------ validation
     @staticmethod
-    def _check_budget(budget: Union[float, Tensor]) -> float:
+    def _check_budget(budget: float | Tensor) -> float:
         try:
-            b = float(budget.detach().reshape(-1)[0]) if isinstance(budget, Tensor) and budget.numel() == 1 else float(budget)  # type: ignore[arg-type]
+            b = float(budget.detach().reshape(-1)[0]) if isinstance(budget, Tensor) and budget.numel() == 1 else float(budget)
         except (TypeError, ValueError):
             raise ValueError(f"budget must be a single finite number > 0, got {budget!r}") from None
         if not math.isfinite(b) or b <= 0:
@@ -68,35 +78,38 @@ class Volume(nn.Module):
         return b
 
     @staticmethod
-    def _check_layers(layers: nn.ModuleList) -> None:
-        if len(layers) == 0 or not all(isinstance(l, AbsLayer) for l in layers):
+    def _check_layers(layers: Sequence[AbsLayer]) -> None:
+        if len(layers) == 0 or not all(isinstance(layer, AbsLayer) for layer in layers):
             raise ValueError("layers must be a non-empty ModuleList of AbsLayer objects")
-        if len({l.device for l in layers}) != 1:
-            raise ValueError(f"layers must all be on one device, got {sorted({str(l.device) for l in layers})}")
+        if len({layer.device for layer in layers}) != 1:
+            raise ValueError(f"layers must all be on one device, got {sorted({str(layer.device) for layer in layers})}")
         for i in range(len(layers) - 1):
             a, b = layers[i], layers[i + 1]
             if not a.z_top > b.z_top:
-                raise ValueError(f"layers must be ordered by decreasing z (top): layers[{i}].z={a.z_top:.6g} <= layers[{i + 1}].z={b.z_top:.6g}")
+                raise ValueError(
+                    f"layers must be ordered by decreasing z (top): layers[{i}].z={a.z_top:.6g} <= layers[{i + 1}].z={b.z_top:.6g}"
+                )
             if a.z_bottom < b.z_top - Z_TOL:
                 raise ValueError(
                     f"layers must not overlap: layers[{i}] bottom {a.z_bottom:.6g} m is below layers[{i + 1}] top {b.z_top:.6g} m"
                 )
-        idx = [i for i, l in enumerate(layers) if not isinstance(l, AbsDetectorLayer)]
+        idx = [i for i, layer in enumerate(layers) if not isinstance(layer, AbsDetectorLayer)]
         if not idx:
             return
         if idx != list(range(idx[0], idx[-1] + 1)):
             raise ValueError(f"layers: passive layers must be contiguous in the list (one passive block), got indices {idx}")
         ref = layers[idx[0]]
         for i in idx[1:]:
-            l = layers[i]
-            if not torch.allclose(l.lw.cpu(), ref.lw.cpu(), rtol=0, atol=Z_TOL):
-                raise ValueError(f"lw of every passive layer must be equal: layers[{i}].lw={l.lw.tolist()} != {ref.lw.tolist()}")
-            if abs(l.size - ref.size) > Z_TOL:
-                raise ValueError(f"size of every passive layer must be equal: layers[{i}].size={l.size} != {ref.size}")
-            if abs(layers[i - 1].z_bottom - l.z_top) > Z_TOL:
+            layer = layers[i]
+            if not torch.allclose(layer.lw.cpu(), ref.lw.cpu(), rtol=0, atol=Z_TOL):
+                raise ValueError(
+                    f"lw of every passive layer must be equal: layers[{i}].lw={layer.lw.tolist()} != {ref.lw.tolist()}"
+                )
+            if abs(layer.size - ref.size) > Z_TOL:
+                raise ValueError(f"size of every passive layer must be equal: layers[{i}].size={layer.size} != {ref.size}")
+            if abs(layers[i - 1].z_bottom - layer.z_top) > Z_TOL:
                 raise ValueError(f"layers: passive layers must touch (one contiguous block): gap above layers[{i}]")
-        ratio = ref.lw.cpu().double() / ref.size
-        if bool((torch.abs(ratio - ratio.round()) > 1e-4).any()):
+        if not bool(is_voxel_multiple(ref.lw.cpu(), ref.size).all()):
             raise ValueError(f"lw {ref.lw.tolist()} of the passive layers must be a multiple of the voxel size {ref.size}")
         groups = Volume._split_groups(layers)
         both = set(groups["above"]) & set(groups["below"])
@@ -104,31 +117,31 @@ class Volume(nn.Module):
             raise ValueError(f"layers: detector groups {sorted(both)} appear both above and below the passive block")
 
     @staticmethod
-    def _split_groups(layers: nn.ModuleList) -> Dict[str, List[str]]:
-        idx = [i for i, l in enumerate(layers) if not isinstance(l, AbsDetectorLayer)]
+    def _split_groups(layers: Sequence[AbsLayer]) -> dict[str, list[str]]:
+        idx = [i for i, layer in enumerate(layers) if not isinstance(layer, AbsDetectorLayer)]
         first = idx[0] if idx else len(layers)
-        out: Dict[str, List[str]] = {"above": [], "below": []}
-        for i, l in enumerate(layers):
-            if isinstance(l, AbsDetectorLayer):
+        out: dict[str, list[str]] = {"above": [], "below": []}
+        for i, layer in enumerate(layers):
+            if isinstance(layer, AbsDetectorLayer):
                 key = "above" if i < first else "below"
-                if l.pos not in out[key]:
-                    out[key].append(l.pos)
+                if layer.pos not in out[key]:
+                    out[key].append(layer.pos)
         return out
 
     # ------------------------------------------------------------------ layer bookkeeping
-    def get_detectors(self) -> List[AbsDetectorLayer]:
+    def get_detectors(self) -> list[AbsDetectorLayer]:
         """Detector layers, in layer order (decreasing z)."""
-        return [l for l in self.layers if isinstance(l, AbsDetectorLayer)]
+        return [layer for layer in self.layers if isinstance(layer, AbsDetectorLayer)]
 
-    def get_passives(self) -> List[AbsLayer]:
+    def get_passives(self) -> list[PassiveLayer]:
         """Passive layers (all non-detector layers), in layer order (decreasing z)."""
-        return [l for l in self.layers if not isinstance(l, AbsDetectorLayer)]
+        return cast("list[PassiveLayer]", [layer for layer in self.layers if not isinstance(layer, AbsDetectorLayer)])
 
-    def get_detector_groups(self) -> Dict[str, List[str]]:
+    def get_detector_groups(self) -> dict[str, list[str]]:
         """Detector group names in z order: ``{"above": [...], "below": [...]}`` relative to the passive block."""
         return self._split_groups(self.layers)
 
-    def _passives_or_raise(self) -> List[AbsLayer]:
+    def _passives_or_raise(self) -> list[PassiveLayer]:
         passives = self.get_passives()
         if not passives:
             raise ValueError("this volume has no passive layers")
@@ -153,18 +166,18 @@ class Volume(nn.Module):
         """Height [m] of the volume: the top of the first layer, (1,) tensor."""
         return self.layers[0].z
 
-    def get_passive_z_range(self) -> Tuple[Tensor, Tensor]:
+    def get_passive_z_range(self) -> tuple[Tensor, Tensor]:
         """``(bottom, top)`` [m] of the passive block, each a (1,) tensor."""
         p = self._passives_or_raise()
         return p[-1].z - p[-1].size, p[0].z
 
     # ------------------------------------------------------------------ voxels
-    def _register_voxel_grid(self, passives: List[AbsLayer]) -> None:
+    def _register_voxel_grid(self, passives: list[PassiveLayer]) -> None:
         size = passives[0].size
         n_x, n_y = (passives[0].lw.cpu().double() / size).round().long().tolist()
         n_z = len(passives)
         bottom = passives[-1].z_bottom
-        opts = dict(dtype=DEFAULT_DTYPE, device=self.device)
+        opts: dict[str, Any] = dict(dtype=DEFAULT_DTYPE, device=self.device)
         xs = torch.arange(n_x, **opts) * size
         ys = torch.arange(n_y, **opts) * size
         zs = bottom + torch.arange(n_z, **opts) * size
@@ -209,16 +222,16 @@ class Volume(nn.Module):
         passives = self._passives_or_raise()
         if any(getattr(p, "rad_length", None) is None for p in passives):
             raise ValueError("rad_length_func: no X0 map loaded in the passive layers; call load_rad_length first")
-        return torch.stack([p.rad_length for p in reversed(passives)], dim=0)
+        return torch.stack([cast(Tensor, p.rad_length) for p in reversed(passives)], dim=0)  # checked above
 
-    def load_rad_length(self, rad_length_func: Callable[..., Tensor], target: Optional[Tensor] = None) -> None:
+    def load_rad_length(self, rad_length_func: Callable[..., Tensor], target: Tensor | None = None) -> None:
         """Load a new passive layout (``f(*, z, lw, size) -> (n_x, n_y)`` X0 [m]) into every passive layer; set ``target``."""
         for p in self._passives_or_raise():
             p.load_rad_length(rad_length_func)
         self._target = target
 
     @property
-    def target(self) -> Optional[Tensor]:
+    def target(self) -> Tensor | None:
         """Target of the loaded layout (e.g. a class ID), as given to ``load_rad_length``."""
         return self._target
 
@@ -245,7 +258,7 @@ class Volume(nn.Module):
             start += n
 
     # ------------------------------------------------------------------ propagation
-    def forward(self, mu, generator: Optional[torch.Generator] = None) -> None:
+    def forward(self, mu: MuonBatch, generator: torch.Generator | None = None) -> None:
         """Assign budgets, then pass ``mu`` through every layer (top to bottom), snapshotting positions if enabled."""
         self.assign_budget()
         for layer in self.layers:
@@ -254,7 +267,7 @@ class Volume(nn.Module):
                 mu.snapshot_xyz()
 
     # ------------------------------------------------------------------ drawing
-    def draw(self, *, xlim: Tuple[float, float], ylim: Tuple[float, float], zlim: Tuple[float, float]):
+    def draw(self, *, xlim: tuple[float, float], ylim: tuple[float, float], zlim: tuple[float, float]):
         """3-D matplotlib drawing of the passive layers (boxes) and panels (rectangles); returns the figure."""
         import matplotlib.pyplot as plt
         from mpl_toolkits.mplot3d.art3d import Poly3DCollection
@@ -262,7 +275,7 @@ class Volume(nn.Module):
         fig = plt.figure(figsize=(9, 9))
         ax = fig.add_subplot(111, projection="3d")
 
-        def rect(x0: float, x1: float, y0: float, y1: float, z: float) -> List[Tuple[float, float, float]]:
+        def rect(x0: float, x1: float, y0: float, y1: float, z: float) -> list[tuple[float, float, float]]:
             return [(x0, y0, z), (x1, y0, z), (x1, y1, z), (x0, y1, z)]
 
         for p in self.get_passives():

@@ -8,7 +8,7 @@ The order in which the hooks are called is documented on
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..wrapper.volume_wrapper import AbsVolumeWrapper
@@ -19,17 +19,28 @@ __all__ = ["Callback", "CyclicCallback"]
 class Callback:
     """Base callback: every hook is a no-op. ``wrapper`` is set by :meth:`set_wrapper` when a fit/predict starts."""
 
-    wrapper: Optional["AbsVolumeWrapper"] = None
+    _wrapper: AbsVolumeWrapper | None = None
 
     def __init__(self) -> None:
-        self.wrapper = None
+        self._wrapper = None
+
+    @property
+    def wrapper(self) -> AbsVolumeWrapper:
+        """The wrapper of the running fit / predict (``RuntimeError`` before :meth:`set_wrapper`)."""
+        if self._wrapper is None:
+            raise RuntimeError(f"{type(self).__name__}: no wrapper; set_wrapper() is called when a fit/predict starts")
+        return self._wrapper
+
+    @wrapper.setter
+    def wrapper(self, wrapper: AbsVolumeWrapper | None) -> None:
+        self._wrapper = wrapper
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
-    def set_wrapper(self, wrapper: "AbsVolumeWrapper") -> None:
+    def set_wrapper(self, wrapper: AbsVolumeWrapper) -> None:
         """Associate the callback with the wrapper whose ``fit_params`` it reads and writes."""
-        self.wrapper = wrapper
+        self._wrapper = wrapper
 
     def on_train_begin(self) -> None:
         """Detector fitting begins."""

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ...muon.muon_batch import MuonBatch
 from .callback import Callback
+
+if TYPE_CHECKING:
+    from ...muon.generation import AbsMuonGenerator
+    from ...volume.volume import Volume
 
 __all__ = ["MuonResampler"]
 
@@ -37,7 +41,7 @@ class MuonResampler(Callback):
         oversample: safety factor on the number of candidates drawn per round (>= 1).
     """
 
-    def __init__(self, max_rounds: int = 10, seed: Optional[int] = None, oversample: float = 1.5) -> None:
+    def __init__(self, max_rounds: int = 10, seed: int | None = None, oversample: float = 1.5) -> None:
         super().__init__()
         if isinstance(max_rounds, bool) or int(max_rounds) != max_rounds or max_rounds < 1:
             raise ValueError(f"max_rounds must be an integer >= 1, got {max_rounds!r}")
@@ -47,20 +51,20 @@ class MuonResampler(Callback):
         self.seed = seed
         self.oversample = float(oversample)
         self.n_unreplaced = 0
-        self._gen: Optional[torch.Generator] = None
+        self._gen: torch.Generator | None = None
 
     def __repr__(self) -> str:
         return f"MuonResampler(max_rounds={self.max_rounds}, seed={self.seed})"
 
     # ------------------------------------------------------------------ geometry
     @staticmethod
-    def check_mu_batch(mu: MuonBatch, volume: Any) -> Tensor:
+    def check_mu_batch(mu: MuonBatch, volume: Volume) -> Tensor:
         """(N,) bool: True where the straight downward path of a muon of ``mu`` (from its current position) crosses
         the passive block ``[0, lw0] x [0, lw1] x [z_bottom, z_top]`` (exact slab test, edges included)."""
         return MuonResampler._hits_block(_xy_p_theta_phi(mu), mu.z, volume)
 
     @staticmethod
-    def _hits_block(xy_p_theta_phi: Tensor, z0: Any, volume: Any) -> Tensor:
+    def _hits_block(xy_p_theta_phi: Tensor, z0: float | Tensor, volume: Volume) -> Tensor:
         """Slab test for (N, 5) muons starting at height(s) ``z0`` [m]; see ``check_mu_batch``."""
         m = xy_p_theta_phi.detach()
         dtype = m.dtype if m.is_floating_point() else torch.float32
@@ -81,8 +85,11 @@ class MuonResampler(Callback):
             flat = sl.abs() < 1e-12
             safe = torch.where(flat, torch.ones_like(sl), sl)
             a, b = (0.0 - x0) / safe, (lw[k] - x0) / safe
-            lo = torch.where(flat, torch.where((x0 >= 0) & (x0 <= lw[k]), torch.full_like(x0, -math.inf), torch.full_like(x0, math.inf)),
-                             torch.minimum(a, b))
+            lo = torch.where(
+                flat,
+                torch.where((x0 >= 0) & (x0 <= lw[k]), torch.full_like(x0, -math.inf), torch.full_like(x0, math.inf)),
+                torch.minimum(a, b),
+            )
             hi = torch.where(flat, torch.full_like(x0, math.inf), torch.maximum(a, b))
             s_lo, s_hi = torch.maximum(s_lo, lo), torch.minimum(s_hi, hi)
         return down & (s_lo <= s_hi) & (s_hi >= 0)
@@ -91,12 +98,12 @@ class MuonResampler(Callback):
     @staticmethod
     def resample(
         mus: Tensor,
-        volume: Any,
-        gen: Any,
+        volume: Volume,
+        gen: AbsMuonGenerator,
         *,
-        init_z: Optional[float] = None,
+        init_z: float | None = None,
         max_rounds: int = 10,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
         oversample: float = 1.5,
     ) -> Tensor:
         """Return a copy of the (N, 5) ``xy_p_theta_phi`` tensor ``mus`` in which muons missing the passive block are
@@ -126,7 +133,7 @@ class MuonResampler(Callback):
         return out
 
     @staticmethod
-    def n_missing(mus: Tensor, volume: Any, init_z: Optional[float] = None) -> int:
+    def n_missing(mus: Tensor, volume: Volume, init_z: float | None = None) -> int:
         """Number of muons of an (N, 5) tensor whose straight path misses the passive block."""
         z0 = float(torch.as_tensor(volume.h if init_z is None else init_z).reshape(-1)[0])
         return int((~MuonResampler._hits_block(mus, z0, volume)).sum())
@@ -144,7 +151,7 @@ class MuonResampler(Callback):
         """Reset the generator and the count of muons that could not be replaced."""
         self._reset()
 
-    def _generator(self, device: torch.device) -> Optional[torch.Generator]:
+    def _generator(self, device: torch.device) -> torch.Generator | None:
         if self.seed is not None:
             if self._gen is None or self._gen.device != device:
                 self._gen = torch.Generator(device=device)
@@ -162,11 +169,22 @@ class MuonResampler(Callback):
         gen = self.wrapper.mu_generator
         z0 = float(mu.z.reshape(-1)[0])
         mus = _xy_p_theta_phi(mu)
-        new = self.resample(mus, volume, gen, init_z=z0, max_rounds=self.max_rounds, generator=self._generator(mu.device),
-                            oversample=self.oversample)
+        new = self.resample(
+            mus,
+            volume,
+            gen,
+            init_z=z0,
+            max_rounds=self.max_rounds,
+            generator=self._generator(mu.device),
+            oversample=self.oversample,
+        )
         left = self.n_missing(new, volume, z0)
         if left:
             self.n_unreplaced += left
-            logger.warning("MuonResampler: %d of %d muons still miss the passive volume after %d rounds; kept as they are",
-                           left, len(new), self.max_rounds)
+            logger.warning(
+                "MuonResampler: %d of %d muons still miss the passive volume after %d rounds; kept as they are",
+                left,
+                len(new),
+                self.max_rounds,
+            )
         fp.mu = MuonBatch(new, init_z=mu.z.detach().clone(), device=mu.device)

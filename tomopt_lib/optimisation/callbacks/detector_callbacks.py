@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Iterator, List, Tuple
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,12 +15,15 @@ from ...volume.panel import SigmoidDetectorPanel
 from .callback import Callback
 from .warmup_callbacks import PostWarmupCallback
 
+if TYPE_CHECKING:
+    from ...volume.volume import Volume
+
 __all__ = ["PanelCentring", "SigmoidPanelSmoothnessSchedule", "iter_sigmoid_panels"]
 
 logger = logging.getLogger(__name__)
 
 
-def iter_sigmoid_panels(volume: Any) -> Iterator[SigmoidDetectorPanel]:
+def iter_sigmoid_panels(volume: Volume) -> Iterator[SigmoidDetectorPanel]:
     """All ``SigmoidDetectorPanel`` s of the panel detector layers of ``volume``, in layer order."""
     for det in volume.get_detectors():
         for panel in getattr(det, "panels", []):
@@ -57,7 +61,7 @@ class SigmoidPanelSmoothnessSchedule(PostWarmupCallback):
         smooth_range: (initial, final) smoothness, both > 0.
     """
 
-    def __init__(self, smooth_range: Tuple[float, float]) -> None:
+    def __init__(self, smooth_range: tuple[float, float]) -> None:
         super().__init__()
         try:
             s0, s1 = (float(v) for v in smooth_range)
@@ -66,7 +70,7 @@ class SigmoidPanelSmoothnessSchedule(PostWarmupCallback):
         if not all(math.isfinite(s) and s > 0 for s in (s0, s1)):
             raise ValueError(f"smooth_range must be two finite numbers > 0, got {(s0, s1)}")
         self.smooth_range = (s0, s1)
-        self.schedule: List[float] = []
+        self.schedule: list[float] = []
         self.epoch_cnt = 0
 
     def __repr__(self) -> str:

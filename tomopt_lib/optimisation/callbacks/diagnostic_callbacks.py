@@ -5,8 +5,6 @@ Both make no distinction between passive layouts: use them over one layout (e.g.
 
 from __future__ import annotations
 
-from typing import List, Union
-
 import numpy as np
 import pandas as pd
 import torch
@@ -28,7 +26,7 @@ class ScatterRecord(Callback):
 
     def __init__(self) -> None:
         super().__init__()
-        self.record: List[Tensor] = []
+        self.record: list[Tensor] = []
 
     def _reset(self) -> None:
         self.record = []
@@ -43,6 +41,7 @@ class ScatterRecord(Callback):
 
     def _entry(self) -> Tensor:
         sb = self.wrapper.fit_params.sb
+        assert sb is not None  # on_scatter_end checks it
         mask = sb.get_scatter_mask()
         return sb.poca_xyz.detach()[mask].cpu()
 
@@ -57,7 +56,7 @@ class ScatterRecord(Callback):
             return torch.zeros((0, len(self.columns)))
         return torch.cat(self.record, dim=0)
 
-    def get_record(self, as_df: bool = False) -> Union[Tensor, pd.DataFrame]:
+    def get_record(self, as_df: bool = False) -> Tensor | pd.DataFrame:
         """All recorded PoCAs: an (N, 3) tensor [m], or a DataFrame with columns ``x, y, z`` if ``as_df``."""
         rec = self._stacked()
         if not as_df:
@@ -75,7 +74,9 @@ class HitRecord(ScatterRecord):
     """
 
     def _entry(self) -> Tensor:
-        return self.wrapper.fit_params.sb.reco_hits.detach().cpu()
+        sb = self.wrapper.fit_params.sb
+        assert sb is not None  # on_scatter_end checks it
+        return sb.reco_hits.detach().cpu()
 
     def _stacked(self) -> Tensor:
         if not self.record:
@@ -85,7 +86,7 @@ class HitRecord(ScatterRecord):
             raise ValueError(f"record: batches have different numbers of hits per muon {sorted(n_hits)}; cannot stack")
         return torch.cat(self.record, dim=0)
 
-    def get_record(self, as_df: bool = False) -> Union[Tensor, pd.DataFrame]:
+    def get_record(self, as_df: bool = False) -> Tensor | pd.DataFrame:
         """All recorded hits: an (N, n_hits, 3) tensor [m], or a long DataFrame with columns ``x, y, z, panel``."""
         rec = self._stacked()
         if not as_df:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from typing import Optional
 
 from .callback import Callback
 
@@ -22,7 +21,7 @@ class EvalMetric(Callback):
         main_metric: whether this is the main metric (only one main metric per fit; extras are demoted).
     """
 
-    def __init__(self, lower_metric_better: bool, name: Optional[str] = None, main_metric: bool = True) -> None:
+    def __init__(self, lower_metric_better: bool, name: str | None = None, main_metric: bool = True) -> None:
         super().__init__()
         self.lower_metric_better = bool(lower_metric_better)
         self.name = name if name is not None else type(self).__name__

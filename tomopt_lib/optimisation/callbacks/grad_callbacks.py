@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -11,12 +12,16 @@ from torch import Tensor, nn
 from ...volume.layer import PanelDetectorLayer
 from .callback import Callback
 
+if TYPE_CHECKING:
+    from ...volume.panel import DetectorPanel
+    from ...volume.volume import Volume
+
 __all__ = ["NoMoreNaNs", "PanelUpdateLimiter"]
 
 logger = logging.getLogger(__name__)
 
 
-def _panels(volume: Any) -> Iterator[nn.Module]:
+def _panels(volume: Volume) -> Iterator[DetectorPanel]:
     for det in volume.get_detectors():
         if isinstance(det, PanelDetectorLayer):
             yield from det.panels
@@ -28,7 +33,7 @@ class NoMoreNaNs(Callback):
     def on_backwards_end(self) -> None:
         """Zero the NaN gradient elements (logged at DEBUG level)."""
         vol = self.wrapper.volume
-        params: List[Tensor] = [p for panel in _panels(vol) for p in (panel.xy, panel.z, panel.xy_span)]
+        params: list[Tensor] = [p for panel in _panels(vol) for p in (panel.xy, panel.z, panel.xy_span)]
         if getattr(vol, "budget_weights", None) is not None:
             params.append(vol.budget_weights)
         n_bad = 0
@@ -42,7 +47,7 @@ class NoMoreNaNs(Callback):
             logger.debug("NoMoreNaNs: %d NaN gradient elements set to 0", n_bad)
 
 
-Step = Optional[Union[float, Sequence[float]]]
+Step = float | Sequence[float] | None
 
 
 class PanelUpdateLimiter(Callback):
@@ -60,7 +65,7 @@ class PanelUpdateLimiter(Callback):
             if v is not None and not bool((torch.as_tensor(v, dtype=torch.float64) >= 0).all()):
                 raise ValueError(f"{name} must be None or >= 0, got {v!r}")
         self.limits = {"xy": max_xy_step, "z": max_z_step, "xy_span": max_xy_span_step}
-        self.panel_params: List[Tuple[nn.Module, dict]] = []
+        self.panel_params: list[tuple[nn.Module, dict]] = []
 
     def __repr__(self) -> str:
         return f"PanelUpdateLimiter({self.limits})"

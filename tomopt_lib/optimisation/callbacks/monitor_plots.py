@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.patches import Rectangle
@@ -10,18 +11,23 @@ from matplotlib.patches import Rectangle
 from ...plotting import CAT_PALETTE, LBL_SZ, LEG_SZ, TK_SZ
 from ...volume.panel import SigmoidDetectorPanel
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from ...volume.layer import PanelDetectorLayer
+
 __all__ = ["draw_loss_axes", "draw_sub_loss_axes", "draw_metric_axes", "draw_panel_axes"]
 
 _SMALL = max(TK_SZ - 4, 8)
 
 
-def _colour(i: int) -> Any:
+def _colour(i: int) -> tuple[float, float, float, float]:
     from matplotlib import colormaps
 
     return colormaps[CAT_PALETTE](i % 10)
 
 
-def _style(ax: Any, xlabel: str, ylabel: str, title: str = "") -> None:
+def _style(ax: Axes, xlabel: str, ylabel: str, title: str = "") -> None:
     ax.tick_params(labelsize=_SMALL)
     ax.set_xlabel(xlabel, fontsize=LBL_SZ - 6)
     ax.set_ylabel(ylabel, fontsize=LBL_SZ - 6)
@@ -29,12 +35,12 @@ def _style(ax: Any, xlabel: str, ylabel: str, title: str = "") -> None:
         ax.set_title(title, fontsize=LBL_SZ - 6)
 
 
-def _legend(ax: Any) -> None:
+def _legend(ax: Axes) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=LEG_SZ - 4)
 
 
-def draw_loss_axes(ax: Any, loss_vals: Dict[str, List[float]], val_updates: Sequence[int]) -> None:
+def draw_loss_axes(ax: Axes, loss_vals: dict[str, list[float]], val_updates: Sequence[int]) -> None:
     """Training loss per update and validation loss per epoch (at the update count it was measured after)."""
     trn = np.asarray(loss_vals.get("Training", []), dtype=float)
     val = np.asarray(loss_vals.get("Validation", []), dtype=float)
@@ -50,7 +56,7 @@ def draw_loss_axes(ax: Any, loss_vals: Dict[str, List[float]], val_updates: Sequ
     _legend(ax)
 
 
-def draw_sub_loss_axes(ax: Any, sub_loss_vals: Dict[str, List[float]]) -> None:
+def draw_sub_loss_axes(ax: Axes, sub_loss_vals: dict[str, list[float]]) -> None:
     """Fraction of the validation loss in each sub-loss per epoch."""
     for i, (name, vals) in enumerate(sub_loss_vals.items()):
         v = np.asarray(vals, dtype=float)
@@ -60,7 +66,7 @@ def draw_sub_loss_axes(ax: Any, sub_loss_vals: Dict[str, List[float]]) -> None:
     _legend(ax)
 
 
-def draw_metric_axes(ax: Any, name: str, vals: Sequence[float]) -> None:
+def draw_metric_axes(ax: Axes, name: str, vals: Sequence[float]) -> None:
     """Metric value per epoch."""
     v = np.asarray(vals, dtype=float)
     if len(v):
@@ -68,7 +74,7 @@ def draw_metric_axes(ax: Any, name: str, vals: Sequence[float]) -> None:
     _style(ax, "Epoch", name, name)
 
 
-def draw_panel_axes(axes: Sequence[Any], det: Any) -> None:
+def draw_panel_axes(axes: Sequence[Axes], det: PanelDetectorLayer) -> None:
     """One row for a panel detector layer: top view (centres and spans), z per panel, spans per panel and, with a
     fourth axes, the smoothness of sigmoid panels."""
     panels = list(det.panels)
@@ -93,7 +99,7 @@ def draw_panel_axes(axes: Sequence[Any], det: Any) -> None:
     ax.set_aspect("equal", adjustable="box")
     _style(ax, "x [m]", "y [m]", f"{det.pos}: xy and span")
     idx = np.arange(len(panels))
-    axes[1].scatter(idx, z, c=[_colour(i) for i in idx], s=60)
+    axes[1].scatter(idx, z, c=[_colour(i) for i in range(len(panels))], s=60)
     axes[1].set_ylim(float(det.z) - float(det.size), float(det.z))
     axes[1].set_xlim(-0.5, max(len(panels) - 0.5, 0.5))
     _style(axes[1], "Panel", "z [m]", f"{det.pos}: z")
@@ -104,7 +110,7 @@ def draw_panel_axes(axes: Sequence[Any], det: Any) -> None:
     _legend(axes[2])
     if len(axes) > 3:
         smooth = np.array([float(p.smooth) if isinstance(p, SigmoidDetectorPanel) else np.nan for p in panels])
-        axes[3].bar(idx, smooth, color=[_colour(i) for i in idx])
+        axes[3].bar(idx, smooth, color=[_colour(i) for i in range(len(panels))])
         if np.isfinite(smooth).any() and (smooth[np.isfinite(smooth)] > 0).all():
             axes[3].set_yscale("log")
         _style(axes[3], "Panel", "Smooth", f"{det.pos}: smooth")

@@ -12,7 +12,7 @@ import math
 import shutil
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -23,12 +23,18 @@ from .callback import Callback
 from .detector_callbacks import iter_sigmoid_panels
 from .monitor_plots import draw_loss_axes, draw_metric_axes, draw_panel_axes, draw_sub_loss_axes
 
+if TYPE_CHECKING:
+    from matplotlib.gridspec import GridSpec
+
+    from ...volume.layer import PanelDetectorLayer
+    from .eval_metric import EvalMetric
+
 __all__ = ["MetricLogger", "PanelMetricLogger", "write_gif"]
 
 logger = logging.getLogger(__name__)
 
 
-def write_gif(frames: List[Path], path: Path, length: float) -> Path:
+def write_gif(frames: list[Path], path: Path, length: float) -> Path:
     """Combine PNG ``frames`` into an animated, looping GIF at ``path`` lasting ``length`` seconds in total (atomic write)."""
     from PIL import Image
 
@@ -70,11 +76,11 @@ class MetricLogger(Callback):
     """
 
     tk_sz, lbl_sz, leg_sz, cat_palette = TK_SZ, LBL_SZ, LEG_SZ, CAT_PALETTE
-    fig_size: Tuple[float, float] = (12.0, 4.0)
+    fig_size: tuple[float, float] = (12.0, 4.0)
 
     def __init__(
         self,
-        gif_filename: Optional[str] = "optimisation_history.gif",
+        gif_filename: str | None = "optimisation_history.gif",
         gif_length: float = 10.0,
         show_plots: bool = False,
         keep_frames: bool = False,
@@ -88,7 +94,7 @@ class MetricLogger(Callback):
         self.show_plots = bool(show_plots)
         self.keep_frames = bool(keep_frames)
         self.dpi = int(dpi)
-        self.gif_path: Optional[Path] = None
+        self.gif_path: Path | None = None
         self._reset()
 
     def __repr__(self) -> str:
@@ -96,20 +102,20 @@ class MetricLogger(Callback):
 
     # ------------------------------------------------------------------ state
     def _reset(self) -> None:
-        self.loss_vals: Dict[str, List[float]] = {"Training": [], "Validation": []}
-        self.val_epoch_updates: List[int] = []  # number of training updates recorded when each validation ended
-        self.sub_loss_vals: Dict[str, List[float]] = {}
-        self.metric_vals: Dict[str, List[float]] = {}
-        self.metric_cbs: List[Any] = []
-        self.main_metric_idx: Optional[int] = None
+        self.loss_vals: dict[str, list[float]] = {"Training": [], "Validation": []}
+        self.val_epoch_updates: list[int] = []  # number of training updates recorded when each validation ended
+        self.sub_loss_vals: dict[str, list[float]] = {}
+        self.metric_vals: dict[str, list[float]] = {}
+        self.metric_cbs: list[EvalMetric] = []
+        self.main_metric_idx: int | None = None
         self.best_loss = math.inf
-        self.best_epoch: Optional[int] = None
+        self.best_epoch: int | None = None
         self.n_trn_batches = 0
         self._epoch_start_update = 0
-        self.frames: List[Path] = []
+        self.frames: list[Path] = []
         self._tmp_loss = 0.0
         self._tmp_n = 0
-        self._tmp_sub: Dict[str, float] = {}
+        self._tmp_sub: dict[str, float] = {}
 
     def _savepath(self) -> Path:
         sp = getattr(self.wrapper.fit_params, "cb_savepath", None)
@@ -135,7 +141,7 @@ class MetricLogger(Callback):
             fd.mkdir(parents=True, exist_ok=True)
 
     @staticmethod
-    def _metric_name(cb: Any, i: int) -> str:
+    def _metric_name(cb: EvalMetric, i: int) -> str:
         return str(getattr(cb, "name", None) or f"{type(cb).__name__}_{i}")
 
     def on_epoch_begin(self) -> None:
@@ -220,15 +226,17 @@ class MetricLogger(Callback):
                 msg += f", {name} {vals[-1]:.4g}"
         logger.info(msg)
 
-    def _last_epoch_train(self) -> List[float]:
-        return self.loss_vals["Training"][self._epoch_start_update:]
+    def _last_epoch_train(self) -> list[float]:
+        return self.loss_vals["Training"][self._epoch_start_update :]
 
-    def get_loss_history(self) -> Tuple["OrderedDict[str, List[float]]", "OrderedDict[str, List[float]]"]:
+    def get_loss_history(self) -> tuple[OrderedDict[str, list[float]], OrderedDict[str, list[float]]]:
         """``(losses, metrics)``: ordered dicts of ``Training`` (per update) / ``Validation`` (per epoch) losses and of
         the metric values per epoch."""
-        return OrderedDict((k, list(v)) for k, v in self.loss_vals.items()), OrderedDict((k, list(v)) for k, v in self.metric_vals.items())
+        return OrderedDict((k, list(v)) for k, v in self.loss_vals.items()), OrderedDict(
+            (k, list(v)) for k, v in self.metric_vals.items()
+        )
 
-    def get_results(self, loaded_best: bool = False) -> Dict[str, float]:
+    def get_results(self, loaded_best: bool = False) -> dict[str, float]:
         """Validation ``loss`` and metric values of the last epoch, or of the best epoch if ``loaded_best`` (best by the
         main metric if there is one, else by the validation loss). Without validation: the mean training loss of the
         last epoch."""
@@ -246,8 +254,8 @@ class MetricLogger(Callback):
             elif self.best_epoch is not None:
                 idx = self.best_epoch
         out = {"loss": float(val[idx])}
-        for name, vals in self.metric_vals.items():
-            out[name] = float(vals[idx]) if idx < len(vals) else math.nan
+        for name, metric in self.metric_vals.items():
+            out[name] = float(metric[idx]) if idx < len(metric) else math.nan
         return out
 
     # ------------------------------------------------------------------ plotting
@@ -271,7 +279,7 @@ class MetricLogger(Callback):
         fig.subplots_adjust(left=0.07, right=0.98, bottom=0.1, top=0.92, wspace=0.35, hspace=0.45)
         return fig
 
-    def _extra_axes(self, fig: Figure, gs: Any) -> None:
+    def _extra_axes(self, fig: Figure, gs: GridSpec) -> None:
         """Hook for subclasses to draw below the loss row."""
 
     def update_plot(self) -> Figure:
@@ -281,7 +289,7 @@ class MetricLogger(Callback):
             self._display(fig)
         return fig
 
-    def _display(self, fig: Optional[Figure] = None) -> None:
+    def _display(self, fig: Figure | None = None) -> None:
         fig = fig if fig is not None else self.build_figure()
         try:
             from IPython.display import clear_output, display
@@ -303,8 +311,9 @@ class PanelMetricLogger(MetricLogger):
     """``MetricLogger`` that also draws, per ``PanelDetectorLayer``, the panels' xy and spans (top view), their z and,
     for sigmoid panels, their smoothness."""
 
-    def _panel_layers(self) -> List[Any]:
-        return [d for d in self.wrapper.volume.get_detectors() if hasattr(d, "panels")]
+    def _panel_layers(self) -> list[PanelDetectorLayer]:
+        # duck-typed on purpose: any detector layer with ``panels`` is drawn
+        return cast("list[PanelDetectorLayer]", [d for d in self.wrapper.volume.get_detectors() if hasattr(d, "panels")])
 
     def _n_rows(self) -> int:
         return 1 + max(1, len(self._panel_layers()))
@@ -315,7 +324,7 @@ class PanelMetricLogger(MetricLogger):
     def _n_cols(self) -> int:
         return 4 if self._has_sigmoid() else 3
 
-    def _extra_axes(self, fig: Figure, gs: Any) -> None:
+    def _extra_axes(self, fig: Figure, gs: GridSpec) -> None:
         n_col = self._n_cols()
         for row, det in enumerate(self._panel_layers(), start=1):
             axes = [fig.add_subplot(gs[row, c]) for c in range(n_col)]

@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Optional, Tuple
 
-from .callback import CyclicCallback
-from .callback import Callback
+from .callback import Callback, CyclicCallback
 from .warmup_callbacks import PostWarmupCallback
 
 __all__ = ["OneCycle", "EpochSave"]
@@ -16,7 +14,7 @@ __all__ = ["OneCycle", "EpochSave"]
 logger = logging.getLogger(__name__)
 
 
-def _cos_interp(start: Optional[float], end: Optional[float], t: float) -> Optional[float]:
+def _cos_interp(start: float | None, end: float | None, t: float) -> float | None:
     """Cosine interpolation from ``start`` (t=0) to ``end`` (t=1); None if either is None."""
     if start is None or end is None:
         return None
@@ -36,12 +34,12 @@ class OneCycle(PostWarmupCallback, CyclicCallback):
         self,
         opt_name: str,
         warmup_length: int,
-        init_lr: Optional[float] = None,
-        init_mom: Optional[float] = None,
-        mid_lr: Optional[float] = None,
-        mid_mom: Optional[float] = None,
-        final_lr: Optional[float] = None,
-        final_mom: Optional[float] = None,
+        init_lr: float | None = None,
+        init_mom: float | None = None,
+        mid_lr: float | None = None,
+        mid_mom: float | None = None,
+        final_lr: float | None = None,
+        final_mom: float | None = None,
     ) -> None:
         super().__init__()
         if int(warmup_length) != warmup_length or warmup_length < 0:
@@ -63,13 +61,14 @@ class OneCycle(PostWarmupCallback, CyclicCallback):
 
     def _on_activate(self) -> None:
         fp = self.wrapper.fit_params
+        assert fp.passive_bs is not None  # set by _setup
         nb = max(len(fp.trn_passives) // fp.passive_bs, 1) if fp.trn_passives is not None else 1
         n_wu = sum(c.n_warmup for c in fp.warmup_cbs)
         n_epochs = max((fp.n_epochs or 1) - n_wu, 1)
         self.n_warmup_steps = self.warmup_length * nb
         self.n_total_steps = max(n_epochs * nb, self.n_warmup_steps + 1)
 
-    def schedule(self) -> Tuple[Optional[float], Optional[float]]:
+    def schedule(self) -> tuple[float | None, float | None]:
         """(lr, momentum) at the current step ``iter_cnt``."""
         if self.iter_cnt < self.n_warmup_steps:
             t = self.iter_cnt / max(self.n_warmup_steps, 1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ __all__ = ["PredHandler", "VolumeTargetPredHandler", "x0_to_class_id"]
 logger = logging.getLogger(__name__)
 
 
-def x0_to_class_id(x0: Tensor, x02id: Dict[float, int]) -> Tensor:
+def x0_to_class_id(x0: Tensor, x02id: dict[float, int]) -> Tensor:
     """Class id of the nearest key of ``x02id`` for each element of ``x0`` (long tensor, same shape)."""
     keys = torch.tensor(list(x02id.keys()), dtype=torch.float64, device=x0.device)
     ids = torch.tensor(list(x02id.values()), dtype=torch.long, device=x0.device)
@@ -34,7 +34,7 @@ class PredHandler(Callback):
 
     def __init__(self) -> None:
         super().__init__()
-        self.preds: List[Tuple[np.ndarray, np.ndarray]] = []
+        self.preds: list[tuple[np.ndarray, np.ndarray]] = []
 
     def on_pred_begin(self) -> None:
         """Start a new record."""
@@ -53,7 +53,7 @@ class PredHandler(Callback):
             return
         self.preds.append((_to_numpy(fp.pred), self._get_target()))
 
-    def get_preds(self) -> List[Tuple[np.ndarray, np.ndarray]]:
+    def get_preds(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """List of (prediction, target) pairs."""
         return self.preds
 
@@ -61,7 +61,7 @@ class PredHandler(Callback):
 class VolumeTargetPredHandler(PredHandler):
     """Like :class:`PredHandler` but the target is ``volume.target``, mapped to a class id if ``x02id`` is given."""
 
-    def __init__(self, x02id: Optional[Dict[float, int]] = None) -> None:
+    def __init__(self, x02id: dict[float, int] | None = None) -> None:
         super().__init__()
         self.x02id = x02id
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Optional, Union
 
 import h5py
 import numpy as np
@@ -39,11 +38,11 @@ class Save2HDF5PredHandler(VolumeTargetPredHandler):
 
     def __init__(
         self,
-        path: Union[str, os.PathLike],
+        path: str | os.PathLike,
         use_volume_target: bool = False,
         overwrite: bool = False,
-        x02id: Optional[Dict[float, int]] = None,
-        compression: Optional[str] = "lzf",
+        x02id: dict[float, int] | None = None,
+        compression: str | None = "lzf",
     ) -> None:
         super().__init__(x02id=x02id)
         if compression not in (None, "lzf", "gzip", "szip"):
@@ -56,8 +55,10 @@ class Save2HDF5PredHandler(VolumeTargetPredHandler):
         self.n_written = 0
 
     def __repr__(self) -> str:
-        return (f"Save2HDF5PredHandler(path={str(self.path)!r}, use_volume_target={self.use_volume_target}, "
-                f"overwrite={self.overwrite}, compression={self.compression!r})")
+        return (
+            f"Save2HDF5PredHandler(path={str(self.path)!r}, use_volume_target={self.use_volume_target}, "
+            f"overwrite={self.overwrite}, compression={self.compression!r})"
+        )
 
     def on_pred_begin(self) -> None:
         """On the first prediction with ``overwrite``, delete an existing file; count the rows written in this run."""
@@ -79,12 +80,19 @@ class Save2HDF5PredHandler(VolumeTargetPredHandler):
 
     def _check(self, f: h5py.File, key: str, arr: np.ndarray) -> None:
         if key in f and f[key].shape[1:] != arr.shape:
-            raise ValueError(f"path: {self.path} dataset {key!r} holds rows of shape {f[key].shape[1:]}, cannot append {arr.shape}")
+            raise ValueError(
+                f"path: {self.path} dataset {key!r} holds rows of shape {f[key].shape[1:]}, cannot append {arr.shape}"
+            )
 
     def _append(self, f: h5py.File, key: str, arr: np.ndarray) -> None:
         if key not in f:
-            f.create_dataset(key, data=arr[None], maxshape=(None, *arr.shape), chunks=(1, *arr.shape) if arr.ndim else True,
-                             compression=self.compression)
+            f.create_dataset(
+                key,
+                data=arr[None],
+                maxshape=(None, *arr.shape),
+                chunks=(1, *arr.shape) if arr.ndim else True,
+                compression=self.compression,
+            )
             return
         ds = f[key]
         ds.resize(ds.shape[0] + 1, axis=0)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, List
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 
 from .callback import Callback
+
+if TYPE_CHECKING:
+    from ..loss.loss import AbsDetectorLoss
 
 __all__ = ["WarmupCallback", "CostCoefWarmup", "OptConfig", "PostWarmupCallback"]
 
@@ -93,7 +96,7 @@ class CostCoefWarmup(WarmupCallback):
 
     def on_train_begin(self) -> None:
         """Reset the record of errors."""
-        self.errors: List[float] = []
+        self.errors: list[float] = []
         super().on_train_begin()
 
     def on_volume_end(self) -> None:
@@ -105,11 +108,12 @@ class CostCoefWarmup(WarmupCallback):
             self.errors.append(float(err))
 
     def _on_warmup_end(self) -> None:
+        loss = cast("AbsDetectorLoss", self.wrapper.loss_func)  # a loss with a cost_coef (AbsDetectorLoss-like)
         if not self.errors:
-            logger.warning("CostCoefWarmup: no finite error recorded; cost_coef left at %s", self.wrapper.loss_func.cost_coef)
+            logger.warning("CostCoefWarmup: no finite error recorded; cost_coef left at %s", loss.cost_coef)
             return
         coef = float(np.median(self.errors))
-        self.wrapper.loss_func.cost_coef = torch.tensor(coef, device=self.wrapper.device)
+        loss.cost_coef = torch.tensor(coef, device=self.wrapper.device)
         logger.info("CostCoefWarmup: cost_coef set to the median error %.6g (%d volumes)", coef, len(self.errors))
 
 
@@ -124,12 +128,12 @@ class OptConfig(WarmupCallback):
         rates: optimiser name -> desired update per step.
     """
 
-    def __init__(self, n_warmup: int, rates: Dict[str, float]) -> None:
+    def __init__(self, n_warmup: int, rates: dict[str, float]) -> None:
         super().__init__(n_warmup)
         if not rates or not all(float(v) > 0 for v in rates.values()):
             raise ValueError(f"rates must be a non-empty dict of optimiser name -> rate > 0, got {rates!r}")
         self.rates = {k: float(v) for k, v in rates.items()}
-        self.grads: Dict[str, List[float]] = {}
+        self.grads: dict[str, list[float]] = {}
 
     def __repr__(self) -> str:
         return f"OptConfig(n_warmup={self.n_warmup}, rates={self.rates})"
@@ -147,8 +151,9 @@ class OptConfig(WarmupCallback):
         if not self.warmup_active or self.wrapper.fit_params.state != "train":
             return
         for name in self.rates:
-            gs = [p.grad.detach().abs().reshape(-1) for p in self.wrapper.opts[name].param_groups[0]["params"]
-                  if p.grad is not None]
+            gs = [
+                p.grad.detach().abs().reshape(-1) for p in self.wrapper.opts[name].param_groups[0]["params"] if p.grad is not None
+            ]
             if gs:
                 g = torch.cat(gs)
                 g = g[torch.isfinite(g)]

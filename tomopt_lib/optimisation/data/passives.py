@@ -12,14 +12,19 @@ from __future__ import annotations
 
 import itertools
 from abc import ABCMeta, abstractmethod
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor
 
+from ...checks import check_materials
 from ...core import X0
 from ...runtime import DEFAULT_DTYPE, DeviceLike, make_generator, resolve_device
 from ...volume.passive_layer import RadLengthFunc
+
+if TYPE_CHECKING:
+    from ...volume.volume import Volume
 
 __all__ = [
     "RadLengthFunc",
@@ -32,30 +37,13 @@ __all__ = [
     "PassiveYielder",
 ]
 
-PassiveData = Tuple[RadLengthFunc, Optional[Tensor]]
+PassiveData = tuple[RadLengthFunc, Tensor | None]
 """A passive layout and its optional target."""
 
 _TOL = 1e-6  # [m] geometric tolerance (float32 positions)
 
 
-def check_materials(materials: Optional[Sequence[str]]) -> List[str]:
-    """Material names (default: every key of ``X0``, in table order); ``ValueError`` for unknown or repeated names."""
-    if materials is None:
-        return list(X0)
-    if isinstance(materials, str):
-        raise ValueError(f"materials must be a list of names, got the string {materials!r}; allowed names: {list(X0)}")
-    mats = list(materials)
-    if not mats:
-        raise ValueError(f"materials must not be empty; allowed names: {list(X0)}")
-    unknown = [m for m in mats if m not in X0]
-    if unknown:
-        raise ValueError(f"unknown material(s) {unknown}; allowed names: {list(X0)}")
-    if len(set(mats)) != len(mats):
-        raise ValueError(f"materials must be unique, got {mats}")
-    return mats
-
-
-def _grid(lw: Tensor, size: float) -> Tuple[int, int]:
+def _grid(lw: Tensor, size: float) -> tuple[int, int]:
     n = torch.round(torch.as_tensor(lw).detach().cpu().double().reshape(-1) / size).long().tolist()
     return int(n[0]), int(n[1])
 
@@ -73,11 +61,11 @@ class AbsPassiveGenerator(metaclass=ABCMeta):
 
     def __init__(
         self,
-        volume: Any,
-        materials: Optional[Sequence[str]] = None,
+        volume: Volume,
+        materials: Sequence[str] | None = None,
         *,
-        generator: Optional[torch.Generator] = None,
-        seed: Optional[int] = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
         device: DeviceLike = None,
     ) -> None:
         if generator is not None and seed is not None:
@@ -143,18 +131,18 @@ class AbsBlockPassiveGenerator(AbsPassiveGenerator):
 
     def __init__(
         self,
-        volume: Any,
-        block_size: Optional[Sequence[float]] = None,
-        block_size_max_half: Optional[bool] = None,
-        materials: Optional[Sequence[str]] = None,
+        volume: Volume,
+        block_size: Sequence[float] | None = None,
+        block_size_max_half: bool | None = None,
+        materials: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(volume, materials, **kwargs)
         lw = self.lw.detach().cpu().double().tolist()
         self.extent = torch.tensor([lw[0], lw[1], self.z_range[1] - self.z_range[0]], dtype=torch.float64)
         self.block_size_max_half = bool(block_size_max_half)
-        self.block_size: Optional[Tensor] = None
-        self._orientations: Optional[Tensor] = None
+        self.block_size: Tensor | None = None
+        self._orientations: Tensor | None = None
         if block_size is not None:
             bs = torch.as_tensor(block_size, dtype=torch.float64).reshape(-1)
             if bs.numel() != 3 or not bool(torch.isfinite(bs).all()) or bool((bs <= 0).any()):
@@ -165,7 +153,7 @@ class AbsBlockPassiveGenerator(AbsPassiveGenerator):
                 raise ValueError(f"block_size {bs.tolist()} does not fit in the passive block {self.extent.tolist()} [m]")
             self.block_size, self._orientations = bs, perms[fits]
 
-    def _get_block_coords(self) -> Tuple[Tensor, Tensor]:
+    def _get_block_coords(self) -> tuple[Tensor, Tensor]:
         """(low, high) (3,) float64 corners [m] of a new random block, fully inside the passive block."""
         if self.block_size is not None and self._orientations is not None:
             perm = self._orientations[int(self._randint(len(self._orientations)))]
@@ -184,7 +172,7 @@ class AbsBlockPassiveGenerator(AbsPassiveGenerator):
         low_l, high_l = low.tolist(), high.tolist()
         device = self.device
 
-        def layout(*, z: Union[Tensor, float], lw: Tensor, size: float) -> Tensor:
+        def layout(*, z: Tensor | float, lw: Tensor, size: float) -> Tensor:
             n_x, n_y = _grid(lw, size)
             z_c = float(torch.as_tensor(z).reshape(-1)[0]) - size / 2
             xc = (torch.arange(n_x, dtype=torch.float64) + 0.5) * size
@@ -210,12 +198,12 @@ class RandomBlockPassiveGenerator(AbsBlockPassiveGenerator):
 
     def __init__(
         self,
-        volume: Any,
-        block_size: Optional[Sequence[float]] = None,
+        volume: Volume,
+        block_size: Sequence[float] | None = None,
         sort_x0: bool = False,
         enforce_diff_mat: bool = True,
-        block_size_max_half: Optional[bool] = None,
-        materials: Optional[Sequence[str]] = None,
+        block_size_max_half: bool | None = None,
+        materials: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(volume, block_size=block_size, block_size_max_half=block_size_max_half, materials=materials, **kwargs)
@@ -259,7 +247,7 @@ class VoxelPassiveGenerator(AbsPassiveGenerator):
         cube = self._x0s[idx].to(device=self.device, dtype=DEFAULT_DTYPE)  # index 0 = top layer
         top, size0 = self.z_range[1], self.size
 
-        def layout(*, z: Union[Tensor, float], lw: Tensor, size: float) -> Tensor:
+        def layout(*, z: Tensor | float, lw: Tensor, size: float) -> Tensor:
             k = (top - float(torch.as_tensor(z).reshape(-1)[0])) / size0
             ki = int(round(k))
             if abs(size - size0) > _TOL or _grid(lw, size) != (n_x, n_y) or abs(k - ki) > 1e-3 or not 0 <= ki < len(cube):
@@ -284,21 +272,21 @@ class PassiveYielder:
 
     def __init__(
         self,
-        passives: Union[Sequence[Union[RadLengthFunc, PassiveData]], AbsPassiveGenerator],
-        n_passives: Optional[int] = None,
+        passives: Sequence[RadLengthFunc | PassiveData] | AbsPassiveGenerator,
+        n_passives: int | None = None,
         shuffle: bool = True,
         *,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         self.shuffle, self.generator = bool(shuffle), generator
         if n_passives is not None and (isinstance(n_passives, bool) or int(n_passives) != n_passives or n_passives < 0):
             raise ValueError(f"n_passives must be None or an integer >= 0, got {n_passives!r}")
-        self._source: Optional[Any] = None
-        self._items: List[PassiveData] = []
+        self._source: AbsPassiveGenerator | None = None
+        self._items: list[PassiveData] = []
         if hasattr(passives, "get_data"):
             if n_passives is None:
                 raise ValueError("n_passives must be given when passives is a generator")
-            self._source = passives
+            self._source = cast(AbsPassiveGenerator, passives)  # duck-typed: anything with get_data
             self.n_passives = int(n_passives)
             return
         for i, p in enumerate(passives):
@@ -318,7 +306,7 @@ class PassiveYielder:
         self._items = self._items[: self.n_passives]
 
     @property
-    def passives(self) -> Union[List[PassiveData], Any]:
+    def passives(self) -> list[PassiveData] | AbsPassiveGenerator:
         """The layout list, or the generator."""
         return self._source if self._source is not None else list(self._items)
 

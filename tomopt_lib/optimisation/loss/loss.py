@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 from abc import ABCMeta, abstractmethod
-from typing import Any, Callable, Dict, Optional, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .sub_losses import integer_class_loss
+
+if TYPE_CHECKING:
+    from ...volume.volume import Volume
 
 __all__ = [
     "AbsDetectorLoss",
@@ -25,10 +29,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CostCoef = Union[Tensor, float, None]
+CostCoef = Tensor | float | None
 
 
-def _pred_tensor(pred: Any) -> Tensor:
+def _pred_tensor(pred: Tensor | tuple[Tensor, ...] | list[Tensor]) -> Tensor:
     """Inferrers may return ``(prediction, uncertainty/weight)``; the loss uses the prediction."""
     return pred[0] if isinstance(pred, (tuple, list)) else pred
 
@@ -53,7 +57,7 @@ class AbsDetectorLoss(nn.Module, metaclass=ABCMeta):
     def __init__(
         self,
         *,
-        target_budget: Optional[float],
+        target_budget: float | None,
         budget_smoothing: float = 10,
         cost_coef: CostCoef = None,
         steep_budget: bool = True,
@@ -76,7 +80,7 @@ class AbsDetectorLoss(nn.Module, metaclass=ABCMeta):
         self._auto_cost_coef = self.cost_coef is None
         self.steep_budget = bool(steep_budget)
         self.debug = bool(debug)
-        self.sub_losses: Dict[str, Tensor] = {}
+        self.sub_losses: dict[str, Tensor] = {}
 
     @property
     def cost_coeff(self) -> CostCoef:
@@ -93,30 +97,33 @@ class AbsDetectorLoss(nn.Module, metaclass=ABCMeta):
             self.cost_coef = None
 
     @abstractmethod
-    def _get_inference_loss(self, pred: Tensor, volume: Any) -> Tensor:
+    def _get_inference_loss(self, pred: Tensor, volume: Volume) -> Tensor:
         """Error component for the prediction of one volume (0-d tensor)."""
 
     def _set_cost_coef(self, error: Tensor) -> None:
         if self.cost_coef is None:
             self.cost_coef = error.detach().clone()
-            logger.info("%s: cost_coef set automatically to the first error value, %.6g", type(self).__name__, float(error.detach()))
+            logger.info(
+                "%s: cost_coef set automatically to the first error value, %.6g", type(self).__name__, float(error.detach())
+            )
 
     def _get_budget_coef(self, cost: Tensor) -> Tensor:
         """Budget coefficient of ``cost`` (0-d tensor, differentiable)."""
         b = self.target_budget
+        assert b is not None  # only called with a target budget
         d = self.budget_smoothing * (cost - b) / b
         if self.steep_budget:
             return torch.where(d <= 0, 2 * torch.sigmoid(d), 1 + d / 2)
         return 2 * torch.sigmoid(d) + F.relu(cost - b) / b
 
-    def _get_cost_loss(self, volume: Any) -> Tensor:
+    def _get_cost_loss(self, volume: Volume) -> Tensor:
         cost = volume.get_cost()
         if self.target_budget is None:
             return cost.new_zeros(())
         coef = torch.as_tensor(self.cost_coef, dtype=cost.dtype, device=cost.device)
         return (self._get_budget_coef(cost) * coef).reshape(())
 
-    def forward(self, pred: Tensor, volume: Any) -> Tensor:
+    def forward(self, pred: Tensor, volume: Volume) -> Tensor:
         """Total loss of the prediction ``pred`` of one volume with the current detector of ``volume``."""
         error = self._get_inference_loss(_pred_tensor(pred), volume).reshape(())
         self._set_cost_coef(error)
@@ -127,14 +134,16 @@ class AbsDetectorLoss(nn.Module, metaclass=ABCMeta):
         return error + cost
 
     def extra_repr(self) -> str:
-        return (f"target_budget={self.target_budget}, budget_smoothing={self.budget_smoothing}, "
-                f"cost_coef={self.cost_coef}, steep_budget={self.steep_budget}")
+        return (
+            f"target_budget={self.target_budget}, budget_smoothing={self.budget_smoothing}, "
+            f"cost_coef={self.cost_coef}, steep_budget={self.steep_budget}"
+        )
 
 
 class VoxelX0Loss(AbsDetectorLoss):
     """Error = MSE between the (z, x, y) X0 predictions and ``volume.get_rad_cube()``."""
 
-    def _get_inference_loss(self, pred: Tensor, volume: Any) -> Tensor:
+    def _get_inference_loss(self, pred: Tensor, volume: Volume) -> Tensor:
         true_x0 = volume.get_rad_cube().to(pred.device, pred.dtype)
         return F.mse_loss(pred.reshape(true_x0.shape), true_x0)
 
@@ -147,19 +156,19 @@ class VoxelLogX0Loss(AbsDetectorLoss):
     dominate. Predictions are floored at ``min_x0`` [m] before the log.
     """
 
-    def __init__(self, *, target_budget: Optional[float], min_x0: float = 1e-4, **kwargs: Any) -> None:
+    def __init__(self, *, target_budget: float | None, min_x0: float = 1e-4, **kwargs: Any) -> None:
         super().__init__(target_budget=target_budget, **kwargs)
         if not min_x0 > 0:
             raise ValueError(f"min_x0 must be > 0 m, got {min_x0}")
         self.min_x0 = float(min_x0)
 
-    def _get_inference_loss(self, pred: Tensor, volume: Any) -> Tensor:
+    def _get_inference_loss(self, pred: Tensor, volume: Volume) -> Tensor:
         true_x0 = volume.get_rad_cube().to(pred.device, pred.dtype)
         log_pred = torch.log(pred.reshape(true_x0.shape).clamp_min(self.min_x0))
         return F.mse_loss(log_pred, torch.log(true_x0))
 
 
-def _x0_to_id(x0: Tensor, x02id: Dict[float, int]) -> Tensor:
+def _x0_to_id(x0: Tensor, x02id: dict[float, int]) -> Tensor:
     """Class id of the nearest key of ``x02id`` for every element of ``x0`` (long tensor, same shape)."""
     keys = torch.tensor(list(x02id.keys()), dtype=torch.float64, device=x0.device)
     ids = torch.tensor(list(x02id.values()), dtype=torch.long, device=x0.device)
@@ -170,7 +179,7 @@ def _x0_to_id(x0: Tensor, x02id: Dict[float, int]) -> Tensor:
 class AbsMaterialClassLoss(AbsDetectorLoss):
     """Base of losses whose float X0 targets are mapped to class ids via ``x02id`` (nearest key)."""
 
-    def __init__(self, *, x02id: Dict[float, int], target_budget: Optional[float], **kwargs: Any) -> None:
+    def __init__(self, *, x02id: dict[float, int], target_budget: float | None, **kwargs: Any) -> None:
         super().__init__(target_budget=target_budget, **kwargs)
         if not x02id:
             raise ValueError("x02id must be a non-empty dict of X0 -> class id")
@@ -180,7 +189,7 @@ class AbsMaterialClassLoss(AbsDetectorLoss):
 class VoxelClassLoss(AbsMaterialClassLoss):
     """Error = NLL of (1, classes, voxels) log-probabilities vs the voxel class ids of ``volume.get_rad_cube()``."""
 
-    def _get_inference_loss(self, pred: Tensor, volume: Any) -> Tensor:
+    def _get_inference_loss(self, pred: Tensor, volume: Volume) -> Tensor:
         targ = _x0_to_id(volume.get_rad_cube(), self.x02id).to(pred.device).reshape(1, -1)
         return F.nll_loss(pred.reshape(pred.shape[0], pred.shape[1], -1), targ)
 
@@ -189,7 +198,7 @@ class VolumeClassLoss(AbsMaterialClassLoss):
     """Error vs ``volume.target`` (X0 mapped to a class id): NLL of (1, classes) log-probabilities, or BCE of a
     (1, 1) probability (binary)."""
 
-    def _get_inference_loss(self, pred: Tensor, volume: Any) -> Tensor:
+    def _get_inference_loss(self, pred: Tensor, volume: Volume) -> Tensor:
         if volume.target is None:
             raise ValueError("volume.target is None: load the passive with a target for VolumeClassLoss")
         targ = _x0_to_id(torch.as_tensor(volume.target), self.x02id).to(pred.device).reshape(-1)
@@ -210,27 +219,26 @@ class VolumeIntClassLoss(AbsDetectorLoss):
     def __init__(
         self,
         *,
-        targ2int: Callable[[Tensor, Any], Tensor],
+        targ2int: Callable[[Tensor, Volume], Tensor],
         pred_int_start: int,
         use_mse: bool,
-        target_budget: Optional[float],
+        target_budget: float | None,
         **kwargs: Any,
     ) -> None:
         super().__init__(target_budget=target_budget, **kwargs)
         self.targ2int, self.pred_int_start, self.use_mse = targ2int, int(pred_int_start), bool(use_mse)
 
-    def _get_inference_loss(self, pred: Tensor, volume: Any) -> Tensor:
+    def _get_inference_loss(self, pred: Tensor, volume: Volume) -> Tensor:
         if volume.target is None:
             raise ValueError("volume.target is None: load the passive with a target for VolumeIntClassLoss")
         int_targ = self.targ2int(volume.target, volume)
-        return integer_class_loss(pred, int_targ, pred_start_int=self.pred_int_start, use_mse=self.use_mse,
-                                  reduction="mean")
+        return integer_class_loss(pred, int_targ, pred_start_int=self.pred_int_start, use_mse=self.use_mse, reduction="mean")
 
 
 class VolumeMSELoss(AbsDetectorLoss):
     """Error = MSE between the prediction and the float ``volume.target``."""
 
-    def _get_inference_loss(self, pred: Tensor, volume: Any) -> Tensor:
+    def _get_inference_loss(self, pred: Tensor, volume: Volume) -> Tensor:
         if volume.target is None:
             raise ValueError("volume.target is None: load the passive with a target for VolumeMSELoss")
         targ = torch.as_tensor(volume.target, device=pred.device, dtype=pred.dtype)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -17,7 +15,7 @@ def integer_class_loss(
     target_int: Tensor,
     pred_start_int: int,
     use_mse: bool,
-    weight: Optional[Tensor] = None,
+    weight: Tensor | None = None,
     reduction: str = "mean",
 ) -> Tensor:
     """Integer-class loss (ICL): penalises predicted probability mass far from the target integer more than near it.

@@ -27,30 +27,50 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABCMeta, abstractmethod
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import Tensor
 
+from ...checks import passive_batch_fits
 from ...inference.scattering import ScatterBatch
 from ...inference.x0_base import NoMuonsError
 from ...muon.generation import AbsMuonGenerator, MuonGenerator2016
 from ...muon.muon_batch import MuonBatch
 from ...runtime import make_generator
 from ..callbacks.callback import Callback, CyclicCallback
-from ..data.passives import PassiveYielder
+from ..callbacks.eval_metric import EvalMetric
+from ..callbacks.monitors import MetricLogger
+from ..callbacks.warmup_callbacks import WarmupCallback
+from ..data.passives import PassiveData, PassiveYielder
 from .fit_state import FitParams
 from .mixins import OptimiserAccessMixin
-from .utils import as_yielder, check_int, conform, grads_finite, opt_params, resolve_volume_inferrer, seeded_iteration
+from .utils import (
+    VolumeInferrerSpec,
+    as_yielder,
+    check_int,
+    conform,
+    grads_finite,
+    opt_params,
+    resolve_volume_inferrer,
+    seeded_iteration,
+)
+
+if TYPE_CHECKING:
+    from ...volume.passive_layer import RadLengthFunc
+    from ...volume.volume import Volume
 
 __all__ = ["AbsVolumeWrapper"]
 
 logger = logging.getLogger(__name__)
 
 
-def _is_kind(cb: Any, name: str) -> bool:
-    return any(k.__name__ == name for k in type(cb).__mro__)
+class _PredsCallback(Protocol):
+    """What :meth:`AbsVolumeWrapper.predict` needs of ``pred_cb`` besides the hooks: a ``get_preds()`` method."""
+
+    def get_preds(self) -> Any: ...
 
 
 class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
@@ -73,22 +93,22 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
 
     def __init__(
         self,
-        volume: Any,
+        volume: Volume,
         *,
-        partial_opts: Dict[str, Any],
-        loss_func: Optional[Callable[..., Tensor]] = None,
+        partial_opts: dict[str, Any],
+        loss_func: Callable[..., Tensor] | None = None,
         partial_scatter_inferrer: Callable[..., ScatterBatch] = ScatterBatch,
-        partial_volume_inferrer: Any = None,
-        mu_generator: Optional[AbsMuonGenerator] = None,
-        generator: Optional[torch.Generator] = None,
-        seed: Optional[int] = None,
+        partial_volume_inferrer: VolumeInferrerSpec = None,
+        mu_generator: AbsMuonGenerator | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
         eval_no_grad: bool = True,
         dead_lr_factor: float = 0.1,
     ) -> None:
         if not 0 < dead_lr_factor <= 1:
             raise ValueError(f"dead_lr_factor must be in (0, 1], got {dead_lr_factor!r}")
         self.dead_lr_factor = float(dead_lr_factor)
-        self._last_good: Optional[List[Tensor]] = None
+        self._last_good: list[Tensor] | None = None
         if generator is not None and seed is not None:
             raise ValueError("give at most one of generator and seed")
         self.volume = volume
@@ -96,10 +116,12 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
         self.loss_func = loss_func
         self.partial_scatter_inferrer = partial_scatter_inferrer
         self.partial_volume_inferrer = resolve_volume_inferrer(partial_volume_inferrer)
-        self.mu_generator = mu_generator if mu_generator is not None else MuonGenerator2016.from_volume(volume, device=self.device)
+        self.mu_generator = (
+            mu_generator if mu_generator is not None else MuonGenerator2016.from_volume(volume, device=self.device)
+        )
         self.generator = generator if generator is not None else (make_generator(seed, self.device) if seed is not None else None)
         self.eval_no_grad = bool(eval_no_grad)
-        self.opts: Dict[str, torch.optim.Optimizer] = {}
+        self.opts: dict[str, torch.optim.Optimizer] = {}
         self._build_opt(**partial_opts)
         self.fit_params = FitParams(device=self.device)
 
@@ -110,11 +132,11 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
 
     # ------------------------------------------------------------------ callbacks
     @staticmethod
-    def _sort_cbs(cbs: List[Callback]) -> Tuple[List[CyclicCallback], Optional[Callback], List[Callback]]:
+    def _sort_cbs(cbs: list[Callback]) -> tuple[list[CyclicCallback], MetricLogger | None, list[EvalMetric]]:
         """(cyclic callbacks, the metric logger or None, evaluation metrics), as TomOpt."""
         cyclic = [c for c in cbs if isinstance(c, CyclicCallback)]
-        loggers = [c for c in cbs if _is_kind(c, "MetricLogger")]
-        metrics = [c for c in cbs if _is_kind(c, "EvalMetric")]
+        loggers = [c for c in cbs if isinstance(c, MetricLogger)]
+        metrics = [c for c in cbs if isinstance(c, EvalMetric)]
         return cyclic, (loggers[0] if loggers else None), metrics
 
     def _cb(self, hook: str) -> None:
@@ -126,8 +148,9 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
         xy_p_theta_phi = self.mu_generator(n, generator=self.generator)
         return MuonBatch(xy_p_theta_phi, init_z=self.volume.h, device=self.device)
 
-    def _mu_batch_sizes(self) -> List[int]:
+    def _mu_batch_sizes(self) -> list[int]:
         n, bs = self.fit_params.n_mu_per_volume, self.fit_params.mu_bs
+        assert n is not None and bs is not None  # set by _setup
         sizes = [bs] * (n // bs)
         return sizes + [n % bs] if n % bs else sizes
 
@@ -174,7 +197,7 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
         self._cb("on_volume_end")
         return True
 
-    def _backward_volume(self) -> Optional[float]:
+    def _backward_volume(self) -> float | None:
         """Back-propagate the latest volume's loss / passive_bs (training); its detached value or None if unusable."""
         fp = self.fit_params
         loss = fp.loss_val
@@ -186,6 +209,7 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
             fp.loss_val = loss.detach()
             return None
         if fp.state == "train" and not fp.skip_backward and loss.requires_grad:
+            assert fp.passive_bs is not None  # set by _setup
             (loss / fp.passive_bs).backward()
         fp.loss_val = loss.detach()
         if isinstance(fp.pred, Tensor):
@@ -229,12 +253,16 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
             with torch.no_grad():
                 for p, s in zip(opt_params(self.opts), self._last_good):
                     p.copy_(s)
-        for name, opt in self.opts.items():
+        for opt in self.opts.values():
             opt.state.clear()
             for g in opt.param_groups:
                 g["lr"] = g["lr"] * self.dead_lr_factor
-        logger.warning("epoch %d: no muon of the volume batch could be reconstructed; restored the last usable detector "
-                       "and scaled every learning rate by %g", fp.epoch, self.dead_lr_factor)
+        logger.warning(
+            "epoch %d: no muon of the volume batch could be reconstructed; restored the last usable detector "
+            "and scaled every learning rate by %g",
+            fp.epoch,
+            self.dead_lr_factor,
+        )
 
     def _ensure_usable(self) -> None:
         """End-of-fit check: if one muon batch through the detector gives no reconstructed muon, restore the last
@@ -242,7 +270,9 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
         if self._last_good is None:
             return
         with torch.no_grad():
-            mu = self._gen_mu(self.fit_params.mu_bs)
+            mu_bs = self.fit_params.mu_bs
+            assert mu_bs is not None  # set by _setup
+            mu = self._gen_mu(mu_bs)
             self.volume(mu, generator=self.generator)
             n = len(self.partial_scatter_inferrer(mu=mu, volume=self.volume)) if len(mu) else 0
             if n == 0:
@@ -261,8 +291,9 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
         fp = self.fit_params
         train = fp.state == "train"
         bs = fp.passive_bs
+        assert bs is not None  # set by _setup
         n_use = (len(passives) // bs) * bs if train else len(passives)
-        batch_losses: List[float] = []
+        batch_losses: list[float] = []
         for p, (layout, target) in enumerate(passives):
             if p >= n_use:
                 break
@@ -296,7 +327,7 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
                         self._recover()
                     self._cb("on_step_end")
 
-    def _run_state(self, state: str, passives: PassiveYielder, shuffle: Optional[bool] = None) -> None:
+    def _run_state(self, state: str, passives: PassiveYielder, shuffle: bool | None = None) -> None:
         fp = self.fit_params
         fp.state = state
         fp.passives = passives
@@ -310,16 +341,26 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
     def _fit_epoch(self) -> None:
         fp = self.fit_params
         fp.epoch += 1
+        assert fp.trn_passives is not None  # set by fit
         self._run_state("train", fp.trn_passives)
         if fp.val_passives is not None:
             self._run_state("valid", fp.val_passives)
 
-    def _setup(self, cbs: Optional[List[Callback]], **kwargs: Any) -> List[Callback]:
+    def _setup(self, cbs: list[Callback] | None, **kwargs: Any) -> list[Callback]:
         cbs = [] if cbs is None else (list(cbs) if isinstance(cbs, (list, tuple)) else [cbs])
         cyclic, metric_log, metric_cbs = self._sort_cbs(cbs)
-        warmup = [c for c in cbs if _is_kind(c, "WarmupCallback")]
-        self.fit_params = FitParams(cbs=cbs, cyclic_cbs=cyclic, metric_log=metric_log, metric_cbs=metric_cbs,
-                                    warmup_cbs=warmup, warmup_done=not warmup, device=self.device, generator=self.generator, **kwargs)
+        warmup = [c for c in cbs if isinstance(c, WarmupCallback)]
+        self.fit_params = FitParams(
+            cbs=cbs,
+            cyclic_cbs=cyclic,
+            metric_log=metric_log,
+            metric_cbs=metric_cbs,
+            warmup_cbs=warmup,
+            warmup_done=not warmup,
+            device=self.device,
+            generator=self.generator,
+            **kwargs,
+        )
         for c in cbs:
             c.set_wrapper(self)
         return cbs
@@ -330,13 +371,13 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
         passive_bs: int,
         n_mu_per_volume: int,
         mu_bs: int,
-        trn_passives: Union[PassiveYielder, List[Any]],
-        val_passives: Optional[Union[PassiveYielder, List[Any]]] = None,
-        cbs: Optional[List[Callback]] = None,
-        cb_savepath: Union[str, Path] = Path("train_weights"),
+        trn_passives: PassiveYielder | Sequence[RadLengthFunc | PassiveData],
+        val_passives: PassiveYielder | Sequence[RadLengthFunc | PassiveData] | None = None,
+        cbs: list[Callback] | None = None,
+        cb_savepath: str | Path = Path("train_weights"),
         *,
-        seed: Optional[int] = None,
-    ) -> List[Callback]:
+        seed: int | None = None,
+    ) -> list[Callback]:
         """Optimise the detectors for ``n_epochs`` epochs; returns the callbacks. ``seed`` re-seeds the wrapper."""
         n_epochs = check_int("n_epochs", n_epochs, 0)
         passive_bs = check_int("passive_bs", passive_bs)
@@ -345,13 +386,21 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
         if self.loss_func is None:
             raise ValueError("loss_func: the wrapper has no loss function; give one to optimise the detectors")
         trn = as_yielder("trn_passives", trn_passives)
-        if len(trn) < passive_bs:
+        if not passive_batch_fits(passive_bs, len(trn)):
             raise ValueError(f"passive_bs={passive_bs} exceeds the {len(trn)} training passives (no update possible)")
         val = as_yielder("val_passives", val_passives) if val_passives is not None else None
         if seed is not None:
             self.generator = make_generator(seed, self.device)
-        cbs = self._setup(cbs, n_epochs=n_epochs, passive_bs=passive_bs, n_mu_per_volume=n_mu_per_volume, mu_bs=mu_bs,
-                          trn_passives=trn, val_passives=val, cb_savepath=Path(cb_savepath))
+        cbs = self._setup(
+            cbs,
+            n_epochs=n_epochs,
+            passive_bs=passive_bs,
+            n_mu_per_volume=n_mu_per_volume,
+            mu_bs=mu_bs,
+            trn_passives=trn,
+            val_passives=val,
+            cb_savepath=Path(cb_savepath),
+        )
         self._cb("on_train_begin")
         for _ in range(n_epochs):
             self._fit_epoch()
@@ -365,11 +414,11 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
 
     def predict(
         self,
-        passives: Union[PassiveYielder, List[Any]],
+        passives: PassiveYielder | Sequence[RadLengthFunc | PassiveData],
         n_mu_per_volume: int,
         mu_bs: int,
-        pred_cb: Optional[Callback] = None,
-        cbs: Optional[List[Callback]] = None,
+        pred_cb: Callback | None = None,
+        cbs: list[Callback] | None = None,
     ) -> Any:
         """Predict every passive of ``passives`` with the current detector (no shuffling); ``pred_cb.get_preds()``."""
         from ..callbacks.pred_callbacks import PredHandler
@@ -378,10 +427,11 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
         n_mu_per_volume = check_int("n_mu_per_volume", n_mu_per_volume)
         mu_bs = check_int("mu_bs", mu_bs)
         pred_cb = PredHandler() if pred_cb is None else pred_cb
-        all_cbs = self._setup((list(cbs) if cbs else []) + [pred_cb], passive_bs=1, n_mu_per_volume=n_mu_per_volume,
-                              mu_bs=mu_bs, tst_passives=tst)
+        all_cbs = self._setup(
+            (list(cbs) if cbs else []) + [pred_cb], passive_bs=1, n_mu_per_volume=n_mu_per_volume, mu_bs=mu_bs, tst_passives=tst
+        )
         self._cb("on_pred_begin")
         self._run_state("test", tst, shuffle=False)
         self._cb("on_pred_end")
         del all_cbs
-        return pred_cb.get_preds()
+        return cast(_PredsCallback, pred_cb).get_preds()

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 if TYPE_CHECKING:  # pragma: no cover
     from ...inference.scattering import ScatterBatch
+    from ...inference.x0_base import AbsVolumeInferrer
     from ...muon.muon_batch import MuonBatch
     from ..callbacks.callback import Callback, CyclicCallback
     from ..callbacks.eval_metric import EvalMetric
+    from ..callbacks.monitors import MetricLogger
     from ..callbacks.warmup_callbacks import WarmupCallback
     from ..data.passives import PassiveYielder
 
@@ -41,36 +43,36 @@ class FitParams:
     callbacks: a warm-up callback is running / all warm-ups have finished).
     """
 
-    state: Optional[str] = None
+    state: str | None = None
     epoch: int = 0
-    n_epochs: Optional[int] = None
-    volume_id: Optional[int] = None
+    n_epochs: int | None = None
+    volume_id: int | None = None
     volume_batch_id: int = 0
     mu_batch_id: int = 0
     # data
-    passives: Optional["PassiveYielder"] = None
-    trn_passives: Optional["PassiveYielder"] = None
-    val_passives: Optional["PassiveYielder"] = None
-    tst_passives: Optional["PassiveYielder"] = None
-    passive_bs: Optional[int] = None
-    n_mu_per_volume: Optional[int] = None
-    mu_bs: Optional[int] = None
+    passives: PassiveYielder | None = None
+    trn_passives: PassiveYielder | None = None
+    val_passives: PassiveYielder | None = None
+    tst_passives: PassiveYielder | None = None
+    passive_bs: int | None = None
+    n_mu_per_volume: int | None = None
+    mu_bs: int | None = None
     # per batch / volume objects
-    mu: Optional["MuonBatch"] = None
-    sb: Optional["ScatterBatch"] = None
-    volume_inferrer: Optional[Any] = None
-    pred: Optional[Tensor] = None
-    loss_val: Optional[Tensor] = None
-    mean_loss: Optional[Tensor] = None
+    mu: MuonBatch | None = None
+    sb: ScatterBatch | None = None
+    volume_inferrer: AbsVolumeInferrer | None = None
+    pred: Tensor | None = None
+    loss_val: Tensor | None = None
+    mean_loss: Tensor | None = None
     n_mu_used: int = 0
     n_volumes_in_batch: int = 0
     # callbacks
-    cbs: List["Callback"] = field(default_factory=list)
-    cyclic_cbs: List["CyclicCallback"] = field(default_factory=list)
-    warmup_cbs: List["WarmupCallback"] = field(default_factory=list)
-    metric_cbs: List["EvalMetric"] = field(default_factory=list)
-    metric_log: Optional[Any] = None
-    cb_savepath: Optional[Path] = None
+    cbs: list[Callback] = field(default_factory=list)
+    cyclic_cbs: list[CyclicCallback] = field(default_factory=list)
+    warmup_cbs: list[WarmupCallback] = field(default_factory=list)
+    metric_cbs: list[EvalMetric] = field(default_factory=list)
+    metric_log: MetricLogger | None = None
+    cb_savepath: Path | None = None
     # control flags
     stop: bool = False
     skip_opt_step: bool = False
@@ -83,8 +85,8 @@ class FitParams:
     warmup_active: bool = False
     warmup_done: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    generator: Optional[torch.Generator] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
+    generator: torch.Generator | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.check_state()
@@ -104,6 +106,6 @@ class FitParams:
         self.n_mu_used = 0
 
     @classmethod
-    def field_names(cls) -> List[str]:
+    def field_names(cls) -> list[str]:
         """Names of all fields (for introspection / docs)."""
         return [f.name for f in fields(cls)]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from ...volume.volume import Volume
 
 __all__ = ["OptimiserAccessMixin"]
 
@@ -16,10 +21,16 @@ class OptimiserAccessMixin:
     Expects ``self.opts`` (name -> ``torch.optim.Optimizer``), ``self.volume``, ``self.loss_func`` and ``self.device``.
     """
 
-    opts: Dict[str, torch.optim.Optimizer]
-    volume: Any
-    loss_func: Any
+    opts: dict[str, torch.optim.Optimizer]
+    volume: Volume
+    loss_func: Callable[..., Tensor] | None
     device: torch.device
+    generator: torch.Generator | None
+    _last_good: list[Tensor] | None
+
+    if TYPE_CHECKING:  # the wrappers' constructor, as used by ``from_save``
+
+        def __init__(self, volume: Volume, **kwargs: Any) -> None: ...
 
     def _check_opt(self, opt: str) -> torch.optim.Optimizer:
         if opt not in self.opts:
@@ -59,16 +70,16 @@ class OptimiserAccessMixin:
         return int(sum(p.numel() for p in self.volume.parameters() if p.requires_grad or not trainable))
 
     # ------------------------------------------------------------------ save / load
-    def save(self, name: Union[str, Path]) -> None:
+    def save(self, name: str | Path) -> None:
         """Save the volume state and the optimiser states to ``name``."""
-        state: Dict[str, Any] = {"volume": self.volume.state_dict()}
+        state: dict[str, Any] = {"volume": self.volume.state_dict()}
         state.update({k: o.state_dict() for k, o in self.opts.items()})
         coef = getattr(self.loss_func, "cost_coef", None)
         if coef is not None:
             state["loss_cost_coef"] = torch.as_tensor(coef).detach().cpu()
         torch.save(state, str(name))
 
-    def load(self, name: Union[str, Path]) -> None:
+    def load(self, name: str | Path) -> None:
         """Load a state saved with :meth:`save` (missing optimiser states are left as they are)."""
         state = torch.load(str(name), map_location=self.device, weights_only=False)
         self.volume.load_state_dict(state["volume"])
@@ -78,8 +89,34 @@ class OptimiserAccessMixin:
         if "loss_cost_coef" in state and self.loss_func is not None and hasattr(self.loss_func, "cost_coef"):
             self.loss_func.cost_coef = state["loss_cost_coef"].to(self.device)
 
+    def training_state(self) -> dict[str, Any]:
+        """Everything a fit needs to continue bit for bit: ``volume`` and ``opts`` states, the loss's ``cost_coef``,
+        the wrapper's ``generator`` state and ``last_good`` (the last usable optimised parameters); tensors on CPU."""
+        coef = getattr(self.loss_func, "cost_coef", None)
+        return {
+            "volume": self.volume.state_dict(),
+            "opts": {k: o.state_dict() for k, o in self.opts.items()},
+            "cost_coef": None if coef is None else torch.as_tensor(coef).detach().cpu(),
+            "generator": None if self.generator is None else self.generator.get_state(),
+            "last_good": None if self._last_good is None else [t.detach().cpu() for t in self._last_good],
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`training_state` (the wrapper must have the same optimiser groups)."""
+        self.volume.load_state_dict(state["volume"])
+        for k, o in self.opts.items():
+            o.load_state_dict(state["opts"][k])
+        if state.get("cost_coef") is not None and self.loss_func is not None:
+            self.loss_func.cost_coef = state["cost_coef"].to(self.device)  # type: ignore[attr-defined]
+        if state.get("generator") is not None:
+            if self.generator is None:
+                raise ValueError("the saved training state has a generator state but this wrapper has no generator (seed=None)")
+            self.generator.set_state(state["generator"])
+        last = state.get("last_good")
+        self._last_good = None if last is None else [t.to(self.device) for t in last]
+
     @classmethod
-    def from_save(cls, name: Union[str, Path], *, volume: Any, **kwargs: Any) -> Any:
+    def from_save(cls, name: str | Path, *, volume: Volume, **kwargs: Any) -> Self:
         """New wrapper built with ``kwargs`` and loaded from ``name``."""
         vw = cls(volume, **kwargs)
         vw.load(name)

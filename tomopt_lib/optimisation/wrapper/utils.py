@@ -5,16 +5,24 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..data.passives import PassiveYielder
+
+if TYPE_CHECKING:
+    from ...inference.x0_base import AbsVolumeInferrer
+    from ...volume.volume import Volume
 
 __all__ = ["resolve_volume_inferrer", "as_yielder", "seeded_iteration", "opt_params", "grads_finite", "check_int", "conform"]
 
 logger = logging.getLogger(__name__)
+
+VolumeInferrerSpec: TypeAlias = "str | Callable[..., AbsVolumeInferrer] | None"
+"""A volume-inferrer class / factory (called with ``volume=``), a registered name ("poca", "path", ...) or None."""
 
 
 def check_int(name: str, value: Any, low: int = 1) -> int:
@@ -27,7 +35,7 @@ def check_int(name: str, value: Any, low: int = 1) -> int:
     return v
 
 
-def resolve_volume_inferrer(spec: Any) -> Callable[..., Any]:
+def resolve_volume_inferrer(spec: VolumeInferrerSpec) -> Callable[..., AbsVolumeInferrer]:
     """A volume-inferrer class/factory from a class, a factory or a registered name ("poca", "path", ...).
 
     ``None`` means the default ``PanelX0Inferrer``. Unknown names raise ``ValueError`` naming
@@ -71,7 +79,9 @@ def as_yielder(name: str, passives: Any, *, shuffle: bool = True) -> PassiveYiel
 
 
 @contextlib.contextmanager
-def seeded_iteration(py: PassiveYielder, generator: Optional[torch.Generator], shuffle: Optional[bool] = None) -> Iterator[PassiveYielder]:
+def seeded_iteration(
+    py: PassiveYielder, generator: torch.Generator | None, shuffle: bool | None = None
+) -> Iterator[PassiveYielder]:
     """Temporarily give ``py`` the wrapper's generator (if it has none) and/or a shuffle setting."""
     old_gen, old_shuffle = py.generator, py.shuffle
     try:
@@ -84,7 +94,7 @@ def seeded_iteration(py: PassiveYielder, generator: Optional[torch.Generator], s
         py.generator, py.shuffle = old_gen, old_shuffle
 
 
-def opt_params(opts: Dict[str, torch.optim.Optimizer]) -> List[Tensor]:
+def opt_params(opts: dict[str, torch.optim.Optimizer]) -> list[Tensor]:
     """All distinct parameters of the optimisers, in order."""
     seen, out = set(), []
     for opt in opts.values():
@@ -104,10 +114,11 @@ def grads_finite(params: Sequence[Tensor]) -> bool:
     return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
 
 
-def conform(volume: nn.Module, generator: Optional[torch.Generator]) -> None:
+def conform(volume: Volume, generator: torch.Generator | None) -> None:
     """``conform_detector`` on every detector layer (passing ``generator`` where accepted)."""
     for det in volume.get_detectors():
-        if "generator" in inspect.signature(det.conform_detector).parameters:
-            det.conform_detector(generator=generator)
+        conform_detector: Callable[..., None] = det.conform_detector  # signature checked at runtime
+        if "generator" in inspect.signature(conform_detector).parameters:
+            conform_detector(generator=generator)
         else:
             det.conform_detector()

@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -13,6 +14,9 @@ from torch import nn
 from ...volume.layer import PanelDetectorLayer
 from .abs_wrapper import AbsVolumeWrapper
 from .fit_state import FitParams
+
+if TYPE_CHECKING:
+    from ...volume.volume import Volume
 
 __all__ = ["AbsVolumeWrapper", "PanelVolumeWrapper", "ArbVolumeWrapper", "FitParams"]
 
@@ -32,12 +36,12 @@ class PanelVolumeWrapper(AbsVolumeWrapper):
 
     def __init__(
         self,
-        volume: Any,
+        volume: Volume,
         *,
-        xy_pos_opt: Optional[PartialOpt],
-        z_pos_opt: Optional[PartialOpt],
-        xy_span_opt: Optional[PartialOpt],
-        budget_opt: Optional[PartialOpt] = None,
+        xy_pos_opt: PartialOpt | None,
+        z_pos_opt: PartialOpt | None,
+        xy_span_opt: PartialOpt | None,
+        budget_opt: PartialOpt | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -46,22 +50,24 @@ class PanelVolumeWrapper(AbsVolumeWrapper):
             **kwargs,
         )
 
-    def _panels(self) -> List[nn.Module]:
+    def _panels(self) -> list[nn.Module]:
         return [p for det in self.volume.get_detectors() if isinstance(det, PanelDetectorLayer) for p in det.panels]
 
-    def _build_opt(self, **kwargs: Optional[PartialOpt]) -> None:
+    def _build_opt(self, **kwargs: PartialOpt | None) -> None:
         panels = self._panels()
         if not panels:
             raise ValueError("volume: PanelVolumeWrapper needs a volume with PanelDetectorLayer panels")
         groups = {"xy_pos_opt": "xy", "z_pos_opt": "z", "xy_span_opt": "xy_span"}
         for name, attr in groups.items():
-            if kwargs.get(name) is not None:
-                self.opts[name] = kwargs[name]([getattr(p, attr) for p in panels])
+            partial_opt = kwargs.get(name)
+            if partial_opt is not None:
+                self.opts[name] = partial_opt([getattr(p, attr) for p in panels])
         budget_opt = kwargs.get("budget_opt")
         if budget_opt is not None:
             if getattr(self.volume, "budget", None) is None or not hasattr(self.volume, "budget_weights"):
-                raise ValueError("budget_opt: the volume has no budget (build it with Volume(..., budget=B) for "
-                                 "fixed-budget mode)")
+                raise ValueError(
+                    "budget_opt: the volume has no budget (build it with Volume(..., budget=B) for fixed-budget mode)"
+                )
             self.opts["budget_opt"] = budget_opt([self.volume.budget_weights])
 
 
@@ -71,7 +77,7 @@ class ArbVolumeWrapper(AbsVolumeWrapper):
     Every optimised parameter must belong to ``volume`` (``ValueError`` naming the optimiser otherwise).
     """
 
-    def __init__(self, volume: Any, *, opts: Dict[str, torch.optim.Optimizer], **kwargs: Any) -> None:
+    def __init__(self, volume: Volume, *, opts: dict[str, torch.optim.Optimizer], **kwargs: Any) -> None:
         super().__init__(volume, partial_opts={"opts": opts}, **kwargs)
 
     def _build_opt(self, **kwargs: Any) -> None:

@@ -7,17 +7,15 @@ from the scheduled date, outputs under ``reports/scheduled/<date>/``); ``weekly_
 
 from __future__ import annotations
 
-from typing import Optional
+from pydantic import Field, field_validator
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from .base import ParamsModel
 
 __all__ = ["CronEntry", "SchedulesParams"]
 
 
-class CronEntry(BaseModel):
+class CronEntry(ParamsModel):
     """One scheduled deployment."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     cron: str = Field(..., min_length=1, description="5-field cron expression, e.g. '0 2 * * *'")
     timezone: str = Field("UTC", min_length=1, description="IANA time zone of the cron expression, e.g. 'Europe/Zurich'")
@@ -44,10 +42,8 @@ class CronEntry(BaseModel):
         return v
 
 
-class SchedulesParams(BaseModel):
+class SchedulesParams(ParamsModel):
     """Cron schedules of the served deployments (``null`` entry = not served)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-    nightly_evaluate: Optional[CronEntry] = Field(default_factory=lambda: CronEntry(cron="0 2 * * *"))
-    weekly_pipeline: Optional[CronEntry] = Field(default_factory=lambda: CronEntry(cron="0 3 * * 0"))
+    nightly_evaluate: CronEntry | None = Field(default_factory=lambda: CronEntry(cron="0 2 * * *"))
+    weekly_pipeline: CronEntry | None = Field(default_factory=lambda: CronEntry(cron="0 3 * * 0"))

@@ -5,7 +5,7 @@ saves them. Emittances are shown in 1e-6 m rad."""
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.colors import LogNorm
@@ -25,8 +25,13 @@ def _trim_path(path: np.ndarray) -> np.ndarray:
 
 
 def plot_penalty_landscape(
-    grid_a: np.ndarray, grid_b: np.ndarray, penalty: np.ndarray, path: np.ndarray, truth: np.ndarray,
-    names: Sequence[str], title: str,
+    grid_a: np.ndarray,
+    grid_b: np.ndarray,
+    penalty: np.ndarray,
+    path: np.ndarray,
+    truth: np.ndarray,
+    names: Sequence[str],
+    title: str,
 ) -> Figure:
     """log-coloured penalty sqrt(sum r^2) on (grid_b, grid_a) with the iterates ``path`` (n, 2) coloured by step,
     the start (red), the final estimate (white star) and the truth (black cross)."""
@@ -35,8 +40,14 @@ def plot_penalty_landscape(
     z = np.asarray(penalty, dtype=float)
     pos = z[np.isfinite(z) & (z > 0)]
     floor = max(pos.min() if pos.size else 1e-300, 1e-12 * (pos.max() if pos.size else 1.0))
-    mesh = ax.pcolormesh(grid_a * _U, grid_b * _U, np.clip(z, floor, None), norm=LogNorm(vmin=floor, vmax=max(z.max(), floor * 10)),
-                         shading="auto", cmap="viridis")
+    mesh = ax.pcolormesh(
+        grid_a * _U,
+        grid_b * _U,
+        np.clip(z, floor, None),
+        norm=LogNorm(vmin=floor, vmax=max(z.max(), floor * 10)),
+        shading="auto",
+        cmap="viridis",
+    )
     cbar = fig.colorbar(mesh, ax=ax, label="penalty  sqrt(sum_k ((L_k - C_k) / sigma_k)^2)")
     # plain-text tick labels: matplotlib's mathtext parser (the default "10^n" labels) is not thread-safe
     cbar.ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=True))
@@ -56,7 +67,7 @@ def plot_penalty_landscape(
     return fig
 
 
-def plot_rel_err_hist(rel_err: Mapping[str, np.ndarray], bins: int, title: Optional[str] = None) -> Figure:
+def plot_rel_err_hist(rel_err: Mapping[str, np.ndarray], bins: int, title: str | None = None) -> Figure:
     """Step histograms of the relative errors (estimate - truth) / truth, one per component."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
@@ -64,7 +75,13 @@ def plot_rel_err_hist(rel_err: Mapping[str, np.ndarray], bins: int, title: Optio
     lim = max((np.abs(v).max() for v in vals if v.size), default=1.0) or 1.0
     edges = np.linspace(-lim, lim, bins + 1)
     for (name, _), v in zip(rel_err.items(), vals):
-        ax.hist(v, bins=edges, histtype="step", lw=1.5, label=f"{name} (rms {np.sqrt(np.mean(v ** 2)) if v.size else np.nan:.2g})")
+        ax.hist(
+            v,
+            bins=edges,  # type: ignore[arg-type]  # matplotlib's stubs leave out ndarray bin edges
+            histtype="step",
+            lw=1.5,
+            label=f"{name} (rms {np.sqrt(np.mean(v**2)) if v.size else np.nan:.2g})",
+        )
     ax.set_xlabel("relative error (estimate - truth) / truth")
     ax.set_ylabel("inversions")
     ax.set_title(title or "Relative errors of the estimated emittances", fontsize=9)
@@ -73,8 +90,12 @@ def plot_rel_err_hist(rel_err: Mapping[str, np.ndarray], bins: int, title: Optio
     return fig
 
 
-def plot_est_vs_truth(truth: Mapping[str, np.ndarray], est: Mapping[str, np.ndarray], sigma: Mapping[str, np.ndarray],
-                      bounds: Optional[Sequence[float]] = None) -> Figure:
+def plot_est_vs_truth(
+    truth: Mapping[str, np.ndarray],
+    est: Mapping[str, np.ndarray],
+    sigma: Mapping[str, np.ndarray],
+    bounds: Sequence[float] | None = None,
+) -> Figure:
     """Estimate vs truth per component (error bars: sigma from the covariance), with the identity line and bounds."""
     names = list(truth)
     fig = Figure(figsize=(3.2 * len(names), 3.4))

@@ -1,35 +1,33 @@
 """Parameter sections ``lumi_scan`` and ``lumi_report`` (luminosity-based emittance inversion).
 
-Models only; ``flows.params`` composes them into ``PipelineParams`` and formats errors. Validators name the full
+Models only; ``config.pipeline`` composes them into ``PipelineParams``. Validators name the full
 dotted key path (``lumi_scan.bounds``) so that the one error message points at the offending key.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Literal, Optional
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from .base import ParamsModel
 
 __all__ = ["LumiBaseParams", "LumiPlanParams", "LumiScanParams", "LumiReportParams"]
 
 _MAX_CONFIGS = 1_000_000
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class LumiBaseParams(_Model):
+class LumiBaseParams(ParamsModel):
     """One base configuration (an IP): the LHC-like default set with its crossing plane, beta* asymmetry, overrides."""
 
     crossing_plane: Literal["x", "y"] = "y"
     beta2_ratio: float = Field(1.0, gt=0, le=10, description="beta*_u2 = ratio x beta*_u1 (u = x, y), after the overrides")
-    overrides: Dict[str, float] = Field(default_factory=dict, description="any IPConfig field -> value (SI units)")
+    overrides: dict[str, float] = Field(default_factory=dict, description="any IPConfig field -> value (SI units)")
 
     @field_validator("overrides")
     @classmethod
-    def _known_fields(cls, v: Dict[str, float]) -> Dict[str, float]:
+    def _known_fields(cls, v: dict[str, float]) -> dict[str, float]:
         from lumi_lib.config import IPConfig, field_names
 
         unknown = sorted(set(v) - set(field_names()))
@@ -42,7 +40,7 @@ class LumiBaseParams(_Model):
         return v
 
 
-def _default_bases() -> List[LumiBaseParams]:
+def _default_bases() -> list[LumiBaseParams]:
     return [
         LumiBaseParams(crossing_plane="x"),
         LumiBaseParams(crossing_plane="y"),
@@ -51,25 +49,24 @@ def _default_bases() -> List[LumiBaseParams]:
     ]
 
 
-class LumiPlanParams(_Model):
+class LumiPlanParams(ParamsModel):
     """Measurement plan (``lumi_lib.design.design_scan``); the default is the reference's "last example"."""
 
-    bases: List[LumiBaseParams] = Field(default_factory=_default_bases, min_length=1, max_length=64)
-    parameters: List[str] = Field(default_factory=lambda: ["sep_x", "sep_y", "cross_x", "cross_y"], min_length=1, max_length=6)
+    bases: list[LumiBaseParams] = Field(default_factory=_default_bases, min_length=1, max_length=64)
+    parameters: list[str] = Field(default_factory=lambda: ["sep_x", "sep_y", "cross_x", "cross_y"], min_length=1, max_length=6)
     n_shifts: int = Field(6, ge=1, le=100, description="shifts per parameter: {0, d} if 1, else {0} + linspace(-d, d, n)")
     product: bool = Field(True, description="tensor product of all parameters' shifts (else one parameter at a time)")
     target: float = Field(-0.01, gt=-0.5, lt=0.5, description="relative luminosity change that sizes each shift (!= 0)")
 
     @field_validator("parameters")
     @classmethod
-    def _known_parameters(cls, v: List[str]) -> List[str]:
-        from lumi_lib.design import SHIFT_PARAMETERS
+    def _known_parameters(cls, v: list[str]) -> list[str]:
+        from lumi_lib.design import check_parameters
 
-        unknown = [p for p in v if p not in SHIFT_PARAMETERS]
-        if unknown:
-            raise ValueError(f"unknown shift parameter(s) {unknown}; valid names: {', '.join(SHIFT_PARAMETERS)}")
-        if len(set(v)) != len(v):
-            raise ValueError("shift parameters must be unique")
+        try:
+            check_parameters(v)
+        except ValueError as err:
+            raise ValueError(str(err).removeprefix("parameters: ")) from None
         return v
 
     @field_validator("target")
@@ -82,12 +79,12 @@ class LumiPlanParams(_Model):
     @property
     def n_configs(self) -> int:
         """Number of measurement configurations (residuals per inversion) the plan produces."""
-        pts = self.n_shifts + 1 if self.n_shifts == 1 or self.n_shifts % 2 == 0 else self.n_shifts
-        per_base = pts ** len(self.parameters) if self.product else 1 + (pts - 1) * len(self.parameters)
-        return len(self.bases) * per_base
+        from lumi_lib.design import n_scan_configs
+
+        return n_scan_configs(len(self.bases), len(self.parameters), self.n_shifts, self.product)
 
 
-class LumiScanParams(_Model):
+class LumiScanParams(ParamsModel):
     """``lumi_scan`` stage: seeded random true emittances x batched inversion, in coarse chunks."""
 
     seed: int = Field(42, ge=0, le=2**63 - 1, description="base seed; chunk c draws truths and noise from (seed, c)")
@@ -98,14 +95,14 @@ class LumiScanParams(_Model):
     eps_spread: float = Field(0.2, ge=0, lt=1, description="truths ~ U(eps_nominal (1 - s), eps_nominal (1 + s))")
     n_inversions: int = Field(32, ge=1, le=10_000_000)
     chunk_size: int = Field(8, ge=1, le=1_000_000, description="inversions per Prefect task (one batched solve each)")
-    solver_batch: Optional[int] = Field(None, ge=1, le=1_000_000, description="memory sub-batch; null = library default")
-    bounds: List[float] = Field(default_factory=lambda: [1.84e-6, 2.76e-6], min_length=2, max_length=2, description="[m rad]")
+    solver_batch: int | None = Field(None, ge=1, le=1_000_000, description="memory sub-batch; null = library default")
+    bounds: list[float] = Field(default_factory=lambda: [1.84e-6, 2.76e-6], min_length=2, max_length=2, description="[m rad]")
     max_iter: int = Field(50, ge=1, le=10_000)
     jacobian: Literal["reverse", "forward"] = "reverse"
     cond_warn: float = Field(1e8, gt=1, description="warn when the Jacobian condition number exceeds this")
 
     @model_validator(mode="after")
-    def _consistent(self) -> "LumiScanParams":
+    def _consistent(self) -> LumiScanParams:
         lo, hi = self.bounds
         if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < self.eps_nominal < hi):
             raise ValueError(
@@ -120,7 +117,7 @@ class LumiScanParams(_Model):
         return self
 
 
-class LumiReportParams(_Model):
+class LumiReportParams(ParamsModel):
     """``lumi_report`` stage: metrics, histograms, estimate-vs-truth and penalty landscapes."""
 
     hist_bins: int = Field(40, ge=2, le=10_000, description="bins of the relative-error histograms")

@@ -1,0 +1,41 @@
+"""The root model ``PipelineParams``: one section per DVC stage plus ``seed``, ``runtime`` and ``volume``."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from .base import ParamsModel
+from .lumi import LumiReportParams, LumiScanParams
+from .optimise import EvaluateParams, OptimiseParams
+from .schedules import SchedulesParams
+from .sections import IrradiateParams, PassiveParams, ReconstructParams, ReportParams, RuntimeParams, VolumeParams
+
+__all__ = ["PipelineParams"]
+
+
+class PipelineParams(ParamsModel):
+    """All parameters of the pipeline (one section per DVC stage plus ``seed``, ``runtime``, ``volume``)."""
+
+    seed: int = Field(1234, ge=0, le=2**63 - 1)
+    runtime: RuntimeParams = Field(default_factory=RuntimeParams)
+    volume: VolumeParams = Field(default_factory=VolumeParams)
+    passives: PassiveParams = Field(default_factory=PassiveParams)
+    irradiate: IrradiateParams = Field(default_factory=IrradiateParams)
+    reconstruct: ReconstructParams = Field(default_factory=ReconstructParams)
+    report: ReportParams = Field(default_factory=ReportParams)
+    lumi_scan: LumiScanParams = Field(default_factory=LumiScanParams)
+    lumi_report: LumiReportParams = Field(default_factory=LumiReportParams)
+    optimise: OptimiseParams = Field(default_factory=OptimiseParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    schedules: SchedulesParams = Field(default_factory=SchedulesParams)
+
+    @model_validator(mode="after")
+    def _block_fits(self) -> PipelineParams:
+        bs = self.passives.block_size
+        if bs is not None:
+            v = self.volume
+            extent = (v.lw[0], v.lw[1], v.passive_n_layers * v.voxel_size)
+            for i, (b, e) in enumerate(zip(bs, extent)):
+                if b > e + 1e-9:
+                    raise ValueError(f"passives.block_size.{i}={b} exceeds the passive extent {e:g} m along {'xyz'[i]}")
+        return self

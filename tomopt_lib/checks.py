@@ -1,0 +1,49 @@
+"""Invariants shared by the core classes and the parameter validation (``config``): one rule, one tolerance, one
+message. Light on purpose (torch and the material table only), so validating parameters loads no physics code."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .core import X0
+
+__all__ = ["VOXEL_MULTIPLE_RTOL", "is_voxel_multiple", "check_materials", "passive_batch_fits"]
+
+VOXEL_MULTIPLE_RTOL = 1e-5
+"""Relative tolerance of "a length is a whole number of voxels": ``|L/s - round(L/s)| <= rtol * max(1, round(L/s))``
+(above float32 rounding of lengths up to ~1000 voxels, far below any real mismatch)."""
+
+
+def is_voxel_multiple(lengths: Tensor | Sequence[float] | float, size: Tensor | float) -> Tensor:
+    """Boolean tensor (shape of ``lengths``): each length [m] is a whole, non-zero number of voxels of ``size`` [m]."""
+    lengths_t = torch.as_tensor(lengths, dtype=torch.float64) if not isinstance(lengths, Tensor) else lengths.double()
+    size_t = torch.as_tensor(size, dtype=torch.float64, device=lengths_t.device)
+    n = lengths_t / size_t
+    n_round = n.round()
+    return ((n - n_round).abs() <= VOXEL_MULTIPLE_RTOL * n_round.clamp_min(1.0)) & (n_round >= 1)
+
+
+def check_materials(materials: Sequence[str] | None) -> list[str]:
+    """Material names (default: every key of ``X0``, in table order); ``ValueError`` for unknown or repeated names."""
+    if materials is None:
+        return list(X0)
+    if isinstance(materials, str):
+        raise ValueError(f"materials must be a list of names, got the string {materials!r}; allowed names: {list(X0)}")
+    mats = list(materials)
+    if not mats:
+        raise ValueError(f"materials must not be empty; allowed names: {list(X0)}")
+    unknown = [m for m in mats if m not in X0]
+    if unknown:
+        raise ValueError(f"unknown material(s) {unknown}; allowed names: {list(X0)}")
+    if len(set(mats)) != len(mats):
+        raise ValueError(f"materials must be unique, got {mats}")
+    return mats
+
+
+def passive_batch_fits(passive_bs: int, n_passives: int) -> bool:
+    """Whether one update of ``passive_bs`` volumes is possible with ``n_passives`` training passives (an epoch makes
+    ``n_passives // passive_bs`` updates; a remainder batch is dropped)."""
+    return 1 <= passive_bs <= n_passives
