@@ -17,6 +17,7 @@ class ParamsError(ValueError):
 
 
 class ParamsModel(BaseModel):
-    """Strict (no type coercion), frozen (hashable, safe to share between tasks), no unknown keys."""
+    """Strict (no type coercion), frozen (hashable, safe to share between tasks), no unknown keys, finite numbers
+    only (NaN and infinities are errors)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)

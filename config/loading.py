@@ -98,6 +98,8 @@ def _format_error(err: ValidationError, data: Any, source: str) -> str:
         shown = "" if e["type"] == "extra_forbidden" else f" = {value!r}"
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif e["type"] == "finite_number":
+            msg = "must be finite"
         lines.append(f"  {path}{shown}: {msg}" + (f" ({allowed})" if allowed else ""))
     return "\n".join(lines)
 

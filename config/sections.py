@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -10,7 +11,18 @@ from tomopt_lib.checks import check_materials, is_voxel_multiple
 
 from .base import ParamsModel, PosFloat
 
-__all__ = ["RuntimeParams", "VolumeParams", "PassiveParams", "IrradiateParams", "ReconstructParams", "ReportParams"]
+DASK_ADDRESS_PATTERN = r"^(tcp|tls)://[A-Za-z0-9.\-]+:[0-9]{1,5}$"
+"""Form of ``runtime.dask_address``: ``tcp://host:port`` or ``tls://host:port``."""
+
+__all__ = [
+    "DASK_ADDRESS_PATTERN",
+    "RuntimeParams",
+    "VolumeParams",
+    "PassiveParams",
+    "IrradiateParams",
+    "ReconstructParams",
+    "ReportParams",
+]
 
 
 class RuntimeParams(ParamsModel):
@@ -24,7 +36,16 @@ class RuntimeParams(ParamsModel):
         description="threads: ThreadPoolTaskRunner; dask_local: LocalCluster of task_workers processes; "
         "dask_address: an existing Dask cluster at dask_address",
     )
-    dask_address: str | None = Field(None, min_length=1, description="scheduler address for task_runner=dask_address")
+    dask_address: str | None = Field(
+        None, description="scheduler address for task_runner=dask_address, e.g. tcp://127.0.0.1:8786"
+    )
+
+    @field_validator("dask_address")
+    @classmethod
+    def _address_form(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(DASK_ADDRESS_PATTERN, v):
+            raise ValueError("must have the form tcp://host:port (or tls://host:port)")
+        return v
 
     @model_validator(mode="after")
     def _address_iff_needed(self) -> RuntimeParams:

@@ -16,6 +16,18 @@ from .env import apply_env_defaults
 from .stages import STAGE_NAMES
 
 
+def dask_scheduler_problem(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why the Dask scheduler at ``address`` (``tcp://host:port``) cannot be used, or None if a TCP connection opens."""
+    import socket
+
+    host, _, port = address.split("://", 1)[1].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return None
+    except OSError as err:
+        return f"no Dask scheduler reachable there ({type(err).__name__}: {err}); start one (dask scheduler) or fix the address"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows", description="Run a pipeline stage as a Prefect flow.")
     parser.add_argument("stage", choices=[*STAGE_NAMES, "all"])
@@ -33,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
             resolve_device(p.runtime.device)
         except ValueError as err:
             raise ParamsError(f"invalid parameters in {params_path}:\n  runtime.device = {p.runtime.device!r}: {err}") from None
+        if p.runtime.task_runner == "dask_address" and p.runtime.dask_address:
+            problem = dask_scheduler_problem(p.runtime.dask_address)
+            if problem:
+                raise ParamsError(
+                    f"invalid parameters in {params_path}:\n  runtime.dask_address = {p.runtime.dask_address!r}: {problem}"
+                )
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 
 from config import PipelineParams
 from tasks.artifacts import Progress, publish_summary
-from tasks.caching import records_dir, remove_stage_workdir, stage_workdir
+from tasks.caching import locked_stage_workdir, records_dir, remove_stage_workdir
 from tasks.irradiation import chunk_sizes, irradiate_chunk, merge_irradiation
 from tomopt_lib.io import read_h5_attrs
 
@@ -31,34 +31,34 @@ def irradiate_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, A
     paths.data_dir.mkdir(parents=True, exist_ok=True)
     # chunk files and their cache records persist in .work/irradiate until the merged file is written: a killed
     # run resumes from its finished chunks (tasks/caching.py)
-    work = stage_workdir(workdir, "irradiate")
-    chunk_task = irradiate_chunk.with_options(result_storage=records_dir(work))
-    futures = [
-        chunk_task.submit(
-            str(paths.passives),
-            vid,
-            cid,
-            n,
-            f"{work}/vol{vid:03d}_chunk{cid:04d}.h5",
-            params.volume,
-            params.irradiate,
-            params.seed,
-            params.runtime.device,
-        )
-        for vid in range(n_volumes)
-        for cid, n in enumerate(sizes)
-    ]
-    progress = Progress("irradiate-progress", len(futures), "irradiate: chunks done [%]")
-    results = []
-    for f in futures:
-        results.append(f.result())
-        progress.step()
-    attrs = {
-        "flux_model": params.irradiate.flux_model,
-        "realistic_panels": params.irradiate.realistic_panels,
-        "seed": params.seed,
-    }
-    merged = merge_irradiation(results, str(paths.irradiated), attrs=attrs)
-    remove_stage_workdir(work)
+    with locked_stage_workdir(workdir, "irradiate") as work:  # a second run of this stage here: clear error
+        chunk_task = irradiate_chunk.with_options(result_storage=records_dir(work))
+        futures = [
+            chunk_task.submit(
+                str(paths.passives),
+                vid,
+                cid,
+                n,
+                f"{work}/vol{vid:03d}_chunk{cid:04d}.h5",
+                params.volume,
+                params.irradiate,
+                params.seed,
+                params.runtime.device,
+            )
+            for vid in range(n_volumes)
+            for cid, n in enumerate(sizes)
+        ]
+        progress = Progress("irradiate-progress", len(futures), "irradiate: chunks done [%]")
+        results = []
+        for f in futures:
+            results.append(f.result())
+            progress.step()
+        attrs = {
+            "flux_model": params.irradiate.flux_model,
+            "realistic_panels": params.irradiate.realistic_panels,
+            "seed": params.seed,
+        }
+        merged = merge_irradiation(results, str(paths.irradiated), attrs=attrs)
+        remove_stage_workdir(work)
     publish_summary("Irradiation", {"n_volumes": n_volumes, "n_chunks": len(futures), **merged}, key="tomoflow-irradiate")
     return merged

@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from config import PipelineParams
 from tasks.artifacts import Progress, publish_images
+from tasks.caching import hold_lock
 from tasks.optimisation import prepare_optimisation, run_epoch
 from tasks.optimise_report import finalise_optimisation, train_markdown
 
@@ -32,17 +33,20 @@ def optimise_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, An
     vol, pas, opt = params.volume, params.passives, params.optimise
     ckpt = str(paths.checkpoints)
     dev = params.runtime.device
-    prep = prepare_optimisation(ckpt, params.seed, vol, pas, opt, dev)
-    n = params.optimise.n_epochs
-    progress = Progress("optimise-progress", n, "optimise: epochs done [%]")
-    rows: list[dict[str, Any]] = []
-    for epoch in range(prep["last_epoch"] + 1, n + 1):
-        rows.append(run_epoch(ckpt, epoch, vol, opt, prep["fingerprint"], dev))
-        progress.set(epoch)
-    progress.finish()
-    if prep["last_epoch"] >= n:
-        log.info("all %d epochs were already checkpointed (resumed run)", n)
-    res = finalise_optimisation(ckpt, n, prep["fingerprint"], vol, opt, {k: str(v) for k, v in paths.optimise_outputs.items()})
+    with hold_lock(paths.models_dir / "checkpoints.lock", "the checkpoints of stage 'optimise'"):  # one run at a time
+        prep = prepare_optimisation(ckpt, params.seed, vol, pas, opt, dev)
+        n = params.optimise.n_epochs
+        progress = Progress("optimise-progress", n, "optimise: epochs done [%]")
+        rows: list[dict[str, Any]] = []
+        for epoch in range(prep["last_epoch"] + 1, n + 1):
+            rows.append(run_epoch(ckpt, epoch, vol, opt, prep["fingerprint"], dev))
+            progress.set(epoch)
+        progress.finish()
+        if prep["last_epoch"] >= n:
+            log.info("all %d epochs were already checkpointed (resumed run)", n)
+        res = finalise_optimisation(
+            ckpt, n, prep["fingerprint"], vol, opt, {k: str(v) for k, v in paths.optimise_outputs.items()}
+        )
     outs = paths.optimise_outputs
     publish_images(
         {"detector layout": outs["layout_png"], "loss curve": outs["loss_png"]},

@@ -28,7 +28,7 @@ def stage_flow(stage: str) -> Flow[..., Any]:
 def make_task_runner(rt: RuntimeParams) -> Any:
     """Task runner of ``runtime.task_runner``: a thread pool of ``task_workers`` threads (default), a local Dask
     cluster of ``task_workers`` single-threaded worker processes (torch and OpenMP threads per worker =
-    ``runtime.threads``, dashboard off), or the existing Dask cluster at ``runtime.dask_address``. Dask workers run
+    ``runtime.threads``; no dashboard, nothing on port 8787), or the existing Dask cluster at ``runtime.dask_address``. Dask workers run
     Prefect's task engine themselves: they must reach the Prefect API and the files the tasks read and write."""
     if rt.task_runner == "threads":
         return ThreadPoolTaskRunner(max_workers=rt.task_workers)
@@ -45,6 +45,9 @@ def make_task_runner(rt: RuntimeParams) -> Any:
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
+            # no dashboard, and the scheduler's small HTTP server (health checks) on a free localhost port instead
+            # of distributed's default 0.0.0.0:8787
+            "scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"},
             "env": env,
         },
     )

@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 
 from config import PipelineParams
 from tasks.artifacts import Progress, publish_summary
-from tasks.caching import records_dir, remove_stage_workdir, stage_workdir
+from tasks.caching import locked_stage_workdir, records_dir, remove_stage_workdir
 from tasks.reconstruction import merge_scatters, reconstruct_volume
 from tomopt_lib.io import read_h5_attrs
 
@@ -26,25 +26,25 @@ def reconstruct_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str,
     n_volumes = int(read_h5_attrs(paths.irradiated, "muon_hits")["n_volumes"])
     log.info("reconstructing the muons of %d volumes", n_volumes)
     # per-volume parts and their cache records persist in .work/reconstruct until the merged table is written
-    work = stage_workdir(workdir, "reconstruct")
-    volume_task = reconstruct_volume.with_options(result_storage=records_dir(work))
-    futures = [
-        volume_task.submit(
-            str(paths.irradiated),
-            vid,
-            f"{work}/vol{vid:03d}.parquet",
-            params.volume,
-            params.reconstruct,
-            params.runtime.device,
-        )
-        for vid in range(n_volumes)
-    ]
-    progress = Progress("reconstruct-progress", len(futures), "reconstruct: volumes done [%]")
-    parts = []
-    for f in futures:
-        parts.append(f.result())
-        progress.step()
-    merged = merge_scatters(parts, str(paths.scatters))
-    remove_stage_workdir(work)
+    with locked_stage_workdir(workdir, "reconstruct") as work:  # a second run of this stage here: clear error
+        volume_task = reconstruct_volume.with_options(result_storage=records_dir(work))
+        futures = [
+            volume_task.submit(
+                str(paths.irradiated),
+                vid,
+                f"{work}/vol{vid:03d}.parquet",
+                params.volume,
+                params.reconstruct,
+                params.runtime.device,
+            )
+            for vid in range(n_volumes)
+        ]
+        progress = Progress("reconstruct-progress", len(futures), "reconstruct: volumes done [%]")
+        parts = []
+        for f in futures:
+            parts.append(f.result())
+            progress.step()
+        merged = merge_scatters(parts, str(paths.scatters))
+        remove_stage_workdir(work)
     publish_summary("Reconstruction", {"n_volumes": n_volumes, **merged}, key="tomoflow-reconstruct")
     return merged

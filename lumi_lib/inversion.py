@@ -158,6 +158,8 @@ def invert_measured(
     if meas.ndim != 2 or meas.shape[1] != design.n_configs:
         raise ValueError(f"measured: expected shape (B, M) with M = {design.n_configs}, got {tuple(meas.shape)}")
     b, k = meas.shape[0], len(names)
+    if b == 0:
+        raise ValueError("measured: no rows to invert (shape (0, M)); pass at least one measurement set (B >= 1)")
     x0_t = torch.as_tensor(x0, dtype=torch.float64, device=dev).expand(b, k).clone()
     if not bool((x0_t > 0).all()):
         raise ValueError(f"x0: start emittances must be > 0 m rad, got min {x0_t.min().item()!r}")
@@ -243,6 +245,8 @@ def invert(
         t = t[None]
     if t.ndim != 2 or t.shape[1] != len(names):
         raise ValueError(f"true_eps: expected shape (B, {len(names)}) = {names} for mode {mode!r}, got {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError("true_eps: no rows to invert (shape (0, K)); pass at least one set of emittances (B >= 1)")
     if not bool(torch.isfinite(t).all()) or not bool((t > 0).all()):
         raise ValueError(f"true_eps: emittances must be finite and > 0 m rad (min {t.min().item()!r})")
     meas = measure(design.config.to(pmat.device), t @ pmat, rel_noise=rel_noise, generator=generator)

@@ -13,26 +13,35 @@ A record is reused only if the output files it recorded (``output_sha256`` in th
 :func:`with_output_hashes`) still exist with the same content; otherwise the policy moves to the next "generation"
 of the key (``<key>-1``, ``<key>-2`` ...), so the task recomputes and writes a fresh record.
 
-Records are plain Prefect result records; where they are stored is the task's ``result_storage`` (the flows pass a
+Records are Prefect result records serialised as plain JSON (:data:`PLAIN_JSON`; the cached tasks must use it as
+their ``result_serializer``) and read back only after checking that they are; where they are stored is the task's ``result_storage`` (the flows pass a
 ``Path`` inside the stage's work folder, see :func:`stage_workdir`) or ``PREFECT_RESULTS_LOCAL_STORAGE_PATH``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import inspect
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 from prefect.cache_policies import CachePolicy
+from prefect.serializers import JSONSerializer
 from pydantic import BaseModel
 
 __all__ = [
+    "PLAIN_JSON",
+    "trusted_record_result",
+    "StageBusyError",
+    "hold_lock",
+    "locked_stage_workdir",
     "OUTPUT_HASHES_KEY",
     "WORK_DIR_NAME",
     "FileCachePolicy",
@@ -113,6 +122,12 @@ def _outputs_valid(result: Any) -> bool:
     return True
 
 
+PLAIN_JSON = JSONSerializer(object_encoder=None, object_decoder=None)
+"""Result serializer of the cached tasks: the standard library's JSON with no object hooks (nothing is imported or
+constructed on load)."""
+_PLAIN_JSON_DUMP = PLAIN_JSON.model_dump(mode="json")
+
+
 @dataclass
 class FileCachePolicy(CachePolicy):
     """Cache key from task identity + source (+ ``code_paths``), plain parameters and input-file content hashes.
@@ -150,19 +165,82 @@ class FileCachePolicy(CachePolicy):
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any) -> str | None:
-        """First key generation that has no record yet or whose record's output files are intact."""
+        """First key generation that has no record yet, or a record that is plain JSON (written with
+        :data:`PLAIN_JSON`) whose output files are intact. Records are read as bytes and parsed here, never handed to
+        Prefect's deserialisers first: a planted record (a pickle, a JSON record naming another serializer or
+        decoder) is a miss and is never loaded."""
         base = self.base_key(task_ctx.task, inputs)
         store = task_ctx.result_store
         for gen in range(self.max_generations):
             key = base if gen == 0 else f"{base}-{gen}"
-            if store is None or not store.exists(key):
+            raw = _record_bytes(store, key)
+            if raw is None:
                 return key
-            try:
-                if _outputs_valid(store.read(key).result):
-                    return key
-            except Exception:  # noqa: BLE001 - an unreadable record is a miss
-                continue
+            result = trusted_record_result(raw)
+            if result is not None and _outputs_valid(result):
+                return key
         return f"{base}-{self.max_generations}"
+
+
+def _record_bytes(store: Any, key: str) -> bytes | None:
+    """The raw record ``key`` of a result store on a local folder (None: no record, or storage we cannot read)."""
+    base = getattr(getattr(store, "result_storage", None), "basepath", None)
+    if store is None or base is None:
+        return None
+    path = Path(str(base)).expanduser() / key
+    return path.read_bytes() if path.is_file() else None
+
+
+def trusted_record_result(raw: bytes) -> dict[str, Any] | None:
+    """The result mapping of a record written with :data:`PLAIN_JSON`, or None for anything else (no code runs)."""
+    try:
+        doc = json.loads(raw)
+        ser = doc["metadata"]["serializer"]
+        payload = doc["result"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if ser != _PLAIN_JSON_DUMP or not isinstance(payload, str):
+        return None
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+class StageBusyError(RuntimeError):
+    """Another run (process) holds the lock of a stage's work folder."""
+
+
+@contextmanager
+def hold_lock(lock_path: _PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive, non-blocking ``flock`` on ``lock_path`` (created if missing) for the ``with`` block;
+    :class:`StageBusyError` naming ``what`` if another process holds it. The lock dies with its process."""
+    path = Path(lock_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StageBusyError(f"another run holds {what} ({path}); wait for it to finish (or stop it), then rerun") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # while still held: a later run starts from a fresh lock file
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+@contextmanager
+def locked_stage_workdir(workdir: _PathLike, stage: str) -> Iterator[Path]:
+    """:func:`stage_workdir` held under an exclusive lock (``<workdir>/.work/<stage>.lock``) for the ``with`` block:
+    two runs of one stage in one working directory never share (or delete) each other's intermediate files."""
+    root = Path(workdir) / WORK_DIR_NAME
+    with hold_lock(root / f"{stage}.lock", f"the work folder of stage {stage!r}"):
+        yield stage_workdir(workdir, stage)
+    try:
+        root.rmdir()  # only if the stage removed its folder and no other stage is working
+    except OSError:
+        pass
 
 
 def stage_workdir(workdir: _PathLike, stage: str) -> Path:

@@ -22,7 +22,7 @@ from tomopt_lib.runtime import make_generator, resolve_device
 from tomopt_lib.volume.builders import rad_length_func_from_cube
 from tomopt_lib.volume.volume import Volume
 
-from .caching import FileCachePolicy, with_output_hashes
+from .caching import PLAIN_JSON, FileCachePolicy, with_output_hashes
 from .common import derive_seed, task_logger
 from .volumes import build_volume
 
@@ -62,6 +62,7 @@ def _true_scatter(mu: MuonBatch, volume: Volume) -> dict[str, np.ndarray]:
     task_run_name="irradiate-vol{volume_id}-chunk{chunk_id}",
     cache_policy=CHUNK_CACHE,
     persist_result=True,
+    result_serializer=PLAIN_JSON,
 )
 def irradiate_chunk(
     passives_path: str,

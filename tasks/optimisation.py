@@ -39,6 +39,7 @@ __all__ = [
     "code_hash",
     "run_fingerprint",
     "checkpoint_path",
+    "previous_dir",
     "train_seed",
     "prepare_optimisation",
     "run_epoch",
@@ -141,6 +142,45 @@ def restore_wrapper(vw: PanelVolumeWrapper, state: Mapping[str, Any]) -> None:
     vw.load_training_state(dict(state))
 
 
+def previous_dir(ckpt_dir: str | Path) -> Path:
+    """Where the checkpoints of the previous parameters wait until the new run has written its first epoch."""
+    d = Path(ckpt_dir)
+    return d.with_name(d.name + ".previous")
+
+
+def _fingerprint_of(d: Path) -> str | None:
+    meta = d / "run.json"
+    try:
+        return str(read_json(meta).get("fingerprint")) if meta.is_file() else None
+    except Exception:  # noqa: BLE001 - an unreadable run.json is "another run"
+        return None
+
+
+def _set_aside(d: Path, fp: str, log: Any) -> None:
+    """Make room for run ``fp`` in ``d`` without losing trained epochs: the old run's folder moves to
+    :func:`previous_dir` (deleted only once the new run has checkpointed epoch 1); if the folder set aside earlier
+    belongs to ``fp`` it comes back instead. A folder without any trained epoch holds nothing worth keeping."""
+    prev = previous_dir(d)
+    if prev.is_dir() and _fingerprint_of(prev) == fp:
+        log.info("checkpoints in %s belong to other parameters or code; restoring this run's from %s", d, prev)
+        swap = d.with_name(d.name + ".swap")
+        shutil.rmtree(swap, ignore_errors=True)
+        d.rename(swap)
+        prev.rename(d)
+        if checkpoint_path(str(swap), 1).is_file():
+            swap.rename(prev)
+        else:
+            shutil.rmtree(swap)
+        return
+    if checkpoint_path(str(d), 1).is_file():
+        log.info("checkpoints in %s belong to other parameters or code; kept in %s until epoch 1 of this run", d, prev)
+        shutil.rmtree(prev, ignore_errors=True)
+        d.rename(prev)
+    else:
+        log.info("checkpoints in %s belong to other parameters or code (no trained epoch); starting afresh", d)
+        shutil.rmtree(d)
+
+
 @task(name="optimise-prepare", cache_policy=NO_CACHE, persist_result=False)
 def prepare_optimisation(
     ckpt_dir: str,
@@ -157,9 +197,8 @@ def prepare_optimisation(
     log, d = task_logger(), Path(ckpt_dir)
     fp = run_fingerprint(seed, volume_cfg, passives, opt)
     meta = d / "run.json"
-    if d.exists() and not (meta.is_file() and read_json(meta).get("fingerprint") == fp):
-        log.info("checkpoints in %s belong to other parameters or code; starting afresh", d)
-        shutil.rmtree(d)
+    if d.exists() and _fingerprint_of(d) != fp:
+        _set_aside(d, fp, log)
     d.mkdir(parents=True, exist_ok=True)
     s = train_seed(seed, opt)
     if not meta.is_file():
@@ -226,6 +265,7 @@ def run_epoch(
         [*state["history"], row],
         [*state["panels"], *panel_rows(vw.volume, epoch)],
     )
+    shutil.rmtree(previous_dir(ckpt_dir), ignore_errors=True)  # this run now has a trained epoch of its own
     task_logger().info(
         "epoch %d: train loss %.4g, valid loss %.4g, %d updates (%.1f s)",
         epoch,

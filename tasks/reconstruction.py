@@ -19,7 +19,7 @@ from tomopt_lib.muon.muon_batch import MuonBatch
 from tomopt_lib.runtime import resolve_device
 from tomopt_lib.volume.volume import Volume
 
-from .caching import FileCachePolicy, with_output_hashes
+from .caching import PLAIN_JSON, FileCachePolicy, with_output_hashes
 from .common import task_logger
 from .volumes import build_volume
 
@@ -126,7 +126,13 @@ def scatter_table(rec: MuonRecord, volume: Volume, volume_id: int, chunk_size: i
     return df
 
 
-@task(name="reconstruct-volume", task_run_name="reconstruct-vol{volume_id}", cache_policy=VOLUME_CACHE, persist_result=True)
+@task(
+    name="reconstruct-volume",
+    task_run_name="reconstruct-vol{volume_id}",
+    cache_policy=VOLUME_CACHE,
+    persist_result=True,
+    result_serializer=PLAIN_JSON,
+)
 def reconstruct_volume(
     irradiated_path: str,
     volume_id: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import torch
 from prefect import flow, task
 
-from tasks.caching import FileCachePolicy, file_sha256, with_output_hashes
+from tasks.caching import PLAIN_JSON, FileCachePolicy, file_sha256, trusted_record_result, with_output_hashes
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = FileCachePolicy(input_files=("src",))
@@ -28,7 +29,7 @@ def _count(counter: Path) -> int:
     return int(counter.read_text()) if counter.exists() else 0
 
 
-@task(name="copy-upper", cache_policy=POLICY, persist_result=True)
+@task(name="copy-upper", cache_policy=POLICY, persist_result=True, result_serializer=PLAIN_JSON)
 def copy_upper(src: str, out: str, counter: str) -> Dict[str, str]:
     """Upper-cased copy of ``src``."""
     _bump(counter)
@@ -36,7 +37,7 @@ def copy_upper(src: str, out: str, counter: str) -> Dict[str, str]:
     return with_output_hashes({"path": out}, out)
 
 
-@task(name="copy-lower", cache_policy=POLICY, persist_result=True)
+@task(name="copy-lower", cache_policy=POLICY, persist_result=True, result_serializer=PLAIN_JSON)
 def copy_lower(src: str, out: str, counter: str) -> Dict[str, str]:
     """Lower-cased copy of ``src`` (same parameters as ``copy_upper``)."""
     _bump(counter)
@@ -52,7 +53,7 @@ def _copy_upper_v2(src: str, out: str, counter: str) -> Dict[str, str]:
 
 
 _copy_upper_v2.__name__ = _copy_upper_v2.__qualname__ = "copy_upper"
-copy_upper_v2 = task(name="copy-upper", cache_policy=POLICY, persist_result=True)(_copy_upper_v2)
+copy_upper_v2 = task(name="copy-upper", cache_policy=POLICY, persist_result=True, result_serializer=PLAIN_JSON)(_copy_upper_v2)
 
 
 @flow(name="caching-test")
@@ -76,9 +77,9 @@ def test_cache_hit_in_new_process(prefect_harness: None, tmp_path: Path) -> None
     script.write_text(textwrap.dedent(f"""
         from pathlib import Path
         from prefect import flow, task
-        from tasks.caching import FileCachePolicy, with_output_hashes
+        from tasks.caching import PLAIN_JSON, FileCachePolicy, with_output_hashes
 
-        @task(name="tiny", cache_policy=FileCachePolicy(input_files=("src",)), persist_result=True,
+        @task(name="tiny", cache_policy=FileCachePolicy(input_files=("src",)), persist_result=True, result_serializer=PLAIN_JSON,
               result_storage=Path({str(tmp_path / "records")!r}))
         def tiny(src: str, out: str, factor: int) -> dict:
             c = Path({str(counter)!r})
@@ -153,3 +154,43 @@ def test_key_parts(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="not a plain value"):
         POLICY.base_key(copy_upper, {**base, "counter": torch.zeros(3)})
     assert file_sha256(src) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+class _Boom:
+    """Unpickling this runs code (writes a marker file): a planted cache record must never be loaded."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path(self.marker).write_text, ("payload ran",))
+
+
+@pytest.mark.parametrize("kind", ["pickle", "json_with_decoder", "garbage"])
+def test_planted_record_is_never_loaded(prefect_harness: None, files, kind: str) -> None:
+    """A record planted at the task's key (a pickle, or JSON naming a code-running decoder) is a miss: the task
+    recomputes, the payload never runs, and the fresh record is plain JSON."""
+    import base64
+    import cloudpickle
+    from prefect.context import TaskRunContext  # noqa: F401 - the engine imports it too
+
+    src, out, counter, storage = files
+    marker = Path(storage).parent / "pwned"
+    key = POLICY.base_key(copy_upper, {"src": src, "out": out, "counter": str(counter)})
+    Path(storage).mkdir(parents=True, exist_ok=True)
+    if kind == "pickle":
+        blob = base64.b64encode(cloudpickle.dumps(_Boom(str(marker)))).decode()
+        record = {"metadata": {"storage_key": key, "serializer": {"type": "pickle", "picklelib": "cloudpickle"}},
+                  "result": blob}
+    elif kind == "json_with_decoder":
+        record = {"metadata": {"storage_key": key, "serializer": {"type": "json", "object_decoder": "builtins.exec"}},
+                  "result": '{"x": "import pathlib; pathlib.Path(%r).write_text(1)"}' % str(marker)}
+    else:
+        record = None
+    (Path(storage) / key).write_bytes(b"\x80\x04garbage" if record is None else json.dumps(record).encode())
+    assert _run([copy_upper], src, out, str(counter), storage)[0]["path"] == out
+    assert not marker.exists(), "the planted payload ran"
+    assert _count(counter) == 1, "a planted record must not count as a cache hit"
+    fresh = [p for p in Path(storage).iterdir() if p.name.startswith(key + "-")]
+    assert fresh and trusted_record_result(fresh[0].read_bytes()) is not None
+    assert _run([copy_upper], src, out, str(counter), storage)[0]["path"] == out and _count(counter) == 1, "then a hit"

@@ -65,8 +65,13 @@ def test_cuda_request_without_cuda_is_a_clear_params_error(tmp_path: Path) -> No
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     (tmp_path / "params.yaml").write_text("runtime: {device: cuda}\n")
-    proc = subprocess.run([sys.executable, "-m", "flows", "optimise", "--workdir", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows", "optimise", "--workdir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "runtime.device = 'cuda'" in proc.stderr and "CUDA" in proc.stderr
     assert not (tmp_path / "models").exists(), "nothing written before validation"

@@ -44,7 +44,9 @@ def test_import_closure_sees_function_local_imports():
 def test_lumi_stages_do_not_depend_on_tomography_code():
     for stage in ("lumi_scan", "lumi_report"):
         files = stage_code_files(stage)
-        assert not any(f.startswith(("tomopt_lib/volume", "tomopt_lib/optimisation", "tomopt_lib/inference")) for f in files), stage
+        assert not any(f.startswith(("tomopt_lib/volume", "tomopt_lib/optimisation", "tomopt_lib/inference")) for f in files), (
+            stage
+        )
 
 
 def test_registry_outputs_are_pipeline_paths():
@@ -55,7 +57,7 @@ def test_registry_outputs_are_pipeline_paths():
         if name.startswith("_") or name in ("root", "at"):
             continue
         val = getattr(paths, name)
-        for v in (val.values() if isinstance(val, dict) else [val]):
+        for v in val.values() if isinstance(val, dict) else [val]:
             written.add(Path(v).as_posix())
     for spec in STAGES.values():
         for out in (*spec.inputs, *spec.outs, *spec.metrics, *spec.plots):

@@ -1,0 +1,128 @@
+"""Shared work folders are locked; a new optimisation never discards the previous run's trained epochs early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config import PipelineParams, parse_params
+from tasks.caching import StageBusyError, hold_lock, locked_stage_workdir
+from tasks.optimisation import checkpoint_path, prepare_optimisation, previous_dir, run_epoch
+
+
+def test_second_run_of_a_stage_gets_a_clear_error(tmp_path: Path) -> None:
+    with locked_stage_workdir(tmp_path, "irradiate") as work:
+        (work / "chunk.h5").write_text("mine")
+        with pytest.raises(StageBusyError, match="another run holds the work folder of stage 'irradiate'"):
+            with locked_stage_workdir(tmp_path, "irradiate"):
+                pass
+        assert (work / "chunk.h5").read_text() == "mine", "the refused run touched nothing"
+        with locked_stage_workdir(tmp_path, "reconstruct"):  # other stages are independent
+            pass
+    with locked_stage_workdir(tmp_path, "irradiate"):  # released at the end of the block
+        pass
+
+
+def test_lock_is_released_when_the_holder_fails(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        with hold_lock(tmp_path / "x.lock", "x"):
+            raise RuntimeError("boom")
+    with hold_lock(tmp_path / "x.lock", "x"):
+        pass
+
+
+def _params(lr_xy: float) -> PipelineParams:
+    return parse_params(
+        {
+            "passives": {"materials": ["beryllium", "lead"]},
+            "optimise": {
+                "n_epochs": 1,
+                "n_volumes": 1,
+                "n_val_volumes": 0,
+                "passive_bs": 1,
+                "n_mu_per_volume": 100,
+                "mu_bs": 100,
+                "lr": {"xy": lr_xy},
+            },
+        }
+    )
+
+
+def _prepare(p: PipelineParams, ckpt: Path) -> dict:
+    return prepare_optimisation.fn(str(ckpt), p.seed, p.volume, p.passives, p.optimise)
+
+
+def test_previous_checkpoints_survive_until_the_new_run_trains(tmp_path: Path) -> None:
+    ckpt = tmp_path / "checkpoints"
+    a, b = _params(0.005), _params(0.05)
+    prep_a = _prepare(a, ckpt)
+    run_epoch.fn(str(ckpt), 1, a.volume, a.optimise, prep_a["fingerprint"])
+    trained_a = checkpoint_path(str(ckpt), 1).read_bytes()
+
+    prep_b = _prepare(b, ckpt)  # new parameters: A is set aside, not deleted
+    assert prep_b["last_epoch"] == 0 and checkpoint_path(str(previous_dir(ckpt)), 1).read_bytes() == trained_a
+    # run B dies here (before its first epoch); rerunning A gets A's trained epoch back
+    assert _prepare(a, ckpt)["last_epoch"] == 1 and checkpoint_path(str(ckpt), 1).read_bytes() == trained_a
+    assert not previous_dir(ckpt).exists(), "B had no trained epoch: nothing to keep"
+
+    prep_b = _prepare(b, ckpt)
+    run_epoch.fn(str(ckpt), 1, b.volume, b.optimise, prep_b["fingerprint"])  # B's first epoch: A may go now
+    assert not previous_dir(ckpt).exists()
+    assert checkpoint_path(str(ckpt), 1).read_bytes() != trained_a
+
+
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        ({"volume": {"voxel_size": float("nan")}}, "volume.voxel_size = nan: must be finite"),
+        ({"volume": {"lw": [float("inf"), 1.0]}}, "volume.lw.0 = inf: must be finite"),
+        ({"lumi_scan": {"rel_noise": float("nan")}}, "lumi_scan.rel_noise = nan: must be finite"),
+        (
+            {"runtime": {"task_runner": "dask_address", "dask_address": "localhost"}},
+            "runtime.dask_address = 'localhost': must have the form tcp://host:port",
+        ),
+        ({"runtime": {"task_runner": "dask_address", "dask_address": "tcp://h:86:1"}}, "must have the form tcp://host:port"),
+    ],
+)
+def test_bad_numbers_and_addresses_are_named(data: dict, expected: str) -> None:
+    from config import ParamsError
+
+    with pytest.raises(ParamsError) as err:
+        parse_params(data)
+    assert expected in str(err.value) and "should be" not in str(err.value).split(expected)[1].split("\n")[0]
+
+
+def test_unreachable_dask_scheduler_is_refused_before_any_work(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "params.yaml").write_text(f"runtime: {{task_runner: dask_address, dask_address: 'tcp://127.0.0.1:{port}'}}\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows", "generate_passives", "--workdir", str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "runtime.dask_address" in proc.stderr and "no Dask scheduler reachable" in proc.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_inversion_of_zero_rows_says_what_is_wrong() -> None:
+    import torch
+
+    from lumi_lib import invert, preset_design
+    from lumi_lib.inversion import invert_measured
+
+    design = preset_design("xy_2ip")
+    with pytest.raises(ValueError, match="true_eps: no rows to invert"):
+        invert("xy", torch.zeros(0, 2, dtype=torch.float64), design=design)
+    with pytest.raises(ValueError, match="measured: no rows to invert"):
+        invert_measured("xy", torch.zeros(0, design.n_configs, dtype=torch.float64), design=design)
