@@ -25,6 +25,7 @@ __all__ = [
     "import_closure",
     "compact_code_deps",
     "dvc_disagreements",
+    "write_dvc_deps",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -251,7 +252,28 @@ def dvc_disagreements(dvc: Mapping[str, object]) -> list[str]:
     return problems
 
 
+def write_dvc_deps(path: Path = ROOT / "dvc.yaml") -> bool:
+    """Rewrite every stage's ``deps`` list in ``dvc.yaml`` (registry inputs, then the compacted code deps), keeping
+    the rest of the file (comments, params, outs, plots options) as it is; returns whether the file changed."""
+    import re
+
+    text = path.read_text()
+    new = text
+    for name, spec in STAGES.items():
+        m = re.search(rf"\n  {name}:\n    cmd: [^\n]+\n    deps:\n((?:      - [^\n]+\n)+)", new)
+        if m is None:
+            raise ValueError(f"{path}: stage {name!r} has no deps list to rewrite")
+        deps = [*spec.inputs, *compact_code_deps(stage_code_files(name))]
+        new = new[: m.start(1)] + "".join(f"      - {d}\n" for d in deps) + new[m.end(1) :]
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
 def _main(argv: list[str]) -> int:
+    if argv[:1] == ["--write-deps"]:
+        print("dvc.yaml deps rewritten" if write_dvc_deps() else "dvc.yaml deps already current", file=sys.stderr)
+        return 0
     if argv[:1] == ["--check"]:
         import yaml
 
