@@ -25,11 +25,13 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 
 ## run: set up, then reproduce the default pipeline with DVC on Prefect's embedded server
 run: setup
+	$(PY) -m flows check  # a bad params.yaml stops here, before DVC deletes any stage's outputs
 	$(VENV)/bin/dvc config core.analytics false
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 
 ## lumi: set up, then reproduce only the luminosity stages (lumi_scan -> lumi_report)
 lumi: setup
+	$(PY) -m flows check
 	$(VENV)/bin/dvc config core.analytics false
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro lumi_report
 

@@ -106,7 +106,22 @@ def _format_error(err: ValidationError, data: Any, source: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ loading
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e4`` as a float (YAML 1.2 behaviour, as DVC does)."""
+    """SafeLoader that also reads ``1e4`` as a float (YAML 1.2 behaviour, as DVC does) and refuses duplicate keys
+    (PyYAML keeps the last one silently; DVC rejects the file)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (line {key_node.start_mark.line + 1}; first given on line {first_line[key]})",
+                    key_node.start_mark,
+                )
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(

@@ -118,7 +118,9 @@ class EvaluateParams(ParamsModel):
         None, ge=0, le=2**63 - 1, description="seed of held-out passives and muons; null = derived from seed"
     )
     n_volumes: int = Field(20, ge=2, le=100000, description="held-out passives (a different seed from training)")
-    n_mu_per_volume: int = Field(3000, ge=1, le=10_000_000)
+    n_mu_per_volume: int = Field(
+        3000, ge=100, le=10_000_000, description="muons per held-out volume (>= 100: fewer leave most voxels without data)"
+    )
     mu_bs: int = Field(1000, ge=1, le=1_000_000)
     inferrer: Literal["poca", "path"] | None = Field("path", description="null = optimise.inferrer")
     momentum: MomentumParams | None = Field(None, description="null = optimise.momentum")

@@ -38,4 +38,9 @@ class PipelineParams(ParamsModel):
             for i, (b, e) in enumerate(zip(bs, extent)):
                 if b > e + 1e-9:
                     raise ValueError(f"passives.block_size.{i}={b} exceeds the passive extent {e:g} m along {'xyz'[i]}")
+                if b < v.voxel_size - 1e-9:
+                    raise ValueError(
+                        f"passives.block_size.{i}={b} is smaller than one voxel (volume.voxel_size={v.voxel_size} m): "
+                        "the block would fill no voxel"
+                    )
         return self

@@ -83,6 +83,11 @@ class VolumeParams(ParamsModel):
         for i, v in enumerate(self.lw):
             if not ok[i]:
                 raise ValueError(f"volume.lw.{i}={v} must be a whole multiple of volume.voxel_size={self.voxel_size}")
+        if self.step_sz > self.voxel_size:
+            raise ValueError(
+                f"volume.step_sz={self.step_sz} exceeds volume.voxel_size={self.voxel_size}: a propagation step must not "
+                "jump over a passive layer (use at most the voxel size)"
+            )
         return self
 
 

@@ -30,7 +30,9 @@ def dask_scheduler_problem(address: str, timeout_s: float = 5.0) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows", description="Run a pipeline stage as a Prefect flow.")
-    parser.add_argument("stage", choices=[*STAGE_NAMES, "all"])
+    parser.add_argument(
+        "stage", choices=[*STAGE_NAMES, "all", "check"], help="a stage, all of them, or check: only validate the parameters"
+    )
     parser.add_argument("--params", default=None, help="parameter file (default: <workdir>/params.yaml)")
     parser.add_argument("--workdir", default=".", help="root of data/, metrics/, plots/ (default: .)")
     args = parser.parse_args(argv)
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.stage == "check":
+        print(f"{params_path}: valid", file=sys.stderr)
+        return 0
     set_threads(p.runtime.threads)
     apply_env_defaults()
     from .pipeline import run_stage  # imports prefect: after the environment is set

@@ -8,7 +8,6 @@ writes the table atomically. A progress artifact follows the chunks; a markdown 
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +17,7 @@ from prefect.futures import as_completed
 
 from config import PipelineParams
 from tasks.artifacts import Progress
+from tasks.caching import locked_stage_workdir, remove_stage_workdir
 from tasks.lumi import chunk_plan, merge_scan, run_scan_chunk
 
 from .paths import PipelinePaths
@@ -61,9 +61,10 @@ def lumi_scan_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, A
         params.runtime.task_runner,
     )
     paths.lumi_scan.parent.mkdir(parents=True, exist_ok=True)
-    work = tempfile.mkdtemp(dir=paths.lumi_scan.parent, prefix=".lumi-scan-")
+    for legacy in paths.lumi_scan.parent.glob(".lumi-scan-*"):  # chunk folders of killed runs of older versions
+        shutil.rmtree(legacy, ignore_errors=True)
     progress = Progress("lumi-scan-progress", len(plan), "lumi_scan: chunks done [%]")
-    try:
+    with locked_stage_workdir(workdir, "lumi_scan") as work:  # chunk parts of a killed run are overwritten, then removed
         futures = [
             run_scan_chunk.submit(cfg, c, start, n, f"{work}/chunk{c:05d}.parquet", params.runtime.device, params.runtime.threads)
             for c, start, n in plan
@@ -73,8 +74,7 @@ def lumi_scan_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, A
             done.append(fut.result())
             progress.set(len(done))
         summary = merge_scan(done, str(paths.lumi_scan), cfg)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_stage_workdir(work)
     create_markdown_artifact(markdown=scan_markdown(summary, done), key="lumi-scan-summary", description="lumi_scan summary")
     log.info("lumi scan written: %s (%.3g s per inversion)", paths.lumi_scan, summary["time_per_inversion_s"])
     return summary

@@ -70,6 +70,9 @@ def weekly_pipeline_flow(workdir: str = ".") -> int:
 
     log = get_run_logger()
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    check = subprocess.run([sys.executable, "-m", "flows", "check"], cwd=workdir, env=env, capture_output=True, text=True)
+    if check.returncode != 0:  # validate before DVC, which deletes a stage's outputs before running it
+        raise ValueError(f"params.yaml is invalid; dvc repro not started:\n{check.stderr.strip()}")
     dvc = shutil.which("dvc", path=env["PATH"]) or "dvc"
     proc = subprocess.run([dvc, "repro"], cwd=workdir, env=env, capture_output=True, text=True)
     log.info("dvc repro exited %d:\n%s", proc.returncode, (proc.stdout + proc.stderr)[-4000:])

@@ -127,7 +127,7 @@ def _save_checkpoint(
 def load_checkpoint(path: Path, fingerprint: str | None = None) -> dict[str, Any]:
     """Read a checkpoint; ``ValueError`` if it is unreadable, of another schema or of another run."""
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=False)
+        state = torch.load(str(path), map_location="cpu", weights_only=True)  # never unpickles objects
     except Exception as err:  # noqa: BLE001
         raise ValueError(f"{path}: unreadable checkpoint ({type(err).__name__}: {err})") from err
     if state.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:

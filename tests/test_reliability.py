@@ -126,3 +126,81 @@ def test_inversion_of_zero_rows_says_what_is_wrong() -> None:
         invert("xy", torch.zeros(0, 2, dtype=torch.float64), design=design)
     with pytest.raises(ValueError, match="measured: no rows to invert"):
         invert_measured("xy", torch.zeros(0, design.n_configs, dtype=torch.float64), design=design)
+
+
+def test_make_run_validates_before_dvc() -> None:
+    """DVC deletes a stage's outputs before running it: `make run` (and `make lumi`) must validate first."""
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "Makefile").read_text()
+    for target in ("run", "lumi"):
+        recipe = text.split(f"\n{target}: ", 1)[1].split("\n\n", 1)[0]
+        cmds = [line.strip() for line in recipe.splitlines()[1:]]
+        check = next(i for i, c in enumerate(cmds) if "-m flows check" in c)
+        dvc = next(i for i, c in enumerate(cmds) if "dvc" in c)
+        assert check < dvc, (target, cmds)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "seed: -5\n",
+        "irradiate: {chunk_size: 0}\n",
+        "report: {max_angle: -0.1}\n",
+        "volume: {lw: [1, .inf]}\n",
+        "optimise: {start: {xy_offset: [.nan, 0]}}\n",
+        "seed: 1\nseed: 2\n",
+        "volume: {step_sz: 0.5}\n",
+        "[1, 2]\n",
+    ],
+)
+def test_check_refuses_bad_params_and_writes_nothing(tmp_path: Path, text: str) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "params.yaml").write_text(text)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows", "check", "--workdir", str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path: Path) -> None:
+    import torch
+
+    from tasks.optimisation import load_checkpoint
+    from tomopt_lib.optimisation.wrapper import PanelVolumeWrapper
+    from tomopt_lib.volume.builders import build_panel_volume
+
+    marker = tmp_path / "pwned"
+
+    class Boom:
+        def __reduce__(self):
+            return (marker.write_text, ("payload ran",))
+
+    bad = tmp_path / "epoch_0001.pt"
+    torch.save({"schema_version": 1, "volume": {}, "x": Boom()}, str(bad))
+    with pytest.raises(ValueError, match="unreadable checkpoint"):
+        load_checkpoint(bad)
+    vw = PanelVolumeWrapper(build_panel_volume(), xy_pos_opt=None, z_pos_opt=None, xy_span_opt=None)
+    with pytest.raises(ValueError, match="can load safely"):
+        vw.load(bad)
+    assert not marker.exists()
+
+
+def test_atomic_write_removes_temporaries_of_killed_writers(tmp_path: Path) -> None:
+    from tomopt_lib.io import atomic_path
+
+    stale = [tmp_path / ".out.h5.k1ll3d.tmp", tmp_path / ".out.h5.zzz.tmp"]
+    other = tmp_path / ".other.h5.k1ll3d.tmp"
+    for f in (*stale, other):
+        f.write_text("half-written")
+    with atomic_path(tmp_path / "out.h5") as tmp:
+        tmp.write_text("complete")
+    assert (tmp_path / "out.h5").read_text() == "complete"
+    assert not any(f.exists() for f in stale) and other.exists(), "only this file's leftovers go"

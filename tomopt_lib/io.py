@@ -9,6 +9,7 @@ its subclass ``SchemaVersionError``) with the path and the reason on a missing, 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -120,7 +121,8 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success ``os.replace`` it onto ``path``, on error delete it."""
+    """Yield a temporary path next to ``path`` (``.<name>.<random>.tmp``); on success ``os.replace`` it onto ``path``
+    and delete the temporaries of earlier writes of ``path`` that were killed before their rename; on error delete it."""
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
@@ -133,6 +135,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):  # leftovers of killed writers of this file
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
 
 
 # ---------------------------------------------------------------------------------------------------------- HDF5

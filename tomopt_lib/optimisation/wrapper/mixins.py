@@ -80,8 +80,12 @@ class OptimiserAccessMixin:
         torch.save(state, str(name))
 
     def load(self, name: str | Path) -> None:
-        """Load a state saved with :meth:`save` (missing optimiser states are left as they are)."""
-        state = torch.load(str(name), map_location=self.device, weights_only=False)
+        """Load a state saved with :meth:`save` (missing optimiser states are left as they are). Tensors and plain
+        containers only (``weights_only=True``): a file that would need to unpickle objects is refused, never run."""
+        try:
+            state = torch.load(str(name), map_location=self.device, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - UnpicklingError for foreign objects, RuntimeError for a broken zip
+            raise ValueError(f"{name}: not a wrapper state file this code can load safely ({type(err).__name__}: {err})") from err
         self.volume.load_state_dict(state["volume"])
         for k, o in self.opts.items():
             if k in state:
