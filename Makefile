@@ -12,7 +12,13 @@ export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup run lumi test lint bench bench-lumi-grid bench-ref server serve clean
+.PHONY: help setup run lumi test lint bench bench-lumi-grid bench-ref server serve clean
+
+PORT ?= 4200
+
+## help: list the make targets with their one-line descriptions
+help:
+	@grep -E '^## ' $(MAKEFILE_LIST) | sed -e 's/^## /  /'
 
 ## setup: create .venv (if missing) with the pinned dependencies and install the project
 setup: $(STAMP)
@@ -61,9 +67,9 @@ bench-lumi-grid: setup
 bench-ref: setup
 	$(PY) benchmarks/run_all.py --with-reference
 
-## server: start a local Prefect server + UI on http://127.0.0.1:4200 (export PREFECT_API_URL=http://127.0.0.1:4200/api)
+## server: start a local Prefect server + UI on http://127.0.0.1:$(PORT) (PORT=4200; export PREFECT_API_URL=http://127.0.0.1:$(PORT)/api)
 server: setup
-	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PORT)
 
 ## serve: serve the cron deployments of params.yaml's schedules section (needs `make server` + PREFECT_API_URL)
 serve: setup

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .env import apply_env_defaults
-from .stages import STAGE_NAMES
+from .stages import STAGE_NAMES, STAGES
 
 
 def dask_scheduler_problem(address: str, timeout_s: float = 5.0) -> str | None:
@@ -29,7 +29,14 @@ def dask_scheduler_problem(address: str, timeout_s: float = 5.0) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows", description="Run a pipeline stage as a Prefect flow.")
+    stages = "\n".join(f"  {n:<18} {s.description}" for n, s in STAGES.items())
+    parser = argparse.ArgumentParser(
+        prog="python -m flows",
+        description="Run a pipeline stage as a Prefect flow (dvc repro runs them in order; see dvc.yaml).",
+        epilog=f"stages:\n{stages}\n  {'all':<18} every stage in order (one parent flow, no DVC)\n"
+        f"  {'check':<18} only validate the parameter file (exit 2 with every problem listed)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "stage", choices=[*STAGE_NAMES, "all", "check"], help="a stage, all of them, or check: only validate the parameters"
     )
@@ -71,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"stage {args.stage!r} finished in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return 0
+
+
+def cli() -> None:
+    """Console-script entry point (``tomoflow <stage>``)."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from config import PipelineParams
@@ -38,8 +38,13 @@ def optimise_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, An
         n = params.optimise.n_epochs
         progress = Progress("optimise-progress", n, "optimise: epochs done [%]")
         rows: list[dict[str, Any]] = []
+        previous: State | None = None  # each epoch waits for the previous one: a chain in the UI's task graph
         for epoch in range(prep["last_epoch"] + 1, n + 1):
-            rows.append(run_epoch(ckpt, epoch, vol, opt, prep["fingerprint"], dev))
+            state = run_epoch(
+                ckpt, epoch, vol, opt, prep["fingerprint"], dev, wait_for=[previous] if previous else None, return_state=True
+            )
+            rows.append(state.result())
+            previous = state
             progress.set(epoch)
         progress.finish()
         if prep["last_epoch"] >= n:

@@ -96,7 +96,13 @@ class PipelinePaths:
             "panels_csv": m / "train_panels.csv",
             "layout_png": p / "detector_layout.png",
             "loss_png": p / "loss_curve.png",
+            "timings": self.timings_dir / "optimise.json",
         }
+
+    @property
+    def timings_dir(self) -> Path:
+        """Wall-clock timings per stage (JSON; neither git- nor DVC-tracked: versioned results hold no timings)."""
+        return self.root / "timings"
 
     @property
     def heldout_passives(self) -> Path:

@@ -46,6 +46,7 @@ class StageSpec:
     module: str
     flow: str
     params: tuple[str, ...]
+    description: str = ""
     inputs: tuple[str, ...] = ()
     outs: tuple[str, ...] = ()
     metrics: tuple[str, ...] = ()
@@ -61,6 +62,7 @@ STAGES: dict[str, StageSpec] = {
             "generate_passives_flow",
             ("seed", "runtime.device", "volume", "passives"),
             outs=("data/passives.h5",),
+            description="random passive volumes (X0 cubes) -> data/passives.h5",
         ),
         StageSpec(
             "irradiate",
@@ -69,6 +71,7 @@ STAGES: dict[str, StageSpec] = {
             ("seed", "runtime.device", "volume", "irradiate"),
             inputs=("data/passives.h5",),
             outs=("data/irradiated.h5",),
+            description="cosmic muons through every passive volume and the detector -> data/irradiated.h5",
         ),
         StageSpec(
             "reconstruct",
@@ -77,6 +80,7 @@ STAGES: dict[str, StageSpec] = {
             ("runtime.device", "volume", "reconstruct"),
             inputs=("data/irradiated.h5",),
             outs=("data/scatters.parquet",),
+            description="PoCA and scatter angles per muon -> data/scatters.parquet",
         ),
         StageSpec(
             "report",
@@ -91,6 +95,7 @@ STAGES: dict[str, StageSpec] = {
                 "plots/scatter_angle_hist.png",
                 "plots/detector_layout.png",
             ),
+            description="scatter metrics, histograms and plots -> metrics/report.json, plots/",
         ),
         StageSpec(
             "optimise",
@@ -105,6 +110,7 @@ STAGES: dict[str, StageSpec] = {
                 "plots/optimise/detector_layout.png",
                 "plots/optimise/loss_curve.png",
             ),
+            description="gradient-descent optimisation of the panels, one checkpoint per epoch -> models/detector.pt",
         ),
         StageSpec(
             "evaluate",
@@ -115,9 +121,15 @@ STAGES: dict[str, StageSpec] = {
             outs=("data/heldout_passives.h5", "data/evaluate"),
             metrics=("metrics/evaluate.json",),
             plots=("metrics/evaluate_per_volume.csv", "plots/evaluate"),
+            description="trained vs start and hand-designed detectors on held-out passives -> metrics/evaluate.json",
         ),
         StageSpec(
-            "lumi_scan", "flows.lumi_scan", "lumi_scan_flow", ("runtime.device", "lumi_scan"), outs=("data/lumi/scan.parquet",)
+            "lumi_scan",
+            "flows.lumi_scan",
+            "lumi_scan_flow",
+            ("runtime.device", "lumi_scan"),
+            outs=("data/lumi/scan.parquet",),
+            description="seeded luminosity scans inverted into emittances -> data/lumi/scan.parquet",
         ),
         StageSpec(
             "lumi_report",
@@ -135,10 +147,12 @@ STAGES: dict[str, StageSpec] = {
                 "plots/lumi/rel_err_hist.png",
                 "plots/lumi/est_vs_truth.png",
             ),
+            description="inversion metrics, penalty landscapes, error histograms -> metrics/lumi.json, plots/lumi/",
         ),
     )
 }
 """DVC stage name -> its specification, in pipeline order."""
+
 STAGE_NAMES: tuple[str, ...] = tuple(STAGES)
 
 

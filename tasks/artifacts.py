@@ -50,20 +50,29 @@ def publish_images(images: Mapping[str, str | Path], key: str, title: str, max_p
 
 
 class Progress:
-    """A progress artifact ``key`` advanced by ``step()``; ``total`` steps make 100 %."""
+    """A progress artifact ``key`` advanced by ``step()`` / ``set()``, mirrored by a tqdm bar on a terminal;
+    ``total`` steps make 100 %."""
 
     def __init__(self, key: str, total: int, description: str) -> None:
         from prefect.artifacts import create_progress_artifact
 
+        from tqdm.auto import tqdm
+
         self.total, self.done = max(int(total), 1), 0
         self.id = cast(UUID, create_progress_artifact(0.0, key=key, description=description))  # sync context: a UUID
+        # the same progress in the terminal: k/N, rate and ETA (tqdm switches itself off when stderr is no terminal)
+        self.bar = tqdm(total=self.total, desc=description.split(":")[0], unit="step", disable=None, leave=True)
 
     def set(self, done: int) -> None:
         """Mark ``done`` of the ``total`` steps done."""
         from prefect.artifacts import update_progress_artifact
 
-        self.done = min(max(int(done), 0), self.total)
+        done = min(max(int(done), 0), self.total)
+        self.bar.update(done - self.done)
+        self.done = done
         update_progress_artifact(self.id, 100.0 * self.done / self.total)
+        if self.done == self.total:
+            self.bar.close()
 
     def step(self, n: int = 1) -> None:
         """Mark ``n`` more steps done."""

@@ -13,7 +13,7 @@ import torch
 from config import MomentumParams, OptimiseParams, PassiveParams, StartLayout, VolumeParams
 from tomopt_lib.inference.momentum import MomentumModel
 from tomopt_lib.inference.volume import get_volume_inferrer
-from tomopt_lib.io import PassiveRecord, read_passives, write_json, write_passives
+from tomopt_lib.io import PassiveRecord, read_passives, save_torch, write_json, write_passives
 from tomopt_lib.optimisation.data import PassiveYielder
 from tomopt_lib.optimisation.loss import VoxelLogX0Loss, VoxelX0Loss
 from tomopt_lib.optimisation.wrapper import PanelVolumeWrapper
@@ -192,10 +192,7 @@ def panel_rows(volume: Volume, epoch: int) -> list[dict[str, Any]]:
 
 def write_detector(volume: Volume, pt_path: str, json_path: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Atomically write the detector as a torch state file (``{"schema_version", "volume"}``) and its JSON description."""
-    from tomopt_lib.io import atomic_path
-
-    with atomic_path(pt_path) as tmp:
-        torch.save({"schema_version": DETECTOR_SCHEMA_VERSION, "volume": volume.state_dict()}, str(tmp))
+    save_torch({"schema_version": DETECTOR_SCHEMA_VERSION, "volume": volume.state_dict()}, pt_path)
     desc = {**describe_detector(volume), **dict(extra or {})}
     write_json(desc, json_path)
     return desc

@@ -25,7 +25,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config import OptimiseParams, PassiveParams, VolumeParams
-from tomopt_lib.io import atomic_path, read_json, write_json
+from tomopt_lib.io import read_json, save_torch, write_json
 from tomopt_lib.optimisation.callbacks import Callback, NoMoreNaNs
 from tomopt_lib.optimisation.wrapper import PanelVolumeWrapper
 from tomopt_lib.runtime import resolve_device
@@ -120,8 +120,7 @@ def _save_checkpoint(
         "history": history,
         "panels": panels,
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, str(tmp))
+    save_torch(state, path)
 
 
 def load_checkpoint(path: Path, fingerprint: str | None = None) -> dict[str, Any]:

@@ -87,9 +87,9 @@ def finalise_optimisation(
             "mean_span": float(spans.mean()),
             "mean_abs_centre_offset": float(np.abs(centre_off).mean()),
         },
-        "seconds_per_epoch": float(hist["seconds"].mean()),
     }
     write_json(metrics, out["metrics"])
+    write_json({"seconds_per_epoch": float(hist["seconds"].mean()), "seconds": hist["seconds"].tolist()}, out["timings"])
     task_logger().info("trained detector (%d epochs) written to %s", n_epochs, out["detector_pt"])
     return {
         "metrics": metrics,

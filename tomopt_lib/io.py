@@ -40,6 +40,7 @@ __all__ = [
     "write_parquet",
     "read_parquet",
     "write_json",
+    "save_torch",
     "read_json",
 ]
 
@@ -342,6 +343,20 @@ def read_parquet(path: PathLike, columns: Sequence[str] | None = None) -> pd.Dat
 
 
 # ---------------------------------------------------------------------------------------------------------- JSON
+def save_torch(obj: Any, path: PathLike) -> Path:
+    """``torch.save`` of ``obj`` to ``path``, atomically and byte-stable: the archive is built in memory (its inner
+    name is always ``archive``, not the temporary file's), so equal content gives equal bytes."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    return Path(path)
+
+
 def write_json(obj: Any, path: PathLike) -> Path:
     """Write ``obj`` as indented JSON (NaN/inf written as null)."""
 

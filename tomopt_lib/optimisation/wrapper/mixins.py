@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Self
 import torch
 from torch import Tensor
 
+from ...io import save_torch
+
 if TYPE_CHECKING:
     from ...volume.volume import Volume
 
@@ -77,7 +79,7 @@ class OptimiserAccessMixin:
         coef = getattr(self.loss_func, "cost_coef", None)
         if coef is not None:
             state["loss_cost_coef"] = torch.as_tensor(coef).detach().cpu()
-        torch.save(state, str(name))
+        save_torch(state, name)
 
     def load(self, name: str | Path) -> None:
         """Load a state saved with :meth:`save` (missing optimiser states are left as they are). Tensors and plain
