@@ -55,7 +55,6 @@ class Progress:
 
     def __init__(self, key: str, total: int, description: str) -> None:
         from prefect.artifacts import create_progress_artifact
-
         from tqdm.auto import tqdm
 
         self.total, self.done = max(int(total), 1), 0

@@ -1,4 +1,4 @@
-"""Physical constants and material tables (SI units: metres, kg/m^3, GeV).
+"""Physical constants, material tables and the default device (SI units: metres, kg/m^3, GeV).
 
 X0 values are radiation lengths in metres; densities in kg/m^3. The material order matters: passive generators
 index ``list(X0)``.
@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 __all__ = [
+    "DEVICE",
     "X0",
     "DENSITIES",
     "SCATTER_COEF_A",
@@ -22,6 +24,13 @@ __all__ = [
     "class_to_x0preds",
     "x0targs_to_classtargs",
 ]
+
+DEVICE: torch.device = torch.device("cpu")
+"""Default device (TomOpt's ``core.DEVICE``): what ``device=None`` means everywhere (:func:`tomopt_lib.runtime.resolve_device`).
+
+A documented constant, not a switch: to run elsewhere pass ``device=`` (e.g. ``"cuda"`` or ``"auto"``) to the layers,
+panels, generators and wrappers; rebinding this name changes nothing.
+"""
 
 SCATTER_COEF_A: float = 0.0136
 """Highland constant [GeV]: theta0 = A / (beta p) sqrt(x/X0) (1 + B ln(x/X0))."""
@@ -96,7 +105,6 @@ def material_x0(material: str) -> float:
 def x0_from_mixture(
     x0s: Sequence[float],
     densities: Sequence[float],
-    *,
     weight_fracs: Sequence[float] | None = None,
     volume_fracs: Sequence[float] | None = None,
 ) -> dict[str, float]:
@@ -104,6 +112,7 @@ def x0_from_mixture(
 
     1/(X0 rho)_mix = sum_i w_i / (X0_i rho_i) and 1/rho_mix = sum_i w_i / rho_i, with mass fractions w_i
     (normalised to sum 1). Volume fractions v_i are converted with w_i = v_i rho_i / sum_j v_j rho_j.
+    The fractions may be given by position, as in TomOpt: ``x0_from_mixture(x0s, densities, weight_fracs)``.
     """
     x0 = np.asarray(x0s, dtype=float)
     rho = np.asarray(densities, dtype=float)

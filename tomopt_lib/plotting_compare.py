@@ -12,7 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .plotting import LBL_SZ, LEG_SZ, PathLike, _colour, _finish, _style, panel_geometry
+from .plotting.appearance import LBL_SZ, LEG_SZ, PathLike, _colour, _finish, _style
+from .plotting.detectors import panel_geometry
 
 if TYPE_CHECKING:
     from .volume.volume import Volume

@@ -11,6 +11,8 @@ import random
 import numpy as np
 import torch
 
+from .core import DEVICE
+
 __all__ = ["DEFAULT_DTYPE", "resolve_device", "make_generator", "seed_everything", "set_threads"]
 
 DEFAULT_DTYPE: torch.dtype = torch.float32
@@ -22,10 +24,10 @@ DeviceLike = str | torch.device | None
 def resolve_device(device: DeviceLike = None) -> torch.device:
     """Turn ``None`` / ``"cpu"`` / ``"cuda"`` / ``"cuda:1"`` / ``"auto"`` into a ``torch.device``.
 
-    ``None`` means CPU; ``"auto"`` means CUDA when it is available, else CPU.
+    ``None`` means :data:`tomopt_lib.core.DEVICE` (CPU); ``"auto"`` means CUDA when it is available, else CPU.
     """
     if device is None:
-        return torch.device("cpu")
+        return DEVICE
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)

@@ -130,10 +130,7 @@ class PassiveLayer(AbsLayer):
             mu.propagate_dz(mu.z - self.z_bottom)
             return
         z_top, dz_nom = self.z_top, self.size / self.n_steps
-        padded = torch.nn.functional.pad(self.rad_length, (1, 1, 1, 1), value=float("inf")).reshape(-1)
-        rows_padded = None
-        if self.energy_loss and self._eloss_rows is not None:  # vacuum row 0 around the footprint
-            rows_padded = torch.nn.functional.pad(self._eloss_rows, (1, 1, 1, 1), value=0).reshape(-1)
+        padded, rows_padded = self._padded_maps()
         # the PDG model on the CPU: fused NumPy step (``passive_step``), same draws and results to float rounding
         fused = type(self.scatter_model) is PDGScatterModel and mu.muons.device.type == "cpu"
         padded_np = padded.cpu().numpy() if fused else None
@@ -144,30 +141,82 @@ class PassiveLayer(AbsLayer):
             if fused:
                 self._fused_pdg_step(mu, cast(np.ndarray, padded_np), rows_padded, float(z_target), generator)
                 continue
-            x, y, z, mom, theta, phi = mu.muons.unbind(1)  # strided views of the state (no copies)
-            ct, cp, sp = torch.cos(theta), torch.cos(phi), torch.sin(phi)
-            inv_ct = 1.0 / ct
-            dz = z - z_target
-            tan_dz = torch.sin(theta) * inv_ct * dz
-            hx, hy = tan_dz * cp, tan_dz * sp
-            x0 = self._x0_lookup(padded, x + 0.5 * hx, y + 0.5 * hy)
-            step_length = dz * inv_ct
-            stopped = None
-            if rows_padded is not None:
-                rows = self._x0_lookup(rows_padded, x + 0.5 * hx, y + 0.5 * hy)
-                mom_new, stopped = self._eloss.step(mom, rows, step_length)  # type: ignore[union-attr]
-                mom = torch.where(stopped, mom, torch.sqrt(mom * mom_new))  # the step's effective momentum
-                mu.update_momentum(mom_new)
-            sc = self.scatter_model.compute_scattering(
-                x0=x0, step_length=step_length, mom=mom, theta=theta, x_traversed=mu.x0_traversed, generator=generator
-            )
-            mu.add_x0_traversed(step_length / x0)  # 0 outside the footprint (X0 = inf)
-            d1 = sc["dx_1"] * inv_ct
-            d2 = sc["dx_2"]
-            mu.scatter_dxyz(hx + d1 * cp - d2 * sp, hy + d1 * sp + d2 * cp, -dz)
-            mu.deflect(sc["dtheta_1"], sc["dtheta_2"], mask=torch.isfinite(x0))  # exact no-op outside the footprint
-            if stopped is not None:
-                _drop_stopped(mu, stopped)
+            self._torch_step(mu, padded, rows_padded, z_target, generator)
+
+    def _padded_maps(self) -> tuple[Tensor, Tensor | None]:
+        """The X0 map (and the energy-loss rows) padded with vacuum around the footprint, flattened for lookups."""
+        assert self.rad_length is not None  # callers check
+        padded = torch.nn.functional.pad(self.rad_length, (1, 1, 1, 1), value=float("inf")).reshape(-1)
+        rows_padded = None
+        if self.energy_loss and self._eloss_rows is not None:  # vacuum row 0 around the footprint
+            rows_padded = torch.nn.functional.pad(self._eloss_rows, (1, 1, 1, 1), value=0).reshape(-1)
+        return padded, rows_padded
+
+    def _torch_step(
+        self,
+        mu: MuonBatch,
+        padded: Tensor,
+        rows_padded: Tensor | None,
+        z_target: float | Tensor,
+        generator: torch.Generator | None,
+        mask: Tensor | None = None,
+    ) -> None:
+        """One step down to ``z_target`` with the layer's scatter model (``mask``: only these muons move)."""
+        x, y, z, mom, theta, phi = mu.muons.unbind(1)  # strided views of the state (no copies)
+        ct, cp, sp = torch.cos(theta), torch.cos(phi), torch.sin(phi)
+        inv_ct = 1.0 / ct
+        dz = z - z_target
+        if mask is not None:
+            dz = torch.where(mask, dz, torch.zeros_like(dz))
+        tan_dz = torch.sin(theta) * inv_ct * dz
+        hx, hy = tan_dz * cp, tan_dz * sp
+        x0 = self._x0_lookup(padded, x + 0.5 * hx, y + 0.5 * hy)
+        step_length = dz * inv_ct
+        stopped = None
+        if rows_padded is not None:
+            rows = self._x0_lookup(rows_padded, x + 0.5 * hx, y + 0.5 * hy)
+            mom_new, stopped = self._eloss.step(mom, rows, step_length)  # type: ignore[union-attr]
+            if mask is not None:
+                mom_new, stopped = torch.where(mask, mom_new, mom), stopped & mask
+            mom = torch.where(stopped, mom, torch.sqrt(mom * mom_new))  # the step's effective momentum
+            mu.update_momentum(mom_new)
+        sc = self.scatter_model.compute_scattering(
+            x0=x0, step_length=step_length, mom=mom, theta=theta, x_traversed=mu.x0_traversed, generator=generator
+        )
+        mu.add_x0_traversed(step_length / x0)  # 0 outside the footprint (X0 = inf) and for masked-out muons
+        d1 = sc["dx_1"] * inv_ct
+        d2 = sc["dx_2"]
+        moved = torch.isfinite(x0) if mask is None else torch.isfinite(x0) & mask
+        mu.scatter_dxyz(hx + d1 * cp - d2 * sp, hy + d1 * sp + d2 * cp, -dz, mask=mask)
+        mu.deflect(sc["dtheta_1"], sc["dtheta_2"], mask=moved)  # exact no-op outside the footprint
+        if stopped is not None:
+            _drop_stopped(mu, stopped)
+
+    def mu_abs2idx(self, mu: MuonBatch, mask: Tensor | None = None) -> Tensor:
+        """(N, 2) voxel indices of the muons' current xy (only those with ``mask`` True, if given); not clamped."""
+        xy = mu.xy if mask is None else mu.xy[mask]
+        return self.abs2idx(xy)
+
+    @torch.no_grad()
+    def scatter_and_propagate(self, mu: MuonBatch, mask: Tensor | None = None, generator: torch.Generator | None = None) -> None:
+        """One scattering step (TomOpt's API): move the muons (those with ``mask`` True) down by one step of
+        ``size / n_steps`` from their current z, never below the layer bottom, scattering them inside the footprint.
+
+        :meth:`forward` is the usual way through the layer: it first moves the muons to the layer top and then takes
+        ``n_steps`` such steps. Without a loaded X0 map the muons just propagate. This method always takes the torch
+        path of a step (``forward`` uses the fused NumPy step for the PDG model on the CPU, with the same physics).
+        """
+        if len(mu) == 0:
+            return
+        z_target = mu.z - self.size / self.n_steps
+        z_target = torch.where(z_target < self.z_bottom + 1e-6, torch.full_like(z_target, self.z_bottom), z_target)
+        active = mu.z > z_target  # muons already at (or below) the layer bottom stay where they are
+        mask = active if mask is None else mask.to(active.device).bool() & active
+        if self.rad_length is None:
+            mu.propagate_dz(mu.z - z_target, mask=mask)
+            return
+        padded, rows_padded = self._padded_maps()
+        self._torch_step(mu, padded, rows_padded, z_target, generator, mask=mask)
 
     def _fused_pdg_step(
         self,

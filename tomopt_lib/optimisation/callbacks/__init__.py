@@ -1,43 +1,42 @@
-"""Callbacks for the volume wrappers' fit / predict loops."""
+"""Callbacks for the volume wrappers' fit / predict loops.
 
-from .callback import Callback, CyclicCallback
+As in TomOpt, the package re-exports the public names of its modules (``callback``, ``cyclic_callbacks``,
+``data_callbacks``, ``detector_callbacks``, ``diagnostic_callbacks``, ``eval_metric``, ``grad_callbacks``,
+``monitors``, ``opt_callbacks``, ``pred_callbacks``, ``warmup_callbacks``).
+"""
+
+from .callback import Callback
+from .cyclic_callbacks import CyclicCallback
+from .data_callbacks import MuonResampler
+from .detector_callbacks import PanelCentring, PanelUpdateLimiter, SigmoidPanelSmoothnessSchedule
+from .diagnostic_callbacks import HitRecord, ScatterRecord
 from .eval_metric import EvalMetric
-from .grad_callbacks import NoMoreNaNs, PanelUpdateLimiter
+from .grad_callbacks import NoMoreNaNs
+from .monitors import MetricLogger, PanelMetricLogger
 from .opt_callbacks import EpochSave, OneCycle
-from .pred_callbacks import PredHandler, VolumeTargetPredHandler
+from .pred_callbacks import PredHandler, Save2HDF5PredHandler, VolumeTargetPredHandler
 from .warmup_callbacks import CostCoefWarmup, OptConfig, PostWarmupCallback, WarmupCallback
 
 __all__ = [
     "Callback",
     "CyclicCallback",
+    "MuonResampler",
+    "PanelCentring",
+    "PanelUpdateLimiter",
+    "SigmoidPanelSmoothnessSchedule",
+    "HitRecord",
+    "ScatterRecord",
     "EvalMetric",
     "NoMoreNaNs",
-    "PanelUpdateLimiter",
+    "MetricLogger",
+    "PanelMetricLogger",
     "EpochSave",
     "OneCycle",
     "PredHandler",
     "VolumeTargetPredHandler",
+    "Save2HDF5PredHandler",
     "WarmupCallback",
     "CostCoefWarmup",
     "OptConfig",
     "PostWarmupCallback",
-]
-
-# monitors helper: append MetricLogger, PanelMetricLogger, ScatterRecord, HitRecord, Save2HDF5PredHandler,
-# MuonResampler, SigmoidPanelSmoothnessSchedule, PanelCentring below.
-from .data_callbacks import MuonResampler  # noqa: E402
-from .detector_callbacks import PanelCentring, SigmoidPanelSmoothnessSchedule  # noqa: E402
-from .diagnostic_callbacks import HitRecord, ScatterRecord  # noqa: E402
-from .monitors import MetricLogger, PanelMetricLogger  # noqa: E402
-from .pred_callbacks_hdf5 import Save2HDF5PredHandler  # noqa: E402
-
-__all__ += [
-    "MetricLogger",
-    "PanelMetricLogger",
-    "ScatterRecord",
-    "HitRecord",
-    "Save2HDF5PredHandler",
-    "MuonResampler",
-    "SigmoidPanelSmoothnessSchedule",
-    "PanelCentring",
 ]

@@ -1,4 +1,5 @@
-"""Callbacks acting on the panels of the detector: ``PanelCentring`` and ``SigmoidPanelSmoothnessSchedule``."""
+"""Callbacks acting on the panels of the detector: ``PanelCentring`` and ``SigmoidPanelSmoothnessSchedule`` (and
+``PanelUpdateLimiter``, defined in :mod:`.grad_callbacks`, re-exported here at TomOpt's path)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ import torch
 from ...volume.layer import PanelDetectorLayer
 from ...volume.panel import SigmoidDetectorPanel
 from .callback import Callback
+from .grad_callbacks import PanelUpdateLimiter
 from .warmup_callbacks import PostWarmupCallback
 
 if TYPE_CHECKING:
     from ...volume.volume import Volume
 
-__all__ = ["PanelCentring", "SigmoidPanelSmoothnessSchedule", "iter_sigmoid_panels"]
+__all__ = ["PanelCentring", "PanelUpdateLimiter", "SigmoidPanelSmoothnessSchedule", "iter_sigmoid_panels"]
 
 logger = logging.getLogger(__name__)
 

@@ -59,6 +59,7 @@ from .utils import (
 )
 
 if TYPE_CHECKING:
+    from ...volume.layer import AbsDetectorLayer
     from ...volume.passive_layer import RadLengthFunc
     from ...volume.volume import Volume
 
@@ -124,6 +125,10 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
         self.opts: dict[str, torch.optim.Optimizer] = {}
         self._build_opt(**partial_opts)
         self.fit_params = FitParams(device=self.device)
+
+    def get_detectors(self) -> list[AbsDetectorLayer]:
+        """The detector layers of the volume, in layer order (normally decreasing z)."""
+        return self.volume.get_detectors()
 
     # ------------------------------------------------------------------ optimisers
     @abstractmethod
@@ -419,8 +424,12 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
         mu_bs: int,
         pred_cb: Callback | None = None,
         cbs: list[Callback] | None = None,
+        cb_savepath: str | Path = Path("train_weights"),
     ) -> Any:
-        """Predict every passive of ``passives`` with the current detector (no shuffling); ``pred_cb.get_preds()``."""
+        """Predict every passive of ``passives`` with the current detector (no shuffling); ``pred_cb.get_preds()``.
+
+        ``cb_savepath``: where callbacks may write (``fit_params.cb_savepath``), as in :meth:`fit`.
+        """
         from ..callbacks.pred_callbacks import PredHandler
 
         tst = as_yielder("passives", passives, shuffle=False)
@@ -428,7 +437,12 @@ class AbsVolumeWrapper(OptimiserAccessMixin, metaclass=ABCMeta):
         mu_bs = check_int("mu_bs", mu_bs)
         pred_cb = PredHandler() if pred_cb is None else pred_cb
         all_cbs = self._setup(
-            (list(cbs) if cbs else []) + [pred_cb], passive_bs=1, n_mu_per_volume=n_mu_per_volume, mu_bs=mu_bs, tst_passives=tst
+            (list(cbs) if cbs else []) + [pred_cb],
+            passive_bs=1,
+            n_mu_per_volume=n_mu_per_volume,
+            mu_bs=mu_bs,
+            tst_passives=tst,
+            cb_savepath=Path(cb_savepath),
         )
         self._cb("on_pred_begin")
         self._run_state("test", tst, shuffle=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ STATES = ("train", "valid", "test")
 """Allowed values of :attr:`FitParams.state`."""
 
 
-@dataclass
+@dataclass(init=False)
 class FitParams:
     """Everything a fit or a prediction is made of; callbacks read/write it via ``self.wrapper.fit_params``.
 
@@ -41,6 +41,7 @@ class FitParams:
     ``n_skipped_mu_batches`` (empty muon batches skipped), ``n_recoveries`` (restorations of the last
     usable detector after a training batch in which no muon could be reconstructed), ``warmup_active`` / ``warmup_done`` (set by the warm-up
     callbacks: a warm-up callback is running / all warm-ups have finished).
+    Extra keyword arguments become plain attributes (TomOpt's ``FitParams(**kwargs)``), e.g. for custom callbacks.
     """
 
     state: str | None = None
@@ -87,6 +88,25 @@ class FitParams:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     generator: torch.Generator | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Set the given fields (the others take their defaults) and, as TomOpt's ``FitParams(**kwargs)``, any extra
+        keyword as a plain attribute (``ValueError`` if it would shadow a method or a private name)."""
+        for f in fields(self):
+            if f.name in kwargs:
+                value = kwargs.pop(f.name)
+            elif f.default is not MISSING:
+                value = f.default
+            elif callable(f.default_factory):
+                value = f.default_factory()
+            else:  # pragma: no cover - every field has a default or a factory
+                raise TypeError(f"FitParams field {f.name!r} has no default")
+            setattr(self, f.name, value)
+        for key, value in kwargs.items():
+            if key.startswith("_") or hasattr(type(self), key):
+                raise ValueError(f"FitParams: extra key {key!r} would shadow a method or private attribute; rename it")
+            setattr(self, key, value)
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         self.check_state()
