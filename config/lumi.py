@@ -6,8 +6,9 @@ dotted key path (``lumi_scan.bounds``) so that the one error message points at t
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -53,10 +54,19 @@ class LumiPlanParams(ParamsModel):
     """Measurement plan (``lumi_lib.design.design_scan``); the default is the reference's "last example"."""
 
     bases: list[LumiBaseParams] = Field(default_factory=_default_bases, min_length=1, max_length=64)
-    parameters: list[str] = Field(default_factory=lambda: ["sep_x", "sep_y", "cross_x", "cross_y"], min_length=1, max_length=6)
+    parameters: list[str] = Field(
+        default_factory=lambda: ["sep_x", "sep_y", "cross_x", "cross_y"],
+        min_length=1,
+        max_length=32,
+        description="shift parameters (lumi_lib.design.SHIFT_PARAMETERS)",
+    )
     n_shifts: int = Field(6, ge=1, le=100, description="shifts per parameter: {0, d} if 1, else {0} + linspace(-d, d, n)")
     product: bool = Field(True, description="tensor product of all parameters' shifts (else one parameter at a time)")
-    target: float = Field(-0.01, gt=-0.5, lt=0.5, description="relative luminosity change that sizes each shift (!= 0)")
+    target: float | list[float] = Field(
+        -0.01,
+        description="relative luminosity change that sizes each shift, in (-0.5, 0.5), != 0; a list: one shift "
+        "size (and its scan points) per target and parameter",
+    )
 
     @field_validator("parameters")
     @classmethod
@@ -71,23 +81,45 @@ class LumiPlanParams(ParamsModel):
 
     @field_validator("target")
     @classmethod
-    def _nonzero(cls, v: float) -> float:
-        if v == 0.0:
-            raise ValueError("the target relative luminosity change must be non-zero")
+    def _targets(cls, v: float | list[float]) -> float | list[float]:
+        values = [v] if isinstance(v, float) else list(v)
+        if not 1 <= len(values) <= 8:
+            raise ValueError("give one to eight target relative luminosity changes")
+        for t in values:
+            if t == 0.0:
+                raise ValueError("the target relative luminosity change must be non-zero")
+            if not -0.5 < t < 0.5:
+                raise ValueError(f"each target relative luminosity change must lie in (-0.5, 0.5), got {t!r}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"duplicate target relative luminosity changes in {values}")
         return v
+
+    @property
+    def targets(self) -> list[float]:
+        """The target relative luminosity changes as a list."""
+        return [self.target] if isinstance(self.target, float) else list(self.target)
 
     @property
     def n_configs(self) -> int:
         """Number of measurement configurations (residuals per inversion) the plan produces."""
         from lumi_lib.design import n_scan_configs
 
-        return n_scan_configs(len(self.bases), len(self.parameters), self.n_shifts, self.product)
+        return n_scan_configs(len(self.bases), len(self.parameters), self.n_shifts, self.product, len(self.targets))
 
 
 class LumiScanParams(ParamsModel):
-    """``lumi_scan`` stage: seeded random true emittances x batched inversion, in coarse chunks."""
+    """``lumi_scan`` stage: seeded random true emittances x batched inversion, in coarse chunks.
+
+    ``preset`` (a name of ``lumi_lib.inversion.PRESET_PLANS``) replaces ``mode`` and the plan's ``bases``,
+    ``parameters``, ``n_shifts`` and ``product`` (``plan.target`` still applies); null: ``mode`` and ``plan`` as
+    given."""
 
     seed: int = Field(42, ge=0, le=2**63 - 1, description="base seed; chunk c draws truths and noise from (seed, c)")
+    preset: str | None = Field(
+        None,
+        description="named plan replacing mode and plan.bases/parameters/n_shifts/product: xy_1ip, xy_2ip, 12_equal, "
+        "12, xy12, xy12_ref, xy12_last",
+    )
     mode: Literal["xy", "12", "xy12"] = Field("xy12", description="unknowns: xy (2), 12 (2) or xy12 (4)")
     plan: LumiPlanParams = Field(default_factory=LumiPlanParams)
     rel_noise: float = Field(1e-3, ge=0, le=0.5, description="relative rms luminosity noise (0 = noise-free)")
@@ -100,6 +132,40 @@ class LumiScanParams(ParamsModel):
     max_iter: int = Field(50, ge=1, le=10_000)
     jacobian: Literal["reverse", "forward"] = "reverse"
     cond_warn: float = Field(1e8, gt=1, description="warn when the Jacobian condition number exceeds this")
+    rel_uncertainty_warn: float = Field(
+        0.10,
+        gt=0,
+        le=1e6,
+        description="warn when an unknown's relative uncertainty (covariance std / estimate) at the configured noise "
+        "(0.1 % for noise-free scans) exceeds this",
+    )
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, v: str | None) -> str | None:
+        from lumi_lib.inversion import PRESET_PLANS
+
+        if v is not None and v not in PRESET_PLANS:
+            raise ValueError(f"unknown preset; valid names: {', '.join(PRESET_PLANS)}")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """Replace ``mode`` and the plan's layout keys by the named preset's (an unknown name is left to the field
+        validator, which names the key)."""
+        from lumi_lib.inversion import PRESET_PLANS
+
+        if not isinstance(data, dict) or data.get("preset") not in PRESET_PLANS:
+            return data
+        preset = PRESET_PLANS[data["preset"]]
+        plan = data.get("plan", {})
+        if isinstance(plan, LumiPlanParams):
+            return data  # already a model: explicit
+        if not isinstance(plan, dict):
+            return data  # the field validator reports the bad type
+        layout = {k: copy.deepcopy(v) for k, v in preset.items() if k != "mode"}
+        return {**data, "mode": preset["mode"], "plan": {**plan, **layout}}
 
     @model_validator(mode="after")
     def _consistent(self) -> LumiScanParams:
@@ -120,7 +186,9 @@ class LumiScanParams(ParamsModel):
 class LumiReportParams(ParamsModel):
     """``lumi_report`` stage: metrics, histograms, estimate-vs-truth and penalty landscapes."""
 
-    hist_bins: int = Field(40, ge=2, le=10_000, description="bins of the relative-error histograms")
+    hist_bins: int = Field(
+        40, ge=2, le=10_000, description="most bins of the error and pull histograms (fewer for small samples: ceil(2 sqrt(n)))"
+    )
     outlier_sigma: float = Field(7.0, gt=0, le=1000, description="outlier: |estimate - truth| > k sigma_cov in any component")
     outlier_rel_error: float = Field(0.05, gt=0, le=10, description="also reported: fraction with any |rel. error| > this")
     landscape_grid: int = Field(200, ge=5, le=2000, description="grid points per axis of each penalty landscape")

@@ -1,6 +1,7 @@
 """Flow ``lumi_report``: ``metrics/lumi.json``, CSVs for ``dvc plots``, PNGs under ``plots/lumi/`` (penalty landscapes of
-the 12, xy and xy-with-noise cases with the optimiser's path, relative-error histogram, estimate vs truth) and a
-Prefect markdown artifact with the metrics table."""
+the 12, xy and xy-with-noise cases with the optimiser's path, the relative luminosity error per iteration of those
+inversions, relative-error and pull histograms, estimate vs truth) and a Prefect markdown artifact with the metrics
+table."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from prefect.artifacts import create_markdown_artifact
 
 from config import PipelineParams
 from tasks.artifacts import Progress, publish_images
-from tasks.lumi_report import LANDSCAPE_CASES, build_lumi_metrics, landscape_case, lumi_metrics_markdown, render_scan_plots
+from tasks.lumi_report import (
+    LANDSCAPE_CASES,
+    build_lumi_metrics,
+    landscape_case,
+    lumi_metrics_markdown,
+    render_iteration_plot,
+    render_scan_plots,
+)
 
 from .paths import PipelinePaths
 
@@ -37,6 +45,7 @@ def lumi_report_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str,
         landscapes[case] = fut.result()
         progress.set(i)
     dist_f.result()
+    render_iteration_plot(landscapes, plots["rel_lumi_error"])
     progress.set(len(land_f) + 1)
     metrics = build_lumi_metrics(
         str(paths.lumi_scan), str(paths.lumi_metrics), {k: str(v) for k, v in paths.lumi_csvs.items()}, rep, landscapes

@@ -8,6 +8,7 @@ writes the table atomically. A progress artifact follows the chunks; a markdown 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ from prefect.futures import as_completed
 from config import PipelineParams
 from tasks.artifacts import Progress
 from tasks.caching import locked_stage_workdir, remove_stage_workdir
-from tasks.lumi import chunk_plan, merge_scan, run_scan_chunk
+from tasks.lumi import chunk_plan, merge_scan, run_scan_chunk, scan_shifts
 
 from .paths import PipelinePaths
 
@@ -36,12 +37,13 @@ def scan_markdown(summary: Mapping[str, Any], chunks: list[Mapping[str, Any]]) -
         f"| residuals per inversion | {summary['n_configs']} |",
         f"| chunks (tasks) | {summary['n_chunks']} |",
         f"| converged | {summary['converged']} |",
+        f"| on a bound (not converged) | {summary.get('at_bound', 0)} |",
         f"| solve time per inversion [s] | {summary['time_per_inversion_s']:.4g} |",
     ]
     lines += [f"| mean abs rel. error {n} | {v:.3g} |" for n, v in summary["mean_abs_rel_error"].items()]
-    warnings = sorted({c["warning"] for c in chunks if c.get("warning")})
-    if warnings:
-        lines += ["", "**Identifiability:** " + warnings[0]]
+    warning = summary.get("warning") or next((c["warning"] for c in chunks if c.get("warning")), None)
+    if warning:
+        lines += ["", "**Identifiability:** " + warning]
     return "\n".join(lines) + "\n"
 
 
@@ -64,16 +66,21 @@ def lumi_scan_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, A
     for legacy in paths.lumi_scan.parent.glob(".lumi-scan-*"):  # chunk folders of killed runs of older versions
         shutil.rmtree(legacy, ignore_errors=True)
     progress = Progress("lumi-scan-progress", len(plan), "lumi_scan: chunks done [%]")
+    t0 = time.perf_counter()
+    shifts = scan_shifts(cfg.plan, eps_nominal=cfg.eps_nominal)  # the design is solved once; chunks get plain data
+    design_s = time.perf_counter() - t0
     with locked_stage_workdir(workdir, "lumi_scan") as work:  # chunk parts of a killed run are overwritten, then removed
         futures = [
-            run_scan_chunk.submit(cfg, c, start, n, f"{work}/chunk{c:05d}.parquet", params.runtime.device, params.runtime.threads)
+            run_scan_chunk.submit(
+                cfg, c, start, n, f"{work}/chunk{c:05d}.parquet", params.runtime.device, params.runtime.threads, shifts
+            )
             for c, start, n in plan
         ]
         done: list[Mapping[str, Any]] = []
         for fut in as_completed(futures):
             done.append(fut.result())
             progress.set(len(done))
-        summary = merge_scan(done, str(paths.lumi_scan), cfg)
+        summary = merge_scan(done, str(paths.lumi_scan), cfg, design_s=design_s)
         remove_stage_workdir(work)
     create_markdown_artifact(markdown=scan_markdown(summary, done), key="lumi-scan-summary", description="lumi_scan summary")
     log.info("lumi scan written: %s (%.3g s per inversion)", paths.lumi_scan, summary["time_per_inversion_s"])

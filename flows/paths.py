@@ -74,6 +74,8 @@ class PipelinePaths:
             "penalty_xy_noise": d / "penalty_xy_noise.png",
             "rel_err_hist": d / "rel_err_hist.png",
             "est_vs_truth": d / "est_vs_truth.png",
+            "pull_hist": d / "pull_hist.png",
+            "rel_lumi_error": d / "rel_lumi_error.png",
         }
 
     # ------------------------------------------------------------------------------------ optimise / evaluate

@@ -146,6 +146,8 @@ STAGES: dict[str, StageSpec] = {
                 "plots/lumi/penalty_xy_noise.png",
                 "plots/lumi/rel_err_hist.png",
                 "plots/lumi/est_vs_truth.png",
+                "plots/lumi/pull_hist.png",
+                "plots/lumi/rel_lumi_error.png",
             ),
             description="inversion metrics, penalty landscapes, error histograms -> metrics/lumi.json, plots/lumi/",
         ),

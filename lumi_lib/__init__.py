@@ -32,7 +32,7 @@ from .inversion import (  # noqa: E402
     preset_design,
 )
 from .measure import DEFAULT_REL_NOISE, check_measurements, measure, measurement_sigma  # noqa: E402
-from .solver import LSQResult, identifiability_message, solve_lm  # noqa: E402
+from .solver import STATUS, LSQResult, identifiability_message, solve_lm, uncertainty_message  # noqa: E402
 
 __all__ += [
     "NOMINAL_EPS",
@@ -55,5 +55,7 @@ __all__ += [
     "measurement_sigma",
     "LSQResult",
     "identifiability_message",
+    "uncertainty_message",
+    "STATUS",
     "solve_lm",
 ]

@@ -1,11 +1,20 @@
-"""Experiment design for luminosity scans: named parameter shifts, shift sizes from a target luminosity change.
+"""Experiment design for luminosity scans: named parameter shifts, shift sizes from target luminosity changes.
 
-Shift parameters (``delta`` is the applied offset):
+Shift parameters (``delta`` is the applied offset; "both beams" shifts the beam-1 and beam-2 fields together, as the
+reference does):
 
 * ``sep_x``, ``sep_y``: beam-1 minus beam-2 offset at the IP, ``sep_u -> sep_u + delta`` [m];
 * ``cross_x``, ``cross_y``: full crossing angle, ``cross_u -> cross_u + delta`` [rad];
 * ``beta_ratio_x``, ``beta_ratio_y``: beta* asymmetry between the beams, ``beta_u2 -> beta_u2 (1 + delta)`` [-]
-  (beam 1 unchanged, so beta_u2/beta_u1 is multiplied by 1 + delta; delta > -1).
+  (beam 1 unchanged, so beta_u2/beta_u1 is multiplied by 1 + delta; delta > -1);
+* ``beta_x``, ``beta_y`` (both beams) and ``beta_x1``, ``beta_y1``, ``beta_x2``, ``beta_y2`` (one beam):
+  ``beta* -> beta* (1 + delta)`` [-];
+* ``alpha_x``, ``alpha_y``: ``alpha*_u1, alpha*_u2 -> + delta`` (both beams) [-];
+* ``sigma_z``: bunch length of both beams ``x (1 + delta)`` [-]; ``energy``: both beam energies ``x (1 + delta)``
+  [-] (kept above the proton mass); ``intensity``: n1 and n2 ``x (1 + delta)`` [-] (L scales as (1 + delta)^2 and
+  carries no emittance information: allowed for completeness);
+* ``dpp``: momentum spread of both beams ``+ delta`` (kept >= 0) [-]; ``disp_x``, ``disp_y``: D*_u of both beams
+  ``+ delta`` [m] (no effect unless dpp > 0).
 
 The size ``delta`` of each shift solves, for each base configuration separately and at the *nominal* emittances
 (all four = ``eps_nominal``, not the unknown true ones),
@@ -14,10 +23,12 @@ The size ``delta`` of each shift solves, for each base configuration separately 
 
 with a bracketed, safeguarded Newton iteration (autograd derivative, bisection fallback), batched over all
 (base, parameter) pairs. The side of the root is the one where L moves towards the target first (``+`` on ties).
+A design may use several targets per parameter (each gives its own shift sizes and scan points).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -26,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .config import IPConfig
+from .constants import PROTON_MASS_GEV
 from .model import luminosity
 
 __all__ = [
@@ -33,6 +45,7 @@ __all__ = [
     "NOMINAL_EPS",
     "Design",
     "check_parameters",
+    "check_targets",
     "n_scan_configs",
     "apply_shifts",
     "solve_shifts",
@@ -42,19 +55,49 @@ __all__ = [
 NOMINAL_EPS: float = 2.3e-6
 """Nominal normalised emittance [m rad]: design point and default start of the inversions."""
 
-SHIFT_PARAMETERS: Mapping[str, str] = MappingProxyType(
-    {
-        "sep_x": "horizontal offset sep_x + delta [m]",
-        "sep_y": "vertical offset sep_y + delta [m]",
-        "cross_x": "horizontal full crossing angle cross_x + delta [rad]",
-        "cross_y": "vertical full crossing angle cross_y + delta [rad]",
-        "beta_ratio_x": "beta*_x2 * (1 + delta), beam 1 unchanged [-]",
-        "beta_ratio_y": "beta*_y2 * (1 + delta), beam 1 unchanged [-]",
-    }
-)
+
+@dataclass(frozen=True)
+class _Shift:
+    """How a shift parameter acts: ``kind`` "add" (field + delta), "scale" (field (1 + delta)) or "add_nonneg"
+    (field + delta, kept >= 0) on every field in ``fields``; ``unit``: smallest |delta| of the bracket search."""
+
+    fields: tuple[str, ...]
+    kind: str
+    unit: float
+    text: str
+
+
+def _both(stem: str) -> tuple[str, str]:
+    return (f"{stem}1", f"{stem}2")
+
+
+_SHIFTS: dict[str, _Shift] = {
+    "sep_x": _Shift(("sep_x",), "add", 1e-9, "horizontal offset sep_x + delta [m]"),
+    "sep_y": _Shift(("sep_y",), "add", 1e-9, "vertical offset sep_y + delta [m]"),
+    "cross_x": _Shift(("cross_x",), "add", 1e-10, "horizontal full crossing angle cross_x + delta [rad]"),
+    "cross_y": _Shift(("cross_y",), "add", 1e-10, "vertical full crossing angle cross_y + delta [rad]"),
+    "beta_ratio_x": _Shift(("beta_x2",), "scale", 1e-6, "beta*_x2 * (1 + delta), beam 1 unchanged [-]"),
+    "beta_ratio_y": _Shift(("beta_y2",), "scale", 1e-6, "beta*_y2 * (1 + delta), beam 1 unchanged [-]"),
+    "beta_x": _Shift(_both("beta_x"), "scale", 1e-6, "beta*_x of both beams * (1 + delta) [-]"),
+    "beta_y": _Shift(_both("beta_y"), "scale", 1e-6, "beta*_y of both beams * (1 + delta) [-]"),
+    **{
+        f"beta_{u}{b}": _Shift((f"beta_{u}{b}",), "scale", 1e-6, f"beta*_{u}{b} * (1 + delta) [-]")
+        for b in (1, 2)
+        for u in ("x", "y")
+    },
+    "alpha_x": _Shift(_both("alpha_x"), "add", 1e-7, "alpha*_x of both beams + delta [-]"),
+    "alpha_y": _Shift(_both("alpha_y"), "add", 1e-7, "alpha*_y of both beams + delta [-]"),
+    "sigma_z": _Shift(_both("sigma_z"), "scale", 1e-6, "bunch length of both beams * (1 + delta) [-]"),
+    "energy": _Shift(_both("energy"), "scale", 1e-8, "energy of both beams * (1 + delta) [-]"),
+    "intensity": _Shift(("n1", "n2"), "scale", 1e-8, "protons per bunch of both beams * (1 + delta) [-]"),
+    "dpp": _Shift(_both("dpp"), "add_nonneg", 1e-9, "momentum spread of both beams + delta, >= 0 [-]"),
+    "disp_x": _Shift(_both("disp_x"), "add", 1e-7, "dispersion D*_x of both beams + delta [m]"),
+    "disp_y": _Shift(_both("disp_y"), "add", 1e-7, "dispersion D*_y of both beams + delta [m]"),
+}
+
+SHIFT_PARAMETERS: Mapping[str, str] = MappingProxyType({name: spec.text for name, spec in _SHIFTS.items()})
 """Valid shift-parameter names and what a shift ``delta`` does."""
 
-_SEARCH_UNIT = {"sep_x": 1e-9, "sep_y": 1e-9, "cross_x": 1e-10, "cross_y": 1e-10, "beta_ratio_x": 1e-6, "beta_ratio_y": 1e-6}
 _N_GRID = 48  # bracket search: |delta| = unit * 2^k, k = 0 .. _N_GRID - 1
 
 
@@ -85,12 +128,31 @@ def apply_shifts(config: IPConfig, parameters: Sequence[str], offsets: Tensor) -
     changes: dict[str, Tensor] = {}
     for i, name in enumerate(params):
         d = offsets[..., i]
-        if name.startswith("beta_ratio_"):
-            field = f"beta_{name[-1]}2"
-            changes[field] = changes.get(field, p[field]) * (1.0 + d)
-        else:
-            changes[name] = changes.get(name, p[name]) + d
+        spec = _SHIFTS[name]
+        for field in spec.fields:
+            value = changes.get(field, p[field])
+            changes[field] = value * (1.0 + d) if spec.kind == "scale" else value + d
     return config.replace(**changes)
+
+
+def _lower_caps(base: IPConfig, params: Sequence[str], device: torch.device | None) -> Tensor:
+    """(n_bases, P) smallest allowed delta per (base, parameter): > -1 for scalings (energy: above the proton
+    mass), -value for the non-negative fields, -inf otherwise."""
+    p = base.to_tensors(device=device)
+    nb = base.batch_shape[0]
+    cols = []
+    for name in params:
+        spec = _SHIFTS[name]
+        cap = torch.full((nb,), -math.inf, dtype=torch.float64, device=device)
+        if spec.kind == "scale":
+            cap = torch.full_like(cap, -0.99)
+            if name == "energy":
+                emin = torch.minimum(p["energy1"], p["energy2"]).expand(nb)
+                cap = torch.maximum(cap, 1.001 * PROTON_MASS_GEV / emin - 1.0)
+        elif spec.kind == "add_nonneg":
+            cap = -torch.stack([p[f].expand(nb) for f in spec.fields]).amin(dim=0)
+        cols.append(cap)
+    return torch.stack(cols, dim=1)
 
 
 def _as_batched(bases: IPConfig | Sequence[IPConfig], device: torch.device | None) -> IPConfig:
@@ -128,19 +190,15 @@ def solve_shifts(
     Raises ``ValueError`` if ``target`` is 0, not finite, <= -1, or not reachable for some (base, parameter).
     """
     params = check_parameters(parameters)
-    target = float(target)
-    if not (target == target and abs(target) != float("inf")) or target == 0.0 or target <= -1.0:
-        raise ValueError(f"target: relative luminosity change must be finite, non-zero and > -1, got {target!r}")
+    (target,) = check_targets(float(target))
     dev = torch.device(device) if device is not None else None
     base = _as_batched(bases, dev)
     nb, npar = base.batch_shape[0], len(params)
     eps = _nominal(dev, eps_nominal)
     l0 = luminosity(base, eps, device=dev)  # (nb,)
     eye = torch.eye(npar, dtype=torch.float64, device=dev)
-    unit = torch.tensor([_SEARCH_UNIT[p] for p in params], dtype=torch.float64, device=dev)
-    ratio_cap = torch.tensor(
-        [-0.99 if p.startswith("beta_ratio_") else -float("inf") for p in params], dtype=torch.float64, device=dev
-    )
+    unit = torch.tensor([_SHIFTS[p].unit for p in params], dtype=torch.float64, device=dev)
+    ratio_cap = _lower_caps(base, params, dev)  # (nb, P)
 
     def g(delta: Tensor) -> Tensor:  # delta (..., nb, P) -> (..., nb, P); column p shifts parameter p only
         cfg = apply_shifts(
@@ -197,8 +255,9 @@ class Design:
     """A set of measurement configurations.
 
     ``config``: batched :class:`IPConfig`, fields of shape (M,); ``labels``: M strings; ``parameters``: shift names
-    (P); ``shifts``: (n_bases, P) solved delta per base configuration; ``offsets``: (M, P) applied shift per
-    configuration; ``base_index``: (M,) int64 index of each configuration's base; ``target``: design luminosity change.
+    (P); ``shifts``: (n_bases, P) solved delta per base configuration (one target) or (n_bases, P, T) (T targets);
+    ``offsets``: (M, P) applied shift per configuration; ``base_index``: (M,) int64 index of each configuration's
+    base; ``target``: the (first) design luminosity change; ``targets``: all of them.
     """
 
     config: IPConfig
@@ -208,6 +267,7 @@ class Design:
     offsets: Tensor
     base_index: Tensor
     target: float
+    targets: tuple[float, ...] = ()
 
     @property
     def n_configs(self) -> int:
@@ -215,13 +275,27 @@ class Design:
         return len(self.labels)
 
 
-def n_scan_configs(n_bases: int, n_parameters: int, n_shifts: int, product: bool) -> int:
-    """Configurations M of ``design_scan``: per (base, parameter) 2 points if ``n_shifts`` is 1, else 0 and ``n_shifts``
-    non-zero points (``n_shifts`` with the odd-count centre dropped); per base their tensor product (``product``) or
-    the base point plus every parameter's non-zero points."""
-    pts = 2 if n_shifts == 1 else (n_shifts if n_shifts % 2 == 1 else n_shifts + 1)
+def n_scan_configs(n_bases: int, n_parameters: int, n_shifts: int, product: bool, n_targets: int = 1) -> int:
+    """Configurations M of ``design_scan``: per (base, parameter) 0 and, per target, 1 non-zero point if ``n_shifts``
+    is 1, else ``n_shifts`` (``n_shifts`` - 1 when odd: the centre is the 0); per base their tensor product
+    (``product``) or the base point plus every parameter's non-zero points."""
+    nonzero = 1 if n_shifts == 1 else (n_shifts - 1 if n_shifts % 2 == 1 else n_shifts)
+    pts = 1 + n_targets * nonzero
     per_base = pts**n_parameters if product else 1 + (pts - 1) * n_parameters
     return n_bases * per_base
+
+
+def check_targets(target: float | Sequence[float]) -> tuple[float, ...]:
+    """Target relative luminosity changes as a tuple (one or more, distinct); ``ValueError`` naming ``target``."""
+    targets = (float(target),) if isinstance(target, (int, float)) else tuple(float(t) for t in target)
+    if not targets:
+        raise ValueError("target: need at least one relative luminosity change")
+    for t in targets:
+        if not math.isfinite(t) or t == 0.0 or t <= -1.0:
+            raise ValueError(f"target: relative luminosity change must be finite, non-zero and > -1, got {t!r}")
+    if len(set(targets)) != len(targets):
+        raise ValueError(f"target: duplicate values in {list(targets)}")
+    return targets
 
 
 def _points(delta: Tensor, n_shifts: int) -> Tensor:
@@ -237,7 +311,7 @@ def design_scan(
     bases: IPConfig | Sequence[IPConfig],
     parameters: Sequence[str],
     *,
-    target: float = -0.01,
+    target: float | Sequence[float] = -0.01,
     n_shifts: int = 1,
     product: bool = False,
     eps_nominal: float = NOMINAL_EPS,
@@ -248,24 +322,33 @@ def design_scan(
 
     Per base and parameter the offsets are {0, delta} (``n_shifts`` = 1) or {0} + linspace(-delta, delta, n_shifts)
     (n_shifts + 1 points, or n_shifts if odd), delta from :func:`solve_shifts` (or given as ``shifts`` (n_bases, P)).
+    Several targets (a sequence): one delta per target, and the non-zero offsets of all targets per parameter
+    (``shifts`` then (n_bases, P, T)).
     ``product=False``: the unshifted base plus one configuration per (parameter, non-zero offset);
     ``product=True``: the tensor product of all parameters' offsets, (n_shifts + 1)^P per base (e.g. 4 * 7^4 = 9604
     for 4 bases, 4 parameters, n_shifts = 6). Configurations are ordered base-major.
     """
     params = check_parameters(parameters)
+    targets = check_targets(target)
     if not isinstance(n_shifts, int) or n_shifts < 1:
         raise ValueError(f"n_shifts must be a positive integer, got {n_shifts!r}")
     dev = torch.device(device) if device is not None else None
     base = _as_batched(bases, dev)
-    nb, npar = base.batch_shape[0], len(params)
+    nb, npar, nt = base.batch_shape[0], len(params), len(targets)
     if shifts is None:
-        shifts = solve_shifts(base, params, target=target, eps_nominal=eps_nominal, device=dev)
+        solved = [solve_shifts(base, params, target=t, eps_nominal=eps_nominal, device=dev) for t in targets]
+        shifts = solved[0] if nt == 1 else torch.stack(solved, dim=-1)
     shifts = torch.as_tensor(shifts, dtype=torch.float64, device=dev)
-    if shifts.shape != (nb, npar):
-        raise ValueError(f"shifts must have shape (n_bases, P) = ({nb}, {npar}), got {tuple(shifts.shape)}")
+    want = (nb, npar) if nt == 1 else (nb, npar, nt)
+    if shifts.shape != want:
+        raise ValueError(f"shifts must have shape (n_bases, P{', T' if nt > 1 else ''}) = {want}, got {tuple(shifts.shape)}")
+    per_target = shifts[..., None] if nt == 1 else shifts
     offsets, index = [], []
     for b in range(nb):  # design construction only (tiny), not a hot path
-        pts = [_points(shifts[b, p], n_shifts) for p in range(npar)]
+        pts = [
+            torch.cat([per_target.new_zeros(1), *(_points(per_target[b, p, t], n_shifts)[1:] for t in range(nt))])
+            for p in range(npar)
+        ]
         if product:
             off = torch.cartesian_prod(*pts) if npar > 1 else pts[0][:, None]
         else:
@@ -279,11 +362,19 @@ def design_scan(
         offsets.append(off)
         index.append(torch.full((off.shape[0],), b, dtype=torch.int64, device=dev))
     offsets_t, index_t = torch.cat(offsets), torch.cat(index)
+    caps = _lower_caps(base, params, dev)[index_t]
+    if bool((offsets_t < caps).any()):
+        m, j = (offsets_t < caps).nonzero()[0].tolist()
+        raise ValueError(
+            f"n_shifts: the scan point {params[j]}={float(offsets_t[m, j]):+.4g} of base configuration "
+            f"{int(index_t[m])} (the mirror -delta of the solved shift) leaves the allowed range (>= {float(caps[m, j]):+.4g}); "
+            "use n_shifts: 1 or a smaller |target| for this parameter"
+        )
     fields = {k: v[index_t] for k, v in base.to_tensors(device=dev).items()}
     config = apply_shifts(base.replace(**fields), params, offsets_t)
     labels = tuple(
-        f"ip{int(b)}:" + ",".join(f"{n}={float(v):+.4g}" for n, v in zip(params, row))
-        for b, row in zip(index_t.tolist(), offsets_t.cpu())
+        f"ip{b}:" + ",".join(f"{n}={v:+.4g}" for n, v in zip(params, row))
+        for b, row in zip(index_t.tolist(), offsets_t.cpu().tolist())
     )
     return Design(
         config=config,
@@ -292,5 +383,6 @@ def design_scan(
         shifts=shifts,
         offsets=offsets_t,
         base_index=index_t,
-        target=float(target),
+        target=targets[0],
+        targets=targets,
     )

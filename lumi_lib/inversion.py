@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor
@@ -26,11 +26,13 @@ from .config import IPConfig
 from .design import NOMINAL_EPS, Design, design_scan
 from .measure import DEFAULT_REL_NOISE, check_measurements, measure, measurement_sigma
 from .model import luminosity
-from .solver import identifiability_message, solve_lm
+from .solver import identifiability_message, solve_lm, uncertainty_message
 
 __all__ = [
     "MODES",
     "PRESETS",
+    "PRESET_PLANS",
+    "base_config",
     "InversionResult",
     "mode_matrix",
     "preset_design",
@@ -46,6 +48,49 @@ MODES: Mapping[str, tuple[str, ...]] = MappingProxyType(
 
 _P = {"xy": [[1, 0, 1, 0], [0, 1, 0, 1]], "12": [[1, 1, 0, 0], [0, 0, 1, 1]], "xy12": torch.eye(4).tolist()}
 
+_X, _Y = {"crossing_plane": "x"}, {"crossing_plane": "y"}
+_X98, _Y98 = {"crossing_plane": "x", "beta2_ratio": 0.98}, {"crossing_plane": "y", "beta2_ratio": 0.98}
+
+PRESET_PLANS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "xy_1ip": {"mode": "xy", "bases": [_Y], "parameters": ["sep_x"], "n_shifts": 1, "product": False},
+        "xy_2ip": {"mode": "xy", "bases": [_Y, _X], "parameters": ["sep_x"], "n_shifts": 1, "product": False},
+        "12_equal": {"mode": "12", "bases": [_Y], "parameters": ["sep_x"], "n_shifts": 1, "product": False},
+        "12": {
+            "mode": "12",
+            "bases": [_Y, {"crossing_plane": "x", "beta2_ratio": 0.8}],
+            "parameters": ["sep_x"],
+            "n_shifts": 10,
+            "product": False,
+        },
+        "xy12": {
+            "mode": "xy12",
+            "bases": [_X, _Y, _X98, _Y98],
+            "parameters": ["sep_x", "sep_y"],
+            "n_shifts": 1,
+            "product": False,
+        },
+        "xy12_ref": {
+            "mode": "xy12",
+            "bases": [{"crossing_plane": "x", "overrides": {"beta_x2": 0.3001, "beta_y2": 0.3001}}],
+            "parameters": ["sep_x", "sep_y", "cross_x", "cross_y"],
+            "n_shifts": 1,
+            "product": False,
+        },
+        "xy12_last": {
+            "mode": "xy12",
+            "bases": [_X, _Y, _X98, _Y98],
+            "parameters": ["sep_x", "sep_y", "cross_x", "cross_y"],
+            "n_shifts": 6,
+            "product": True,
+        },
+    }
+)
+"""Named measurement plans as plain data: ``mode`` and the keys of a ``lumi_scan.plan`` section (``bases``: crossing
+plane, beta*_2 / beta*_1 ratio, IPConfig overrides; ``parameters``; ``n_shifts``; ``product``). The reference's five
+studies are ``xy_1ip``, ``xy_2ip``, ``12``, ``xy12_ref`` (its README's near-degenerate xy12: beta*_2 = beta*_1 +
+0.1 mm, 5 configurations) and ``xy12_last``; ``12_equal`` and ``xy12`` are further examples."""
+
 PRESETS: Mapping[str, str] = MappingProxyType(
     {
         "xy_1ip": "1 IP (crossing y) + sep_x shift: 2 configurations (reference inv_gauss_xy)",
@@ -53,10 +98,23 @@ PRESETS: Mapping[str, str] = MappingProxyType(
         "12_equal": "1 IP (crossing y), equal optics, + sep_x shift: 2 configurations; eps_1 + eps_2 only (degenerate)",
         "12": "crossing y and crossing x with beta*_2 = 0.8 beta*_1, each + {0} U linspace(-d, d, 10) sep_x: 22",
         "xy12": "4 bases (crossing x, y; and both with beta*_2 = 0.98 beta*_1) + one sep_x and sep_y shift each: 12",
+        "xy12_ref": "the reference README's xy12: crossing x, beta*_2 = beta*_1 + 0.1 mm, + one shift of sep_x, sep_y, "
+        "cross_x, cross_y: 5 configurations (near-degenerate, cond ~ 6e6)",
         "xy12_last": "the reference's last example: 4 bases x (sep_x, sep_y, cross_x, cross_y) 7^4 product = 9604",
     }
 )
-"""Ready-made measurement plans (see :func:`preset_design`)."""
+"""Ready-made measurement plans (see :func:`preset_design`, :data:`PRESET_PLANS`)."""
+
+
+def base_config(
+    crossing_plane: Literal["x", "y"] = "y", beta2_ratio: float = 1.0, overrides: Mapping[str, float] | None = None
+) -> IPConfig:
+    """One base configuration: the LHC default with ``crossing_plane``, then ``overrides`` (IPConfig fields), then
+    beta*_u2 = ``beta2_ratio`` beta*_u1 (u = x, y; skipped for a ratio of 1)."""
+    cfg = IPConfig.lhc_default(crossing_plane, **dict(overrides or {}))
+    if beta2_ratio != 1.0:
+        cfg = cfg.replace(beta_x2=beta2_ratio * cfg.beta_x1, beta_y2=beta2_ratio * cfg.beta_y1)
+    return cfg
 
 
 def mode_matrix(mode: str, *, device: str | torch.device | None = None) -> tuple[tuple[str, ...], Tensor]:
@@ -66,23 +124,27 @@ def mode_matrix(mode: str, *, device: str | torch.device | None = None) -> tuple
     return MODES[mode], torch.tensor(_P[mode], dtype=torch.float64, device=device)
 
 
-def preset_design(name: str, *, target: float = -0.01, device: str | torch.device | None = None) -> Design:
-    """The measurement plan ``name`` (one of :data:`PRESETS`), shifts solved at nominal emittances for ``target``."""
-    bx, by = IPConfig.lhc_default("x"), IPConfig.lhc_default("y")
-    kw: dict[str, Any] = dict(target=target, device=device)
-    if name in ("xy_1ip", "12_equal"):
-        return design_scan([by], ["sep_x"], **kw)
-    if name == "xy_2ip":
-        return design_scan([by, bx], ["sep_x"], **kw)
-    if name == "12":
-        return design_scan([by, bx.replace(beta_x2=0.24, beta_y2=0.24)], ["sep_x"], n_shifts=10, **kw)
-    asym = dict(beta_x2=0.294, beta_y2=0.294)
-    bases = [bx, by, bx.replace(**asym), by.replace(**asym)]
-    if name == "xy12":
-        return design_scan(bases, ["sep_x", "sep_y"], **kw)
-    if name == "xy12_last":
-        return design_scan(bases, ["sep_x", "sep_y", "cross_x", "cross_y"], n_shifts=6, product=True, **kw)
-    raise ValueError(f"name: unknown preset design {name!r}; valid presets: {', '.join(PRESETS)}")
+def preset_design(
+    name: str,
+    *,
+    target: float | Sequence[float] = -0.01,
+    shifts: Tensor | None = None,
+    device: str | torch.device | None = None,
+) -> Design:
+    """The measurement plan ``name`` (one of :data:`PRESETS`), shifts solved at nominal emittances for ``target``
+    (or given as ``shifts``, see :func:`lumi_lib.design.design_scan`)."""
+    if name not in PRESET_PLANS:
+        raise ValueError(f"name: unknown preset design {name!r}; valid presets: {', '.join(PRESETS)}")
+    plan = PRESET_PLANS[name]
+    return design_scan(
+        [base_config(**b) for b in plan["bases"]],
+        plan["parameters"],
+        target=target,
+        n_shifts=plan["n_shifts"],
+        product=plan["product"],
+        shifts=shifts,
+        device=device,
+    )
 
 
 @dataclass(frozen=True)
@@ -93,7 +155,11 @@ class InversionResult:
     (estimate - truth) / truth or None; ``std`` (B, K) and ``cov`` (B, K, K) from (J^T W J)^-1; ``residual_norm`` (B,)
     = |(L - C) / sigma|_2; ``iterations`` (B,); ``converged`` (B,) bool; ``cond`` (B,) Jacobian condition number
     (scaled unknowns); ``measured`` (B, M); ``path`` (n_iter + 1, B, K) iterates or None; ``null_direction`` (B, K)
-    least-determined direction (unit vector, scaled unknowns) or None.
+    least-determined direction (unit vector, scaled unknowns) or None; ``at_bound`` (B,) bool: some unknown ended on
+    a bound (never ``converged``); ``status`` (B,) int64 :data:`lumi_lib.solver.STATUS` code; ``recovered`` (B,) bool:
+    converged only after a restart or the scipy polish; ``rel_noise``: the relative noise the data were weighted with
+    (0 = noise-free, weighted with a nominal 0.1 %); ``residual`` (B, M) weighted residuals (L - C) / sigma at the
+    estimate and ``jacobian`` (B, M, K) their derivative d r / d estimate [1 / (m rad)], if requested (else None).
     """
 
     mode: str
@@ -111,17 +177,51 @@ class InversionResult:
     measured: Tensor
     path: Tensor | None = None
     null_direction: Tensor | None = None
+    at_bound: Tensor | None = None
+    status: Tensor | None = None
+    recovered: Tensor | None = None
+    rel_noise: float = DEFAULT_REL_NOISE
+    residual: Tensor | None = None
+    jacobian: Tensor | None = None
 
-    def identifiability_warning(self, threshold: float) -> str | None:
-        """:func:`lumi_lib.solver.identifiability_message` of this result (None if every condition number is
-        <= ``threshold`` or no null direction was recorded)."""
+    @property
+    def relative_uncertainty(self) -> Tensor:
+        """(B, K) std / |estimate| from the covariance (at the weighting noise ``rel_noise``, 0.1 % if noise-free)."""
+        return self.std / self.estimate.abs()
+
+    def identifiability_warning(self, threshold: float = 1e8, rel_uncertainty: float | None = None) -> str | None:
+        """Warning text, or None: :func:`lumi_lib.solver.identifiability_message` (condition number above
+        ``threshold``) if ``rel_uncertainty`` is None, else :func:`lumi_lib.solver.uncertainty_message` (also any
+        unknown whose relative uncertainty exceeds ``rel_uncertainty``). None without a recorded null direction."""
         if self.null_direction is None:
             return None
-        return identifiability_message(self.cond.detach().cpu(), self.null_direction.detach().cpu(), self.names, threshold)
+        cond, null = self.cond.detach().cpu(), self.null_direction.detach().cpu()
+        if rel_uncertainty is None:
+            return identifiability_message(cond, null, self.names, threshold)
+        return uncertainty_message(
+            self.relative_uncertainty.detach().cpu(),
+            self.names,
+            rel_uncertainty,
+            null_direction=null,
+            cond=cond,
+            cond_threshold=threshold,
+            noise=noise_phrase(self.rel_noise),
+        )
 
     def as_dict(self) -> dict[str, object]:
         """Field name -> value (tensors not copied)."""
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+DEFAULT_REL_UNCERTAINTY_WARN: float = 0.10
+"""Default threshold of the relative-uncertainty warning (std / estimate of any unknown)."""
+
+
+def noise_phrase(rel_noise: float) -> str:
+    """How the warnings name the noise the covariance assumes."""
+    if rel_noise > 0:
+        return f"{100.0 * rel_noise:.3g} % noise"
+    return f"the nominal {100.0 * DEFAULT_REL_NOISE:.3g} % weighting of noise-free data"
 
 
 def _default_chunk(n_configs: int) -> int:
@@ -142,13 +242,21 @@ def invert_measured(
     max_iter: int = 50,
     jacobian: str = "reverse",
     cond_warn: float = 1e8,
+    rel_uncertainty_warn: float = DEFAULT_REL_UNCERTAINTY_WARN,
     record_path: bool = False,
+    restarts: bool = True,
+    polish: bool = True,
+    keep_jacobian: bool = False,
     device: str | torch.device | None = None,
 ) -> InversionResult:
     """Invert measured luminosities ``measured`` (B, M) [cm^-2 s^-1] of ``design`` (M configurations).
 
     ``rel_noise``: relative rms noise of the data (weights sigma = rel_noise * C; 0 = noise-free, weighted with a
     nominal 0.1 %). ``x0``, ``lower``, ``upper``: start and box bounds [m rad] (scalar, (K,) or (B, K)).
+    Warns (``UserWarning``, :meth:`InversionResult.identifiability_warning`) when a condition number exceeds
+    ``cond_warn`` or an unknown's relative uncertainty exceeds ``rel_uncertainty_warn`` (``math.inf``: never).
+    ``restarts``, ``polish``: recovery of unconverged problems (:func:`lumi_lib.solver.solve_lm`);
+    ``keep_jacobian``: also return the residual vectors and Jacobians (memory B x M x K).
     """
     names, pmat = mode_matrix(mode, device=device)
     dev = pmat.device
@@ -191,13 +299,13 @@ def invert_measured(
                 cond_warn=math.inf,
                 names=names,
                 record_path=record_path,
+                restarts=restarts,
+                polish=polish,
+                keep_jacobian=keep_jacobian,
             )
         )
     cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
     cond, null = cat("cond"), cat("null_direction")
-    msg = identifiability_message(cond, null, names, cond_warn)
-    if msg is not None:
-        warnings.warn(msg, UserWarning, stacklevel=2)
     est = cat("x")
     path = None
     if record_path:
@@ -205,7 +313,7 @@ def invert_measured(
         n = max(q.shape[0] for q in paths)
         path = torch.cat([torch.cat([q, q[-1:].expand(n - q.shape[0], -1, -1)]) for q in paths], dim=1)
     tr = None if truth is None else torch.as_tensor(truth, dtype=torch.float64, device=dev).expand(b, k)
-    return InversionResult(
+    result = InversionResult(
         mode=mode,
         names=names,
         estimate=est,
@@ -221,7 +329,17 @@ def invert_measured(
         measured=meas,
         path=path,
         null_direction=null,
+        at_bound=cat("at_bound"),
+        status=cat("status"),
+        recovered=cat("recovered"),
+        rel_noise=float(rel_noise),
+        residual=cat("residual") if keep_jacobian else None,
+        jacobian=cat("jacobian") if keep_jacobian else None,
     )
+    msg = result.identifiability_warning(cond_warn, rel_uncertainty_warn)
+    if msg is not None:
+        warnings.warn(msg, UserWarning, stacklevel=2)
+    return result
 
 
 def invert(

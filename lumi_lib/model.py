@@ -20,7 +20,13 @@ theta_y^2/Sigma_y0^2 + a, z_c = -(sep_x theta_x/Sigma_x0^2 + sep_y theta_y/Sigma
 and the two tails, which the hourglass makes non-negligible (offsets in the non-crossing plane: up to 1e-5 of L).
 Nodes live in t = asinh((z - zr)/w), where zr +- i w are the complex zeros of Sigma_u^2(z) (the integrand's
 singularities, |w| ~ beta*): in t they sit at +- i pi/2, so GL converges geometrically whatever beta*/sigma_z.
-Default 48 + 2 x 16 nodes: <= 1e-11 from tight scipy quad on thousands of random configurations. The panel edges are
+Default 48 + 2 x 16 nodes: <= 1e-11 from tight scipy quad on thousands of random configurations in physical ranges
+(beta* 0.15-2 m, sigma_z 5-40 cm, offsets up to ~6 sigma, crossing up to 600 urad); head-on with beta* up to 1e5 m
+(beta*/sigma_z up to 2e6) <= ~1e-12 (sinh by ``torch.sinh``: a difference of exponentials lost up to 4e-11 there).
+Beyond physical ranges the fixed rule can under-resolve the integrand: in a 300-configuration stress set (alpha* up
+to +-10, beta* 5 cm - 10 m, sigma_z 1 cm - 1 m unequal between the beams, offsets up to 0.2 mm, crossing up to
+1 mrad) the median error is 4e-15, the 99th percentile ~1e-7 and the worst ~2e-4 (very unequal bunch lengths with
+large alpha*); where the nearer singularity switches plane (e.g. alpha* ~ 9) L can jump by ~2e-8. The panel edges are
 computed without gradient; autograd differentiates the fixed rule. CPU batches are processed in cache-sized blocks.
 """
 
@@ -218,16 +224,15 @@ def luminosity(
 def _integrate(flat, nodes) -> torch.Tensor:
     """int K(z) dz * sqrt(sz1^2 + sz2^2) for a flat batch (B, 1) of coefficients and panel edges (B, 4); returns (B,).
 
-    Composite Gauss-Legendre in t over three panels, z = zr + w sinh t, dz = w cosh t dt. The exponent is evaluated
+    Composite Gauss-Legendre in t over three panels, z = zr + w sinh t, dz = w cosh t dt (``torch.sinh``; cosh t = sqrt(1 + sinh^2 t)). The exponent is evaluated
     as (dx^2 Sy^2 + dy^2 Sx^2) / (Sx^2 Sy^2) to share one division with the 1/sqrt(Sx^2 Sy^2) prefactor.
     """
     x0, x1, x2, y0, y1, y2, sx, tx, sy, ty, neg_half_a, zr, half_w, edges = flat
     t_mat, w_mat = nodes
     t = edges @ t_mat
-    et = torch.exp(t)
-    iet = torch.reciprocal(et)
-    z = torch.addcmul(zr, half_w, et - iet)
-    jac = ((edges * half_w) @ w_mat) * (et + iet)
+    sh2 = 2.0 * torch.sinh(t)  # not exp(t) - exp(-t): that cancels for |t| << 1 (beta* >> sigma_z), ~1e-11 lost
+    z = torch.addcmul(zr, half_w, sh2)
+    jac = ((edges * half_w) @ w_mat) * torch.sqrt(4.0 + sh2 * sh2)  # 2 cosh t, cheaper than torch.cosh
     var_x = torch.addcmul(x0, z, torch.addcmul(x1, z, x2))
     var_y = torch.addcmul(y0, z, torch.addcmul(y1, z, y2))
     dx = torch.addcmul(sx, tx, z)

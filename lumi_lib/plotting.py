@@ -1,20 +1,33 @@
-"""Matplotlib figures of the luminosity report: penalty landscape with the optimiser's path, relative-error
+"""Matplotlib figures of the luminosity report: penalty landscape with the optimiser's path, relative-error and pull
 histograms, estimate vs truth. Pure functions returning figures built without pyplot (no global figure state) and
 without mathtext labels (its parser is not thread-safe), so they can render in concurrent task threads; the caller
-saves them. Emittances are shown in 1e-6 m rad."""
+saves them. Emittances are shown in 1e-6 m rad; histogram bins follow the sample size (:func:`sample_bins`)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter, NullFormatter
+from matplotlib.ticker import LogFormatter, MaxNLocator, NullFormatter
 
-__all__ = ["plot_penalty_landscape", "plot_rel_err_hist", "plot_est_vs_truth"]
+__all__ = [
+    "sample_bins",
+    "plot_penalty_landscape",
+    "plot_rel_err_hist",
+    "plot_pull_hist",
+    "plot_est_vs_truth",
+    "plot_rel_lumi_error",
+]
 
 _U = 1e6  # m rad -> 1e-6 m rad
+
+
+def sample_bins(n: int, max_bins: int) -> int:
+    """Histogram bins for ``n`` values: ceil(2 sqrt(n)), at least 5, at most ``max_bins``."""
+    return int(min(max_bins, max(5, math.ceil(2.0 * math.sqrt(max(n, 0))))))
 
 
 def _trim_path(path: np.ndarray) -> np.ndarray:
@@ -55,7 +68,8 @@ def plot_penalty_landscape(
     p = _trim_path(np.asarray(path, dtype=float)) * _U
     ax.plot(p[:, 0], p[:, 1], "-", color="white", lw=0.8, alpha=0.8)
     sc = ax.scatter(p[:, 0], p[:, 1], c=np.arange(len(p)), cmap="autumn", s=18, zorder=3, edgecolors="k", linewidths=0.3)
-    fig.colorbar(sc, ax=ax, label="iteration", pad=0.01)
+    it_bar = fig.colorbar(sc, ax=ax, label="iteration", pad=0.01)
+    it_bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # iterations are whole numbers
     ax.plot(*p[0], "o", color="red", ms=8, mfc="none", mew=2, label="start", zorder=4)
     ax.plot(*p[-1], "*", color="white", ms=12, mec="k", label="estimate", zorder=5)
     ax.plot(*(np.asarray(truth, dtype=float) * _U), "x", color="black", ms=10, mew=2, label="truth", zorder=6)
@@ -68,12 +82,13 @@ def plot_penalty_landscape(
 
 
 def plot_rel_err_hist(rel_err: Mapping[str, np.ndarray], bins: int, title: str | None = None) -> Figure:
-    """Step histograms of the relative errors (estimate - truth) / truth, one per component."""
+    """Step histograms of the relative errors (estimate - truth) / truth, one per component; at most ``bins`` bins,
+    fewer for small samples (:func:`sample_bins` of the largest component sample)."""
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.subplots()
     vals = [np.asarray(v, dtype=float)[np.isfinite(v)] for v in rel_err.values()]
     lim = max((np.abs(v).max() for v in vals if v.size), default=1.0) or 1.0
-    edges = np.linspace(-lim, lim, bins + 1)
+    edges = np.linspace(-lim, lim, sample_bins(max((v.size for v in vals), default=0), bins) + 1)
     for (name, _), v in zip(rel_err.items(), vals):
         ax.hist(
             v,
@@ -82,9 +97,37 @@ def plot_rel_err_hist(rel_err: Mapping[str, np.ndarray], bins: int, title: str |
             lw=1.5,
             label=f"{name} (rms {np.sqrt(np.mean(v**2)) if v.size else np.nan:.2g})",
         )
-    ax.set_xlabel("relative error (estimate - truth) / truth")
-    ax.set_ylabel("inversions")
+    ax.set_xlabel("relative error (estimate - truth) / truth [1]")
+    ax.set_ylabel("inversions [count]")
     ax.set_title(title or "Relative errors of the estimated emittances", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pull_hist(pulls: Mapping[str, np.ndarray], bins: int, title: str | None = None) -> Figure:
+    """Step histograms of the pulls (estimate - truth) / sigma (sigma from the covariance), one per component, with
+    the unit normal density they should follow (scaled to the sample) and each component's standard deviation."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    vals = [np.asarray(v, dtype=float)[np.isfinite(v)] for v in pulls.values()]
+    n = max((v.size for v in vals), default=0)
+    lim = max(4.0, max((float(np.abs(v).max()) for v in vals if v.size), default=4.0))
+    edges = np.linspace(-lim, lim, sample_bins(n, bins) + 1)
+    for name, v in zip(pulls, vals):
+        ax.hist(
+            v,
+            bins=edges,  # type: ignore[arg-type]  # matplotlib's stubs leave out ndarray bin edges
+            histtype="step",
+            lw=1.5,
+            label=f"{name} (std {np.std(v) if v.size else np.nan:.2f})",
+        )
+    x = np.linspace(-lim, lim, 400)
+    width = edges[1] - edges[0]
+    ax.plot(x, n * width * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi), "k--", lw=1.0, label="unit normal")
+    ax.set_xlabel("pull (estimate - truth) / sigma [1]")
+    ax.set_ylabel("inversions [count]")
+    ax.set_title(title or "Pulls of the estimated emittances (sigma from the covariance)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -110,7 +153,24 @@ def plot_est_vs_truth(
             for b in bounds:
                 ax.axhline(b * _U, color="grey", lw=0.6, ls=":")
         ax.set_xlabel(f"true {name} [1e-6 m rad]")
-        ax.set_ylabel(f"estimated {name}")
+        ax.set_ylabel(f"estimated {name} [1e-6 m rad]")
     fig.suptitle("Estimate vs truth", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_rel_lumi_error(histories: Mapping[str, Sequence[float]], title: str | None = None) -> Figure:
+    """Largest relative luminosity error max_m |L_m(x_k) / C_m - 1| of the iterates x_k per iteration, one line per
+    inversion (log scale, whole-number iteration ticks), as the reference's rel_err_L plots."""
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
+    for name, h in histories.items():
+        v = np.maximum(np.abs(np.asarray(h, dtype=float)), 1e-17)
+        ax.semilogy(np.arange(len(v)), v, "o-", ms=3, lw=1.0, label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration [count]")
+    ax.set_ylabel("max relative luminosity error |L / C - 1| [1]")
+    ax.set_title(title or "Relative luminosity error per iteration", fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
