@@ -32,20 +32,39 @@ def test_reference_layout() -> None:
 
 
 def test_generalised_layout() -> None:
-    vol = build_panel_volume(n_panels_above=2, n_panels_below=3, passive_n_layers=3, lw=(0.6, 0.4), voxel_size=0.2,
-                             panel_span=(0.5, 0.3), sigmoid_smooth=0.1, budget=5.0)
+    vol = build_panel_volume(
+        n_panels_above=2,
+        n_panels_below=3,
+        passive_n_layers=3,
+        lw=(0.6, 0.4),
+        voxel_size=0.2,
+        panel_span=(0.5, 0.3),
+        sigmoid_smooth=0.1,
+        budget=5.0,
+    )
     h, top, bottom = panel_volume_heights(3, 0.2)
     assert (h, top, bottom) == pytest.approx((1.4, 1.0, 0.4))
     det = vol.get_detectors()
-    assert _zs(det[0]) == pytest.approx([1.4, 1.2]) and _zs(det[1]) == pytest.approx([0.4, 0.4 - 0.4 / 3, 0.4 - 0.8 / 3], abs=1e-6)
+    assert _zs(det[0]) == pytest.approx([1.4, 1.2]) and _zs(det[1]) == pytest.approx(
+        [0.4, 0.4 - 0.4 / 3, 0.4 - 0.8 / 3], abs=1e-6
+    )
     assert all(isinstance(p, SigmoidDetectorPanel) for p in det[0].panels)
     np.testing.assert_allclose(det[1].panels[0].xy.detach().numpy(), [0.3, 0.2])
     assert float(vol.get_cost()) == pytest.approx(5.0)
     assert [float(t) for t in vol.get_passive_z_range()] == pytest.approx([0.4, 1.0])
 
 
-@pytest.mark.parametrize("kwargs", [{"n_panels_above": 0}, {"passive_n_layers": 1.5}, {"voxel_size": -1}, {"lw": (1.0,)},
-                                    {"panel_span": 0}, {"sigmoid_smooth": 0.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_panels_above": 0},
+        {"passive_n_layers": 1.5},
+        {"voxel_size": -1},
+        {"lw": (1.0,)},
+        {"panel_span": 0},
+        {"sigmoid_smooth": 0.0},
+    ],
+)
 def test_bad_arguments(kwargs) -> None:
     with pytest.raises(ValueError):
         build_panel_volume(**kwargs)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Dict
 
 import pytest
 import torch
@@ -30,7 +29,7 @@ def _count(counter: Path) -> int:
 
 
 @task(name="copy-upper", cache_policy=POLICY, persist_result=True, result_serializer=PLAIN_JSON)
-def copy_upper(src: str, out: str, counter: str) -> Dict[str, str]:
+def copy_upper(src: str, out: str, counter: str) -> dict[str, str]:
     """Upper-cased copy of ``src``."""
     _bump(counter)
     Path(out).write_text(Path(src).read_text().upper())
@@ -38,14 +37,14 @@ def copy_upper(src: str, out: str, counter: str) -> Dict[str, str]:
 
 
 @task(name="copy-lower", cache_policy=POLICY, persist_result=True, result_serializer=PLAIN_JSON)
-def copy_lower(src: str, out: str, counter: str) -> Dict[str, str]:
+def copy_lower(src: str, out: str, counter: str) -> dict[str, str]:
     """Lower-cased copy of ``src`` (same parameters as ``copy_upper``)."""
     _bump(counter)
     Path(out).write_text(Path(src).read_text().lower())
     return with_output_hashes({"path": out}, out)
 
 
-def _copy_upper_v2(src: str, out: str, counter: str) -> Dict[str, str]:
+def _copy_upper_v2(src: str, out: str, counter: str) -> dict[str, str]:
     """Same task name and function name as ``copy_upper``, other source (a code change)."""
     _bump(counter)
     Path(out).write_text(Path(src).read_text().upper() + "!")
@@ -74,7 +73,8 @@ def test_cache_hit_in_new_process(prefect_harness: None, tmp_path: Path) -> None
     src, out, counter = tmp_path / "in.txt", tmp_path / "out.txt", tmp_path / "count"
     src.write_text("Muon")
     script = tmp_path / "tiny_flow.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         from pathlib import Path
         from prefect import flow, task
         from tasks.caching import PLAIN_JSON, FileCachePolicy, with_output_hashes
@@ -92,11 +92,19 @@ def test_cache_hit_in_new_process(prefect_harness: None, tmp_path: Path) -> None
             return tiny({str(src)!r}, {str(out)!r}, 2)
 
         print("RESULT", tiny_flow()["path"])
-    """))
-    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PYTHONPATH": str(ROOT),
-           "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_LOGGING_LEVEL": "INFO"}
-    outs = [subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-            for _ in range(2)]
+    """)
+    )
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PYTHONPATH": str(ROOT),
+        "PREFECT_HOME": str(tmp_path / "home"),
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    outs = [
+        subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        for _ in range(2)
+    ]
     for r in outs:
         assert r.returncode == 0 and "RESULT" in r.stdout, r.stderr[-3000:]
     assert _count(counter) == 1, "the second process must not recompute"
@@ -148,8 +156,9 @@ def test_key_parts(tmp_path: Path) -> None:
     moved.write_bytes(b"abc")
     assert POLICY.base_key(copy_upper, {**base, "src": str(moved)}) == k0, "input files enter by content, not path"
     assert POLICY.base_key(copy_upper, {**base, "out": "y"}) != k0
-    assert FileCachePolicy(input_files=("src",), exclude=("out",)).base_key(copy_upper, {**base, "out": "y"}) == \
-        FileCachePolicy(input_files=("src",), exclude=("out",)).base_key(copy_upper, base)
+    assert FileCachePolicy(input_files=("src",), exclude=("out",)).base_key(copy_upper, {**base, "out": "y"}) == FileCachePolicy(
+        input_files=("src",), exclude=("out",)
+    ).base_key(copy_upper, base)
     assert FileCachePolicy(input_files=("src",), code_paths=(str(ROOT / "tasks"),)).base_key(copy_upper, base) != k0
     with pytest.raises(TypeError, match="not a plain value"):
         POLICY.base_key(copy_upper, {**base, "counter": torch.zeros(3)})
@@ -171,6 +180,7 @@ def test_planted_record_is_never_loaded(prefect_harness: None, files, kind: str)
     """A record planted at the task's key (a pickle, or JSON naming a code-running decoder) is a miss: the task
     recomputes, the payload never runs, and the fresh record is plain JSON."""
     import base64
+
     import cloudpickle
     from prefect.context import TaskRunContext  # noqa: F401 - the engine imports it too
 
@@ -180,11 +190,12 @@ def test_planted_record_is_never_loaded(prefect_harness: None, files, kind: str)
     Path(storage).mkdir(parents=True, exist_ok=True)
     if kind == "pickle":
         blob = base64.b64encode(cloudpickle.dumps(_Boom(str(marker)))).decode()
-        record = {"metadata": {"storage_key": key, "serializer": {"type": "pickle", "picklelib": "cloudpickle"}},
-                  "result": blob}
+        record = {"metadata": {"storage_key": key, "serializer": {"type": "pickle", "picklelib": "cloudpickle"}}, "result": blob}
     elif kind == "json_with_decoder":
-        record = {"metadata": {"storage_key": key, "serializer": {"type": "json", "object_decoder": "builtins.exec"}},
-                  "result": '{"x": "import pathlib; pathlib.Path(%r).write_text(1)"}' % str(marker)}
+        record = {
+            "metadata": {"storage_key": key, "serializer": {"type": "json", "object_decoder": "builtins.exec"}},
+            "result": f'{{"x": "import pathlib; pathlib.Path({str(marker)!r}).write_text(1)"}}',
+        }
     else:
         record = None
     (Path(storage) / key).write_bytes(b"\x80\x04garbage" if record is None else json.dumps(record).encode())

@@ -31,15 +31,19 @@ MATS = ["beryllium", "aluminium", "iron", "lead"]
 
 def make_wrapper(budget=None, lr=1e-3):
     vol = build_panel_volume(budget=budget)
-    return PanelVolumeWrapper(vol, xy_pos_opt=partial(optim.SGD, lr=lr), z_pos_opt=partial(optim.SGD, lr=lr),
-                              xy_span_opt=partial(optim.SGD, lr=lr, momentum=0.9),
-                              budget_opt=partial(optim.SGD, lr=lr) if budget else None,
-                              loss_func=VoxelX0Loss(target_budget=None), seed=0)
+    return PanelVolumeWrapper(
+        vol,
+        xy_pos_opt=partial(optim.SGD, lr=lr),
+        z_pos_opt=partial(optim.SGD, lr=lr),
+        xy_span_opt=partial(optim.SGD, lr=lr, momentum=0.9),
+        budget_opt=partial(optim.SGD, lr=lr) if budget else None,
+        loss_func=VoxelX0Loss(target_budget=None),
+        seed=0,
+    )
 
 
 def passives(vw, n, seed=1):
-    gen = RandomBlockPassiveGenerator(vw.volume, materials=MATS, block_size=None, sort_x0=False, enforce_diff_mat=True,
-                                      seed=seed)
+    gen = RandomBlockPassiveGenerator(vw.volume, materials=MATS, block_size=None, sort_x0=False, enforce_diff_mat=True, seed=seed)
     return PassiveYielder(gen, n_passives=n)
 
 
@@ -95,15 +99,19 @@ def test_warmup_sequencing_and_post_warmup():
         c.on_train_begin()
     fp = vw.fit_params
     states = []
-    for epoch in range(4):
+    for _epoch in range(4):
         fp.state = "train"
         for c in (w1, w2, post):
             c.on_epoch_begin()
         states.append((w1.warmup_active, w2.warmup_active, fp.skip_opt_step, post.active))
         w1.on_epoch_end()
         w2.on_epoch_end()
-    assert states == [(True, False, True, False), (False, True, True, False), (False, True, True, False),
-                      (False, False, False, True)]
+    assert states == [
+        (True, False, True, False),
+        (False, True, True, False),
+        (False, True, True, False),
+        (False, False, False, True),
+    ]
     assert fp.warmup_done
 
 
@@ -112,7 +120,7 @@ def test_cost_coef_warmup_and_opt_config_in_fit():
     vw.loss_func = VoxelX0Loss(target_budget=5.0, cost_coef=123.0)
     rates = {"xy_pos_opt": 0.01, "xy_span_opt": 0.02}
     ccw, oc = CostCoefWarmup(1), OptConfig(1, rates)
-    errs, grads = [], {k: [] for k in rates}
+    errs, _grads = [], {k: [] for k in rates}
     hist = []
 
     from tomopt_lib.optimisation.callbacks import Callback
@@ -138,8 +146,9 @@ def test_cost_coef_warmup_and_opt_config_in_fit():
 
 def test_one_cycle_schedule():
     vw = make_wrapper()
-    cb = OneCycle("xy_span_opt", warmup_length=2, init_lr=1e-3, mid_lr=1e-1, final_lr=1e-4, init_mom=0.95,
-                  mid_mom=0.85, final_mom=0.95)
+    cb = OneCycle(
+        "xy_span_opt", warmup_length=2, init_lr=1e-3, mid_lr=1e-1, final_lr=1e-4, init_mom=0.95, mid_mom=0.85, final_mom=0.95
+    )
     vw.fit(6, 1, 200, 200, passives(vw, 1), cbs=[cb])
     lrs = [h[0] for h in cb.hist]
     moms = [h[1] for h in cb.hist]

@@ -12,11 +12,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import h5py  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tomopt_lib.inference.scattering import ScatterBatch  # noqa: E402
@@ -40,16 +40,21 @@ def x0_func(*, z, lw, size):
 
 
 def make_volume(sigmoid_smooth=None):
-    vol = build_panel_volume(passive_n_layers=3, lw=(LW, LW), voxel_size=0.1, sigmoid_smooth=sigmoid_smooth,
-                             n_panels_above=2, n_panels_below=2)
+    vol = build_panel_volume(
+        passive_n_layers=3, lw=(LW, LW), voxel_size=0.1, sigmoid_smooth=sigmoid_smooth, n_panels_above=2, n_panels_below=2
+    )
     vol.load_rad_length(x0_func)
     return vol
 
 
 def make_wrapper(vol, tmp_path=None, **fp_kwargs):
     fp = FitParams(cb_savepath=tmp_path, **fp_kwargs)
-    return SimpleNamespace(volume=vol, fit_params=fp, mu_generator=MuonGenerator2016.from_volume(vol, fixed_mom=5.0),
-                           loss_func=SimpleNamespace(sub_losses={}))
+    return SimpleNamespace(
+        volume=vol,
+        fit_params=fp,
+        mu_generator=MuonGenerator2016.from_volume(vol, fixed_mom=5.0),
+        loss_func=SimpleNamespace(sub_losses={}),
+    )
 
 
 def attach(cb, wrapper):
@@ -85,7 +90,7 @@ def run_fake_fit(cb, wrapper, trn_losses, val_losses, sub_losses=None):
         cb.on_epoch_end()
         fp.state = "valid"
         cb.on_epoch_begin()
-        for i, loss in enumerate(val):
+        for _i, loss in enumerate(val):
             if sub_losses is not None:
                 wrapper.loss_func.sub_losses = {k: torch.tensor(v) for k, v in sub_losses[e].items()}
             cb.on_volume_end()
@@ -277,7 +282,9 @@ def test_muon_resampler_slab_test_matches_brute_force():
 def test_muon_resampler_bounded_rounds_logs(caplog):
     vol = make_volume()
     w = make_wrapper(vol, state="train")
-    w.mu_generator = SimpleNamespace(generate_set=lambda n, generator=None: torch.tensor([[-5.0, -5.0, 5.0, 0.0, 0.0]]).repeat(n, 1))
+    w.mu_generator = SimpleNamespace(
+        generate_set=lambda n, generator=None: torch.tensor([[-5.0, -5.0, 5.0, 0.0, 0.0]]).repeat(n, 1)
+    )
     w.fit_params.mu = MuonBatch(torch.tensor([[-5.0, -5.0, 5.0, 0.0, 0.0], [0.2, 0.2, 5.0, 0.0, 0.0]]), init_z=vol.h)
     cb = attach(MuonResampler(max_rounds=3), w)
     cb.on_train_begin()
@@ -339,8 +346,9 @@ def drive_predict(cb, wrapper, preds, targets=None):
     fp.state = "test"
     for i, pred in enumerate(preds):
         fp.volume_id = i
-        wrapper.volume.load_rad_length(lambda *, z, lw, size, v=0.01 * (i + 1): torch.full((5, 5), v),
-                                       None if targets is None else torch.tensor(targets[i]))
+        wrapper.volume.load_rad_length(
+            lambda *, z, lw, size, v=0.01 * (i + 1): torch.full((5, 5), v), None if targets is None else torch.tensor(targets[i])
+        )
         fp.pred = torch.as_tensor(pred)
         cb.on_x0_pred_end()
     cb.on_pred_end()
@@ -401,10 +409,23 @@ def test_tiny_fit_and_predict_with_callbacks(tmp_path):
 
     sgd = functools.partial(torch.optim.SGD, lr=1e-4)
     w = PanelVolumeWrapper(vol, xy_pos_opt=sgd, z_pos_opt=sgd, xy_span_opt=sgd, loss_func=VoxelX0Loss(target_budget=None), seed=0)
-    cbs = [PanelMetricLogger(gif_filename="fit.gif", gif_length=2.0, dpi=30), MuonResampler(seed=1),
-           SigmoidPanelSmoothnessSchedule((0.5, 0.05)), PanelCentring(), ScatterRecord()]
-    w.fit(2, passive_bs=1, n_mu_per_volume=100, mu_bs=100, trn_passives=[layout(0.05)], val_passives=[layout(0.2)],
-          cbs=cbs, cb_savepath=tmp_path)
+    cbs = [
+        PanelMetricLogger(gif_filename="fit.gif", gif_length=2.0, dpi=30),
+        MuonResampler(seed=1),
+        SigmoidPanelSmoothnessSchedule((0.5, 0.05)),
+        PanelCentring(),
+        ScatterRecord(),
+    ]
+    w.fit(
+        2,
+        passive_bs=1,
+        n_mu_per_volume=100,
+        mu_bs=100,
+        trn_passives=[layout(0.05)],
+        val_passives=[layout(0.2)],
+        cbs=cbs,
+        cb_savepath=tmp_path,
+    )
     losses, _ = cbs[0].get_loss_history()
     assert len(losses["Training"]) == 2 and len(losses["Validation"]) == 2
     assert np.isfinite(losses["Training"]).all() and np.isfinite(losses["Validation"]).all()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import Cli
 
 from config import OptimiseParams, ParamsError, PipelineParams, VolumeParams, parse_params
 from tasks.caching import FileCachePolicy
@@ -61,20 +60,14 @@ def test_cache_key_hashes_the_json_form_of_a_section(tmp_path: Path) -> None:
     assert key != policy.base_key(f, {"volume": v.model_copy(update={"eff": 0.5}), "n": 1})
 
 
-def test_cuda_request_without_cuda_is_a_clear_params_error(tmp_path: Path) -> None:
+def test_cuda_request_without_cuda_is_a_clear_params_error(tmp_path: Path, cli: Cli) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     (tmp_path / "params.yaml").write_text("runtime: {device: cuda}\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows", "optimise", "--workdir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    assert "runtime.device = 'cuda'" in proc.stderr and "CUDA" in proc.stderr
-    assert not (tmp_path / "models").exists(), "nothing written before validation"
+    rc, err = cli("optimise", "--workdir", str(tmp_path))
+    assert rc == 2, err
+    assert "runtime.device = 'cuda'" in err and "CUDA" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "nothing written before validation"
 
 
 def test_params_error_is_value_error() -> None:

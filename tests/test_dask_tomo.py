@@ -1,4 +1,7 @@
-"""Irradiation chunks and reconstruction chunks on a local Dask cluster give the same data as the thread runner."""
+"""Irradiation chunks and reconstruction chunks on local Dask worker processes give the same data as the thread runner.
+
+The cluster is the session's ``dask_cluster`` (conftest): made with the ``dask_local`` runner's own settings, reached
+through ``runtime.task_runner: dask_address``, so that its worker processes start once per session."""
 
 from __future__ import annotations
 
@@ -7,40 +10,52 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import DaskCluster, PipelineRun, tiny_params
 
 from flows.params import parse_params
 from flows.paths import PipelinePaths
 from tomopt_lib.io import read_muon_records, read_parquet
 
-pytestmark = pytest.mark.flow
-
-TINY = {
-    "passives": {"n_volumes": 2, "materials": ["beryllium", "lead"]},
-    "irradiate": {"n_muons_per_volume": 300, "chunk_size": 150},
-    "reconstruct": {"chunk_size": 150},
-}
+pytestmark = [pytest.mark.flow, pytest.mark.slow]
 
 
-def test_dask_local_equals_threads_for_irradiation(prefect_harness: None, dask_local_cluster_ok: None, tmp_path: Path) -> None:
+def test_shared_cluster_has_the_dask_local_settings(dask_cluster: DaskCluster) -> None:
+    """2 worker processes of 1 thread each, with the BLAS/OpenMP thread count of ``runtime.threads`` (1), no dashboard."""
+    assert dask_cluster.cluster_kwargs["processes"] and dask_cluster.cluster_kwargs["dashboard_address"] is None
+    assert len(dask_cluster.worker_threads) == 2 and set(dask_cluster.worker_threads.values()) == {1}
+    assert (
+        list(dask_cluster.worker_env.values())
+        == [dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"), "1")] * 2
+    )
+
+
+def test_dask_equals_threads_for_irradiation(
+    prefect_harness: None, dask_cluster: DaskCluster, tiny_pipeline: PipelineRun, tmp_path: Path
+) -> None:
+    """irradiate + reconstruct on 2 Dask worker processes, over a copy of the shared pipeline (2 threads): same data."""
     from flows.pipeline import run_stage
 
-    outs = {}
-    for runner in ("threads", "dask_local"):
-        data = {k: dict(v) for k, v in TINY.items()}
-        data["runtime"] = {"task_runner": runner, "task_workers": 2}
-        p = parse_params(data)
-        work = tmp_path / runner
-        for stage in ("generate_passives", "irradiate", "reconstruct"):
-            run_stage(stage, p, str(work))
-        paths = PipelinePaths.at(work)
-        outs[runner] = (read_muon_records(paths.irradiated), read_parquet(paths.scatters))
-    (rec_t, df_t), (rec_d, df_d) = outs["threads"], outs["dask_local"]
-    assert rec_t.keys() == rec_d.keys()
+    assert tiny_pipeline.params["runtime"] == {"task_workers": 2}  # the shared run used the thread runner
+    work = tiny_pipeline.copy_to(tmp_path / "dask")
+    p = parse_params(tiny_params(runtime={"task_runner": "dask_address", "dask_address": dask_cluster.address}))
+    for stage in ("irradiate", "reconstruct"):
+        run_stage(stage, p, str(work))
+    threads, dask = PipelinePaths.at(tiny_pipeline.workdir), PipelinePaths.at(work)
+    rec_t, rec_d = read_muon_records(threads.irradiated), read_muon_records(dask.irradiated)
+    assert rec_t.keys() == rec_d.keys() == {0, 1}
     for vid in rec_t:
         a, b = rec_t[vid], rec_d[vid]
+        assert a.n_generated == b.n_generated == 300
         np.testing.assert_array_equal(a.generated, b.generated)
         np.testing.assert_array_equal(a.final, b.final)
+        assert a.hits.keys() == b.hits.keys()
         for group, hits in a.hits.items():
+            assert hits.keys() == b.hits[group].keys()
             for var, arr in hits.items():
                 np.testing.assert_array_equal(arr, b.hits[group][var])
+        assert a.extra.keys() == b.extra.keys()
+        for k in a.extra:
+            np.testing.assert_array_equal(a.extra[k], b.extra[k])
+    df_t, df_d = read_parquet(threads.scatters), read_parquet(dask.scatters)
+    assert len(df_t) > 0
     pd.testing.assert_frame_equal(df_t, df_d, check_exact=True)

@@ -52,7 +52,9 @@ def test_passive_layer_reexport():
     from tomopt_lib.volume import layer as layer_module
 
     assert layer_module.AbsLayer is AbsLayer
-    assert layer_module.PassiveLayer is not None
+    from tomopt_lib.volume.passive_layer import PassiveLayer
+
+    assert layer_module.PassiveLayer is PassiveLayer  # the same class, not a stand-in
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -177,7 +179,9 @@ def test_device():
     layer = make_layer()
     assert layer.device.type == "cpu" and layer.lw.device.type == "cpu"
     if torch.cuda.is_available():
-        panels = [DetectorPanel(res=1e3, eff=0.9, init_xyz=(0.5, 0.5, z), init_xy_span=(0.5, 0.5), device="cuda") for z in (0.9, 0.95)]
+        panels = [
+            DetectorPanel(res=1e3, eff=0.9, init_xyz=(0.5, 0.5, z), init_xy_span=(0.5, 0.5), device="cuda") for z in (0.9, 0.95)
+        ]
         layer = PanelDetectorLayer("above", lw=LW, z=Z, size=SIZE, panels=panels)
         assert layer.device.type == "cuda" and layer.z.is_cuda
         g = torch.Generator(device="cuda").manual_seed(0)
@@ -206,7 +210,9 @@ def test_panel_outside_layer(z):
         PanelDetectorLayer("above", lw=LW, z=Z, size=SIZE, panels=make_panels(zs=(0.9, z)))
 
 
-@pytest.mark.parametrize("name,value", [("lw", (1.0, 0.0)), ("lw", (1.0,)), ("size", 0.0), ("size", float("nan")), ("z", float("inf"))])
+@pytest.mark.parametrize(
+    "name,value", [("lw", (1.0, 0.0)), ("lw", (1.0,)), ("size", 0.0), ("size", float("nan")), ("z", float("inf"))]
+)
 def test_bad_geometry(name, value):
     kw = dict(lw=LW, z=Z, size=SIZE)
     kw[name] = value

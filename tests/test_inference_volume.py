@@ -215,10 +215,18 @@ def fake_scatters(x0_zxy, *, per_voxel=8, log_term=False, mom=3.0, theta=0.2):
     theta0 = 0.0136 / mom * torch.sqrt(x * fac)
     ones = torch.ones(n, 1, dtype=torch.float64)
     return SimpleNamespace(
-        n_mu=n, poca_xyz=cent, poca_xyz_unc=torch.full((n, 3), 1e-4, dtype=torch.float64),
-        total_scatter=(math.sqrt(2) * theta0)[:, None], total_scatter_unc=1e-4 * ones, theta_in=th,
-        theta_in_unc=1e-3 * ones, theta_out=th, theta_out_unc=1e-3 * ones, mom=torch.full((n,), mom, dtype=torch.float64),
-        above_hit_effs=torch.ones(n, 4, 1, dtype=torch.float64), below_hit_effs=torch.ones(n, 4, 1, dtype=torch.float64),
+        n_mu=n,
+        poca_xyz=cent,
+        poca_xyz_unc=torch.full((n, 3), 1e-4, dtype=torch.float64),
+        total_scatter=(math.sqrt(2) * theta0)[:, None],
+        total_scatter_unc=1e-4 * ones,
+        theta_in=th,
+        theta_in_unc=1e-3 * ones,
+        theta_out=th,
+        theta_out_unc=1e-3 * ones,
+        mom=torch.full((n,), mom, dtype=torch.float64),
+        above_hit_effs=torch.ones(n, 4, 1, dtype=torch.float64),
+        below_hit_effs=torch.ones(n, 4, 1, dtype=torch.float64),
     )
 
 

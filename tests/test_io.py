@@ -36,7 +36,12 @@ def _muon_record(rng: np.random.Generator, n: int, n_gen: int) -> MuonRecord:
     if n:
         reco[0, 1, :2] = np.inf  # a missed panel
     hits = {
-        "above": {"reco_xyz": reco, "gen_xyz": reco.copy(), "unc_xyz": np.ones((n, 4, 3), np.float32), "eff": np.ones((n, 4, 1), np.float32)},
+        "above": {
+            "reco_xyz": reco,
+            "gen_xyz": reco.copy(),
+            "unc_xyz": np.ones((n, 4, 3), np.float32),
+            "eff": np.ones((n, 4, 1), np.float32),
+        },
         "below": {"reco_xyz": rng.normal(size=(n, 2, 3)).astype(np.float32)},
     }
     return MuonRecord(
@@ -49,8 +54,10 @@ def _muon_record(rng: np.random.Generator, n: int, n_gen: int) -> MuonRecord:
 
 def test_passives_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    recs = [PassiveRecord(x0=rng.random((6, 10, 10)).astype(np.float32), target=0.0056, attrs={"materials": ["lead", "iron"]}),
-            PassiveRecord(x0=rng.random((6, 10, 10)).astype(np.float32))]
+    recs = [
+        PassiveRecord(x0=rng.random((6, 10, 10)).astype(np.float32), target=0.0056, attrs={"materials": ["lead", "iron"]}),
+        PassiveRecord(x0=rng.random((6, 10, 10)).astype(np.float32)),
+    ]
     path = write_passives(tmp_path / "p.h5", recs, attrs={"generator": "voxel", "block_size": None})
     back = read_passives(path)
     assert len(back) == 2

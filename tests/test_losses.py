@@ -133,8 +133,7 @@ def test_integer_class_loss_and_volume_int_class_loss():
     with pytest.raises(ValueError, match="reduction"):
         integer_class_loss(probs, t, 0, False, reduction="max")
     vol = FakeVolume(target=torch.tensor([0.3]))
-    loss = VolumeIntClassLoss(targ2int=lambda t, v: (t * 10).round().long(), pred_int_start=0, use_mse=False,
-                              target_budget=None)
+    loss = VolumeIntClassLoss(targ2int=lambda t, v: (t * 10).round().long(), pred_int_start=0, use_mse=False, target_budget=None)
     p_close = torch.softmax(torch.tensor([[0.0, 1, 3, 9, 3]]), -1)
     p_far = torch.softmax(torch.tensor([[9.0, 3, 1, 0, 1]]), -1)
     assert float(loss(p_close, vol)) < float(loss(p_far, vol))

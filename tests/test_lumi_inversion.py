@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from lumi_lib import (
-    IPConfig, apply_shifts, design_scan, invert, invert_measured, luminosity, measure, penalty_landscape,
-    preset_design, solve_lm, solve_shifts,
+    IPConfig,
+    apply_shifts,
+    design_scan,
+    invert,
+    invert_measured,
+    luminosity,
+    measure,
+    penalty_landscape,
+    preset_design,
+    solve_lm,
+    solve_shifts,
 )
 
 NOM = 2.3e-6
@@ -48,7 +57,7 @@ def test_noisy_two_ip_xy_errors_of_order_1e3(designs, gen):
     assert bool(res.converged.all())
     assert 2e-4 < err.mean().item() < 3e-3 and err.max().item() < 1e-2
     # the covariance describes the scatter: predicted relative std ~ observed rms error
-    ratio = (res.rel_error.pow(2).mean(0).sqrt() / (res.std / res.truth).mean(0))
+    ratio = res.rel_error.pow(2).mean(0).sqrt() / (res.std / res.truth).mean(0)
     assert bool(((ratio > 0.6) & (ratio < 1.6)).all())
 
 
@@ -132,8 +141,14 @@ def test_solver_path_and_bounds(designs, gen):
     res = invert("xy", draws(gen, 3, 2), design=designs["xy_2ip"], rel_noise=1e-3, generator=gen, record_path=True)
     assert res.path.shape[1:] == (3, 2) and torch.equal(res.path[-1], res.estimate)
     assert bool((res.path[0] == NOM).all())
-    tight = invert("xy", torch.tensor([[2.7e-6, 2.3e-6]], dtype=torch.float64), design=designs["xy_2ip"],
-                   rel_noise=0.0, lower=2.0e-6, upper=2.5e-6)
+    tight = invert(
+        "xy",
+        torch.tensor([[2.7e-6, 2.3e-6]], dtype=torch.float64),
+        design=designs["xy_2ip"],
+        rel_noise=0.0,
+        lower=2.0e-6,
+        upper=2.5e-6,
+    )
     assert tight.estimate[0, 0].item() == 2.5e-6  # stops on the active bound
 
 
@@ -160,5 +175,9 @@ def test_bad_input_errors(designs, gen):
     with pytest.raises(ValueError, match="target"):
         solve_shifts([IPConfig.lhc_default("y")], ["sep_x"], target=+0.01)  # an offset can only lower L
     with pytest.raises(ValueError, match="sigma"):
-        solve_lm(lambda x, rows: x[..., 0].expand(-1, 2), torch.ones(1, 1, dtype=torch.float64),
-                 target=torch.ones(1, 2, dtype=torch.float64), sigma=torch.zeros(1, 2, dtype=torch.float64))
+        solve_lm(
+            lambda x, rows: x[..., 0].expand(-1, 2),
+            torch.ones(1, 1, dtype=torch.float64),
+            target=torch.ones(1, 2, dtype=torch.float64),
+            sigma=torch.zeros(1, 2, dtype=torch.float64),
+        )

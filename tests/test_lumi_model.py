@@ -44,13 +44,34 @@ def random_configs(n: int, seed: int):
         cx, cy = [(theta, 0.0), (0.0, theta), tuple(theta * rng.uniform(-1, 1, 2)), (0.0, 0.0)][i % 4]
         u = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
         cfg = base.replace(
-            n1=u(0.7e11, 1.6e11), n2=u(0.7e11, 1.6e11), energy1=u(450.0, 7000.0), energy2=u(450.0, 7000.0),
-            cross_x=float(cx), cross_y=float(cy), sep_x=u(-6e-5, 6e-5), sep_y=u(-6e-5, 6e-5),
-            beta_x1=u(0.15, 2.0), beta_y1=u(0.15, 2.0), beta_x2=u(0.15, 2.0), beta_y2=u(0.15, 2.0),
-            alpha_x1=u(-1, 1), alpha_y1=u(-1, 1), alpha_x2=u(-1, 1), alpha_y2=u(-1, 1),
-            sigma_z1=u(0.05, 0.4), sigma_z2=u(0.05, 0.4), dpp1=u(0, 3e-4), dpp2=u(0, 3e-4),
-            disp_x1=u(-0.3, 0.3), disp_y1=u(-0.3, 0.3), disp_x2=u(-0.3, 0.3), disp_y2=u(-0.3, 0.3),
-            disp_px1=u(-0.03, 0.03), disp_py1=u(-0.03, 0.03), disp_px2=u(-0.03, 0.03), disp_py2=u(-0.03, 0.03),
+            n1=u(0.7e11, 1.6e11),
+            n2=u(0.7e11, 1.6e11),
+            energy1=u(450.0, 7000.0),
+            energy2=u(450.0, 7000.0),
+            cross_x=float(cx),
+            cross_y=float(cy),
+            sep_x=u(-6e-5, 6e-5),
+            sep_y=u(-6e-5, 6e-5),
+            beta_x1=u(0.15, 2.0),
+            beta_y1=u(0.15, 2.0),
+            beta_x2=u(0.15, 2.0),
+            beta_y2=u(0.15, 2.0),
+            alpha_x1=u(-1, 1),
+            alpha_y1=u(-1, 1),
+            alpha_x2=u(-1, 1),
+            alpha_y2=u(-1, 1),
+            sigma_z1=u(0.05, 0.4),
+            sigma_z2=u(0.05, 0.4),
+            dpp1=u(0, 3e-4),
+            dpp2=u(0, 3e-4),
+            disp_x1=u(-0.3, 0.3),
+            disp_y1=u(-0.3, 0.3),
+            disp_x2=u(-0.3, 0.3),
+            disp_y2=u(-0.3, 0.3),
+            disp_px1=u(-0.03, 0.03),
+            disp_py1=u(-0.03, 0.03),
+            disp_px2=u(-0.03, 0.03),
+            disp_py2=u(-0.03, 0.03),
         )
         configs.append(cfg)
         eps.append(EPS0 * rng.uniform(0.5, 1.5, 4))
@@ -102,8 +123,19 @@ def test_crossing_huge_beta_is_piwinski(plane):
 
 
 def test_offsets_and_crossing_huge_beta_closed_form():
-    cfg = IPConfig.lhc_default("x", beta_x1=1e4, beta_y1=1e4, beta_x2=1e4, beta_y2=1e4, cross_x=0.01, cross_y=-0.004,
-                               sep_x=2e-3, sep_y=1e-3, n2=1.1e11, energy2=5000.0)
+    cfg = IPConfig.lhc_default(
+        "x",
+        beta_x1=1e4,
+        beta_y1=1e4,
+        beta_x2=1e4,
+        beta_y2=1e4,
+        cross_x=0.01,
+        cross_y=-0.004,
+        sep_x=2e-3,
+        sep_y=1e-3,
+        n2=1.1e11,
+        energy2=5000.0,
+    )
     assert rel(luminosity(cfg, eps4()).item(), luminosity_no_hourglass(cfg, [EPS0] * 4)) < 1e-10
 
 

@@ -44,7 +44,13 @@ def test_columns_and_properties(batch):
     for i, name in enumerate(["x", "y", "z", "mom", "theta", "phi"]):
         assert torch.equal(getattr(batch, name), batch.muons[:, i])
     assert (MuonBatch.x_dim, MuonBatch.y_dim, MuonBatch.z_dim, MuonBatch.p_dim, MuonBatch.th_dim, MuonBatch.ph_dim) == (
-        0, 1, 2, 3, 4, 5)
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+    )
     assert torch.allclose(batch.theta_x, torch.atan(torch.tan(src[:, 3]) * torch.cos(src[:, 4])))
     assert torch.allclose(batch.theta_y, torch.atan(torch.tan(src[:, 3]) * torch.sin(src[:, 4])))
     assert torch.equal(batch.theta_xy, torch.stack([batch.theta_x, batch.theta_y], 1))
@@ -188,10 +194,12 @@ def test_scatter_dtheta_xy_removes_upwards():
 
 def test_scatter_dtheta_dphi_wraps_and_removes():
     src = torch.tensor(
-        [[0.0, 0.0, 5.0, 0.2, 1.0],  # theta 0.2 -> -0.1: folded to 0.1 with phi + pi
-         [0.0, 0.0, 5.0, 0.5, 6.0],  # phi 6 -> 6.5: wrapped to 6.5 - 2 pi
-         [0.0, 0.0, 5.0, 1.0, 0.0],  # theta 1.0 -> 1.7 > pi/2: removed
-         [0.0, 0.0, 5.0, 1.0, 0.0]]  # theta 1.0 -> 3.5 > pi: wrapped, still upwards: removed
+        [
+            [0.0, 0.0, 5.0, 0.2, 1.0],  # theta 0.2 -> -0.1: folded to 0.1 with phi + pi
+            [0.0, 0.0, 5.0, 0.5, 6.0],  # phi 6 -> 6.5: wrapped to 6.5 - 2 pi
+            [0.0, 0.0, 5.0, 1.0, 0.0],  # theta 1.0 -> 1.7 > pi/2: removed
+            [0.0, 0.0, 5.0, 1.0, 0.0],
+        ]  # theta 1.0 -> 3.5 > pi: wrapped, still upwards: removed
     )
     mu = MuonBatch(src, init_z=0.0)
     mu.scatter_dtheta_dphi(dtheta_vol=torch.tensor([-0.3, 0.0, 0.7, 2.5]), dphi_vol=torch.tensor([0.0, 0.5, 0.0, 0.0]))
@@ -249,8 +257,11 @@ def test_deflect_precision_near_vertical_float32():
 def test_deflect_vertical_muon_and_mask_and_upwards():
     src = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.3], [0.0, 0.0, 1.0, 1.2, 0.0], [0.0, 0.0, 1.0, 0.4, 2.0]], dtype=torch.float64)
     mu = MuonBatch(src, init_z=0.0)
-    mu.deflect(torch.tensor([0.1, 0.5, 0.3], dtype=torch.float64), torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64),
-               mask=torch.tensor([True, True, False]))
+    mu.deflect(
+        torch.tensor([0.1, 0.5, 0.3], dtype=torch.float64),
+        torch.tensor([0.0, 0.0, 0.0], dtype=torch.float64),
+        mask=torch.tensor([True, True, False]),
+    )
     assert len(mu) == 2 and mu.upwards_muons.shape == (1, 6)  # 1.2 + 0.5 > pi/2
     assert mu.theta[0] == pytest.approx(0.1) and mu.phi[0] == pytest.approx(0.3)
     assert mu.theta[1] == pytest.approx(0.4) and mu.phi[1] == pytest.approx(2.0)  # masked out: unchanged

@@ -3,42 +3,42 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import PipelineRun, tiny_params
 
 from flows.params import PipelineParams, parse_params
 from flows.paths import PipelinePaths
+from tasks.common import derive_seed
 from tasks.detector import build_start_volume, make_wrapper, passive_layouts, yielder
 from tasks.optimisation import (
-    checkpoint_path, load_checkpoint, prepare_optimisation, run_epoch, run_fingerprint, train_seed,
+    checkpoint_path,
+    load_checkpoint,
+    prepare_optimisation,
+    run_epoch,
+    run_fingerprint,
+    train_seed,
 )
-from tasks.common import derive_seed
 from tasks.optimise_report import finalise_optimisation
 from tomopt_lib.optimisation.callbacks import NoMoreNaNs
 
-TINY: Dict[str, Any] = {
-    "passives": {"n_volumes": 2, "materials": ["beryllium", "lead"]},
-    "optimise": {"n_epochs": 2, "n_volumes": 2, "n_val_volumes": 1, "passive_bs": 1, "n_mu_per_volume": 150, "mu_bs": 150},
-    "evaluate": {"n_volumes": 2, "n_mu_per_volume": 150, "mu_bs": 150, "n_images": 1},
-}
 
-
-def _params(**overrides: Dict[str, Any]) -> PipelineParams:
-    data = {k: dict(v) for k, v in TINY.items()}
-    for section, vals in overrides.items():
-        data.setdefault(section, {}).update(vals)
-    return parse_params(data)
+def _params(overrides: dict[str, Any] | None = None, **sections: Any) -> PipelineParams:
+    """``tiny_params`` (conftest): 2 epochs of 2 training volumes (passive_bs 1) and 1 validation volume, 150 muons."""
+    return parse_params(tiny_params(overrides, **sections))
 
 
 def _cfgs(p: PipelineParams):
-    return p.volume.model_dump(), p.passives.model_dump(), p.optimise.model_dump()
+    return p.volume, p.passives, p.optimise
 
 
-def _run_epochs(p: PipelineParams, ckpt: str, epochs) -> Dict[str, Any]:
+def _run_epochs(p: PipelineParams, ckpt: str, epochs) -> dict[str, Any]:
     vol, pas, opt = _cfgs(p)
     prep = prepare_optimisation.fn(ckpt, p.seed, vol, pas, opt)
     for e in epochs:
@@ -46,11 +46,21 @@ def _run_epochs(p: PipelineParams, ckpt: str, epochs) -> Dict[str, Any]:
     return prep
 
 
-def test_epoch_tasks_and_finalise(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """Checkpoints of epochs 1 and 2 (task functions, no engine) and the fresh ``prepare`` result; read-only, the
+    tests that change the folder copy it."""
+    ckpt = tmp_path_factory.mktemp("two_epochs") / "ckpt"
+    return ckpt, _run_epochs(_params(), str(ckpt), [1, 2])
+
+
+def test_epoch_tasks_and_finalise(two_epochs: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     p = _params()
     paths = PipelinePaths.at(tmp_path)
-    prep = _run_epochs(p, str(paths.checkpoints), [1, 2])
+    ckpt, prep = two_epochs
+    shutil.copytree(ckpt, paths.checkpoints)
     assert prep["last_epoch"] == 0
+    assert sorted(f.name for f in paths.checkpoints.glob("epoch_*.pt")) == ["epoch_0000.pt", "epoch_0001.pt", "epoch_0002.pt"]
     vol, _, opt = _cfgs(p)
     out = {k: str(v) for k, v in paths.optimise_outputs.items()}
     res = finalise_optimisation.fn(str(paths.checkpoints), 2, prep["fingerprint"], vol, opt, out)
@@ -66,14 +76,13 @@ def test_epoch_tasks_and_finalise(tmp_path: Path) -> None:
     assert not [f for f in paths.checkpoints.iterdir() if f.name.startswith(".")], "no temporary files left"
 
 
-def test_checkpoint_resume_is_bitwise_identical_to_straight_run(tmp_path: Path) -> None:
+def test_checkpoint_resume_is_bitwise_identical_to_straight_run(two_epochs: tuple[Path, dict[str, Any]]) -> None:
     """Epoch 1, then epoch 2 resumed from the checkpoint in a fresh wrapper == one wrapper fitting 2 epochs in memory."""
     p = _params()
-    ckpt = str(tmp_path / "ckpt")
-    _run_epochs(p, ckpt, [1, 2])
+    ckpt = str(two_epochs[0])
     resumed = load_checkpoint(checkpoint_path(ckpt, 2))
     vol, pas, opt = _cfgs(p)
-    vw = make_wrapper(build_start_volume(vol, opt["start"]), opt, seed=derive_seed(train_seed(p.seed, opt), 3))
+    vw = make_wrapper(build_start_volume(vol, opt.start), opt, seed=derive_seed(train_seed(p.seed, opt), 3))
     trn, _ = passive_layouts(str(Path(ckpt) / "train_passives.h5"), vw.volume)
     val, _ = passive_layouts(str(Path(ckpt) / "val_passives.h5"), vw.volume)
     for _ in range(2):  # no checkpoint in between
@@ -85,60 +94,81 @@ def test_checkpoint_resume_is_bitwise_identical_to_straight_run(tmp_path: Path) 
     assert torch.equal(vw.generator.get_state(), resumed["generator"])
 
 
-def test_prepare_resumes_ignores_broken_and_restarts_on_new_params(tmp_path: Path) -> None:
+def test_prepare_resumes_ignores_broken_and_restarts_on_new_params(
+    two_epochs: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     p = _params()
-    ckpt = str(tmp_path / "ckpt")
-    _run_epochs(p, ckpt, [1, 2])
+    ckpt = str(shutil.copytree(two_epochs[0], tmp_path / "ckpt"))
     vol, pas, opt = _cfgs(p)
     assert prepare_optimisation.fn(ckpt, p.seed, vol, pas, opt)["last_epoch"] == 2
-    assert prepare_optimisation.fn(ckpt, p.seed, vol, pas, {**opt, "n_epochs": 5})["last_epoch"] == 2, "n_epochs alone resumes"
+    assert prepare_optimisation.fn(ckpt, p.seed, vol, pas, opt.model_copy(update={"n_epochs": 5}))["last_epoch"] == 2, (
+        "n_epochs alone resumes"
+    )
     data = checkpoint_path(ckpt, 2).read_bytes()
     checkpoint_path(ckpt, 2).write_bytes(data[: len(data) // 2])  # a truncated (killed) write
     assert prepare_optimisation.fn(ckpt, p.seed, vol, pas, opt)["last_epoch"] == 1
     with pytest.raises(ValueError, match="unreadable checkpoint"):
         load_checkpoint(checkpoint_path(ckpt, 2))
-    other = {**opt, "lr": {**opt["lr"], "xy": 0.05}}
+    other = opt.model_copy(update={"lr": opt.lr.model_copy(update={"xy": 0.05})})
     assert run_fingerprint(p.seed, vol, pas, other) != run_fingerprint(p.seed, vol, pas, opt)
     assert prepare_optimisation.fn(ckpt, p.seed, vol, pas, other)["last_epoch"] == 0
     assert not checkpoint_path(ckpt, 1).exists(), "checkpoints of other parameters are discarded"
 
 
 @pytest.mark.flow
-def test_optimise_and_evaluate_flows(prefect_harness: None, tmp_path: Path) -> None:
-    from prefect.artifacts import Artifact
-
-    from flows.pipeline import run_stage
-
-    p1 = _params(optimise={"n_epochs": 1})
-    a, b = tmp_path / "a", tmp_path / "b"
-    m1 = run_stage("optimise", p1, str(a))
-    assert m1["epochs"] == 1
-    m2 = run_stage("optimise", _params(), str(a))  # resumes: runs epoch 2 only
-    assert m2["epochs"] == 2
-    run_stage("optimise", _params(), str(b))  # straight 2 epochs
-    sa = torch.load(a / "models" / "detector.pt", weights_only=True)["volume"]
-    sb = torch.load(b / "models" / "detector.pt", weights_only=True)["volume"]
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert (a / "metrics" / "train_loss.csv").read_text() == (b / "metrics" / "train_loss.csv").read_text()
-    art = Artifact.get("tomoflow-optimise")
-    assert art is not None and "Detector optimisation" in art.data
-
-    ev = run_stage("evaluate", _params(), str(b))
+def test_optimise_and_evaluate_flows(tiny_pipeline: PipelineRun) -> None:
+    """The shared pipeline's optimise (2 epochs straight) and evaluate (trained vs start vs reference) outputs."""
+    b = tiny_pipeline.workdir
     paths = PipelinePaths.at(b)
+    m_opt = tiny_pipeline.out["optimise"]
+    assert m_opt["epochs"] == 2 and m_opt["updates"]["applied"] == 4
+    assert json.loads(paths.optimise_outputs["metrics"].read_text()) == json.loads(json.dumps(m_opt))
+    assert list(pd.read_csv(paths.optimise_outputs["loss_csv"])["epoch"]) == [1, 2]
+    assert "Detector optimisation" in tiny_pipeline.artifacts["tomoflow-optimise"]
+
+    ev = tiny_pipeline.out["evaluate"]
     out = paths.evaluate_outputs
     m = json.loads(out["metrics"].read_text())
     assert set(m["detectors"]) == {"trained", "start", "reference"} and m["n_volumes"] == 2
     assert "trained_vs_start" in m and "trained_vs_reference" in m and m["detectors"] == json.loads(json.dumps(ev["detectors"]))
     curve = pd.read_csv(out["curve_csv"])
     assert len(curve) == 2 and {"mse_log_x0_trained", "mse_log_x0_start", "mse_log_x0_reference"} <= set(curve.columns)
-    assert len(list(out["plots_dir"].glob("pred_vs_true_*.png"))) == 3
-    assert Artifact.get("tomoflow-evaluate") is not None
+    assert np.isfinite(curve[["mse_log_x0_trained", "mse_log_x0_start", "mse_log_x0_reference"]].to_numpy()).all()
+    assert sorted(f.name for f in out["plots_dir"].glob("pred_vs_true_*.png")) == [
+        f"pred_vs_true_{n}_00.png" for n in ("reference", "start", "trained")
+    ]
+    assert tiny_pipeline.artifacts["tomoflow-evaluate"]
+
+
+@pytest.mark.flow
+@pytest.mark.slow
+def test_optimise_flow_resumes_to_the_straight_run(prefect_harness: None, tiny_pipeline: PipelineRun, tmp_path: Path) -> None:
+    """1 epoch, then the 2-epoch stage resumed from its checkpoint == the shared pipeline's straight 2 epochs."""
+    from flows.pipeline import run_stage
+
+    a, b = tmp_path / "a", tiny_pipeline.workdir
+    m1 = run_stage("optimise", _params(optimise={"n_epochs": 1}), str(a))
+    assert m1["epochs"] == 1
+    ckpt1 = checkpoint_path(str(PipelinePaths.at(a).checkpoints), 1)
+    stamp = ckpt1.stat().st_mtime_ns
+    m2 = run_stage("optimise", _params(), str(a))  # resumes: runs epoch 2 only
+    assert m2["epochs"] == 2
+    assert ckpt1.stat().st_mtime_ns == stamp, "epoch 1 was not run again"
+    sa = torch.load(a / "models" / "detector.pt", weights_only=True)["volume"]
+    sb = torch.load(b / "models" / "detector.pt", weights_only=True)["volume"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert (a / "metrics" / "train_loss.csv").read_text() == (b / "metrics" / "train_loss.csv").read_text()
+    m_a = json.loads(PipelinePaths.at(a).optimise_outputs["metrics"].read_text())
+    m_b = json.loads(PipelinePaths.at(b).optimise_outputs["metrics"].read_text())
+    assert m_a == m_b  # versioned metrics hold no wall-clock values
+    for name in ("detector_pt", "metrics"):  # same content, same bytes (torch.save archive built in memory)
+        assert PipelinePaths.at(a).optimise_outputs[name].read_bytes() == PipelinePaths.at(b).optimise_outputs[name].read_bytes()
 
 
 def test_evaluate_without_trained_detector_fails_clearly(tmp_path: Path) -> None:
     from tasks.detector import load_detector
 
-    vol = build_start_volume(_params().volume.model_dump(), _params().optimise.start.model_dump())
+    vol = build_start_volume(_params().volume, _params().optimise.start)
     with pytest.raises(FileNotFoundError, match="run the optimise stage first"):
         load_detector(vol, str(tmp_path / "models" / "detector.pt"))
     (tmp_path / "bad.pt").write_bytes(b"not a torch file")
@@ -148,7 +178,7 @@ def test_evaluate_without_trained_detector_fails_clearly(tmp_path: Path) -> None
 
 def test_start_layout_is_deterministic_and_packed() -> None:
     p = _params(optimise={"start": {"panel_span": 0.5, "xy_offset": [0.7, -0.1], "z_gap": 0.01}})
-    vol_cfg, start = p.volume.model_dump(), p.optimise.start.model_dump()
+    vol_cfg, start = p.volume, p.optimise.start
     a, b = build_start_volume(vol_cfg, start), build_start_volume(vol_cfg, start)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     for det in a.get_detectors():

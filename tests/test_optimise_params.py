@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import pytest
+from conftest import Cli
 
 from flows.params import ParamsError, parse_params
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _err(data: Dict[str, Any]) -> str:
+def _err(data: dict[str, Any]) -> str:
     with pytest.raises(ParamsError) as exc:
         parse_params(data)
     return str(exc.value)
@@ -33,32 +29,41 @@ def _err(data: Dict[str, Any]) -> str:
         ({"optimise": {"lr": {"wobble": 1.0}}}, "optimise.lr.wobble: unknown key", "allowed keys: xy, z, xy_span"),
         ({"optimise": {"start": {"xy_offset": [0.1]}}}, "optimise.start.xy_offset = [0.1]", "a list of 2 items"),
         ({"optimise": {"passive_bs": 20, "n_volumes": 4}}, "optimise.passive_bs=20 exceeds optimise.n_volumes=4", ""),
-        ({"optimise": {"lr": {"xy": None, "z": None, "xy_span": None}}}, "optimise.lr.xy, optimise.lr.z and optimise.lr.xy_span are all null", ""),
+        (
+            {"optimise": {"lr": {"xy": None, "z": None, "xy_span": None}}},
+            "optimise.lr.xy, optimise.lr.z and optimise.lr.xy_span are all null",
+            "",
+        ),
         ({"evaluate": {"n_volumes": 0}}, "evaluate.n_volumes = 0", ">= 2"),
         ({"evaluate": {"n_bootstrap": 10}}, "evaluate.n_bootstrap = 10", ">= 100"),
         ({"optimise": {"budget": 0.0}}, "optimise.budget = 0.0", "> 0"),
-        ({"optimise": {"momentum": {"model": "guess"}}}, "optimise.momentum.model = 'guess'", "one of 'true', 'smeared', 'unknown'"),
+        (
+            {"optimise": {"momentum": {"model": "guess"}}},
+            "optimise.momentum.model = 'guess'",
+            "one of 'true', 'smeared', 'unknown'",
+        ),
         ({"optimise": {"momentum": {"resolution": 0.0}}}, "optimise.momentum.resolution = 0.0", "> 0"),
         ({"optimise": {"momentum": {"resolution": 1.5}}}, "optimise.momentum.resolution = 1.5", "<= 1"),
         ({"evaluate": {"momentum": {"model": "exact"}}}, "evaluate.momentum.model = 'exact'", "one of 'true'"),
         ({"volume": {"energy_loss": "yes"}}, "volume.energy_loss = 'yes'", "true/false"),
-        ({"optimise": {"budget": 4.0, "lr": {"xy": None, "z": None, "xy_span": None, "budget": None}}},
-         "optimise.lr.xy, optimise.lr.z and optimise.lr.xy_span are all null", ""),
+        (
+            {"optimise": {"budget": 4.0, "lr": {"xy": None, "z": None, "xy_span": None, "budget": None}}},
+            "optimise.lr.xy, optimise.lr.z and optimise.lr.xy_span are all null",
+            "",
+        ),
         ({"evaluate": {"baselines": ["best"]}}, "evaluate.baselines.0 = 'best'", "one of 'start', 'reference'"),
         ({"evaluate": {"baselines": ["start", "start"]}}, "evaluate.baselines=['start', 'start'] must not repeat", ""),
         ({"evaluate": {"inferrer": "none"}}, "evaluate.inferrer = 'none'", "one of 'poca', 'path' or null"),
     ],
 )
-def test_bad_optimise_evaluate_values(data: Dict[str, Any], needle: str, allowed: str) -> None:
+def test_bad_optimise_evaluate_values(data: dict[str, Any], needle: str, allowed: str) -> None:
     msg = _err(data)
     assert "1 problem" in msg and needle in msg, msg
     assert allowed in msg, msg
 
 
-def test_cli_exit_2_for_bad_optimise_params(tmp_path: Path) -> None:
+def test_cli_exit_2_for_bad_optimise_params(tmp_path: Path, cli: Cli) -> None:
     (tmp_path / "params.yaml").write_text("optimise:\n  n_epochs: -1\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-m", "flows", "optimise", "--workdir", str(tmp_path)], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "optimise.n_epochs = -1" in res.stderr, res.stderr
-    assert not (tmp_path / "models").exists()
+    rc, err = cli("optimise", "--workdir", str(tmp_path))
+    assert rc == 2 and "optimise.n_epochs = -1" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "nothing written (no models/, no checkpoints)"

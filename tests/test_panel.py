@@ -292,12 +292,27 @@ def test_clamp_params(gen):
 
 # ---------------------------------------------------------------------------- validation
 BAD_ARGS = [
-    ("res", 0.0), ("res", -5.0), ("res", float("nan")), ("res", float("inf")), ("res", "high"),
-    ("eff", 0.0), ("eff", 1.5), ("eff", -0.1), ("eff", float("nan")),
-    ("init_xy_span", (0.0, 1.0)), ("init_xy_span", (-1.0, 1.0)), ("init_xy_span", (1.0, float("nan"))), ("init_xy_span", (1.0,)),
-    ("init_xyz", (0.0, 0.0)), ("init_xyz", (0.0, float("inf"), 0.0)),
-    ("m2_cost", 0.0), ("m2_cost", -1.0), ("m2_cost", float("inf")),
-    ("budget", 0.0), ("budget", -2.0), ("budget", float("nan")),
+    ("res", 0.0),
+    ("res", -5.0),
+    ("res", float("nan")),
+    ("res", float("inf")),
+    ("res", "high"),
+    ("eff", 0.0),
+    ("eff", 1.5),
+    ("eff", -0.1),
+    ("eff", float("nan")),
+    ("init_xy_span", (0.0, 1.0)),
+    ("init_xy_span", (-1.0, 1.0)),
+    ("init_xy_span", (1.0, float("nan"))),
+    ("init_xy_span", (1.0,)),
+    ("init_xyz", (0.0, 0.0)),
+    ("init_xyz", (0.0, float("inf"), 0.0)),
+    ("m2_cost", 0.0),
+    ("m2_cost", -1.0),
+    ("m2_cost", float("inf")),
+    ("budget", 0.0),
+    ("budget", -2.0),
+    ("budget", float("nan")),
 ]
 
 

@@ -25,8 +25,15 @@ def vertical_muons(n, mom, centre):
 
 
 def run_layer(material, thickness, mom, *, model=None, energy_loss=True, n=2000, seed=0):
-    layer = PassiveLayer([3 * thickness] * 2, 1.0, thickness, rad_length_func=uniform(material), step_sz=0.005,
-                         scatter_model=model or PDGScatterModel(), energy_loss=energy_loss)
+    layer = PassiveLayer(
+        [3 * thickness] * 2,
+        1.0,
+        thickness,
+        rad_length_func=uniform(material),
+        step_sz=0.005,
+        scatter_model=model or PDGScatterModel(),
+        energy_loss=energy_loss,
+    )
     mu = vertical_muons(n, mom, 1.5 * thickness)
     layer(mu, generator=torch.Generator().manual_seed(seed))
     return layer, mu

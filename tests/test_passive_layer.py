@@ -293,7 +293,11 @@ def test_oblique_incidence_muon_frame():
 
 def test_tabulated_model_in_layer(tmp_path):
     path = build_pdg_scatter_table(
-        tmp_path / "t.h5", x0s=[X0["lead"], X0["iron"]], mom_bins=[2.0, 8.0], deltaz=0.01, n_samples=20_000,
+        tmp_path / "t.h5",
+        x0s=[X0["lead"], X0["iron"]],
+        mom_bins=[2.0, 8.0],
+        deltaz=0.01,
+        n_samples=20_000,
         generator=torch.Generator().manual_seed(0),
     )
     _, ang, disp = run_normal("iron", 0.01, 4.0, model=f"tabulated:{path}")

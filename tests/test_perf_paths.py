@@ -93,8 +93,15 @@ def test_fused_passive_step_matches_eager(log_term):
     for model in (_EagerPDG(log_term=log_term), PDGScatterModel(log_term=log_term)):
         g = torch.Generator().manual_seed(1)
         n = 3000
-        init = torch.cat([torch.rand(n, 2, generator=g) * 1.4 - 0.2, torch.rand(n, 1, generator=g) * 5 + 0.05,
-                          torch.rand(n, 1, generator=g) * 1.2, torch.rand(n, 1, generator=g) * 6.28], dim=1)
+        init = torch.cat(
+            [
+                torch.rand(n, 2, generator=g) * 1.4 - 0.2,
+                torch.rand(n, 1, generator=g) * 5 + 0.05,
+                torch.rand(n, 1, generator=g) * 1.2,
+                torch.rand(n, 1, generator=g) * 6.28,
+            ],
+            dim=1,
+        )
         mu = MuonBatch(init, init_z=1.0)
         layer = PassiveLayer([1.0, 1.0], 0.8, 0.1, rad_length_func=rl, scatter_model=model)
         gen = torch.Generator().manual_seed(5)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import Cli, tiny_params
 
 from config import PipelineParams, parse_params
 from tasks.caching import StageBusyError, hold_lock, locked_stage_workdir
@@ -33,20 +34,9 @@ def test_lock_is_released_when_the_holder_fails(tmp_path: Path) -> None:
 
 
 def _params(lr_xy: float) -> PipelineParams:
-    return parse_params(
-        {
-            "passives": {"materials": ["beryllium", "lead"]},
-            "optimise": {
-                "n_epochs": 1,
-                "n_volumes": 1,
-                "n_val_volumes": 0,
-                "passive_bs": 1,
-                "n_mu_per_volume": 100,
-                "mu_bs": 100,
-                "lr": {"xy": lr_xy},
-            },
-        }
-    )
+    """``tiny_params`` (conftest), trained for one epoch on one volume of 100 muons with this xy learning rate."""
+    optimise = {"n_epochs": 1, "n_volumes": 1, "n_val_volumes": 0, "passive_bs": 1, "n_mu_per_volume": 100, "mu_bs": 100}
+    return parse_params(tiny_params({"optimise.lr.xy": lr_xy}, optimise=optimise))
 
 
 def _prepare(p: PipelineParams, ckpt: Path) -> dict:
@@ -93,26 +83,17 @@ def test_bad_numbers_and_addresses_are_named(data: dict, expected: str) -> None:
     assert expected in str(err.value) and "should be" not in str(err.value).split(expected)[1].split("\n")[0]
 
 
-def test_unreachable_dask_scheduler_is_refused_before_any_work(tmp_path: Path) -> None:
+def test_unreachable_dask_scheduler_is_refused_before_any_work(tmp_path: Path, cli: Cli) -> None:
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as s:  # a free port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     (tmp_path / "params.yaml").write_text(f"runtime: {{task_runner: dask_address, dask_address: 'tcp://127.0.0.1:{port}'}}\n")
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows", "generate_passives", "--workdir", str(tmp_path)],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert "runtime.dask_address" in proc.stderr and "no Dask scheduler reachable" in proc.stderr
-    assert not (tmp_path / "data").exists()
+    rc, err = cli("generate_passives", "--workdir", str(tmp_path))
+    assert rc == 2, err
+    assert "runtime.dask_address" in err and "no Dask scheduler reachable" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "nothing written"
 
 
 def test_inversion_of_zero_rows_says_what_is_wrong() -> None:
@@ -153,20 +134,12 @@ def test_make_run_validates_before_dvc() -> None:
         "[1, 2]\n",
     ],
 )
-def test_check_refuses_bad_params_and_writes_nothing(tmp_path: Path, text: str) -> None:
-    import subprocess
-    import sys
-
+def test_check_refuses_bad_params_and_writes_nothing(tmp_path: Path, text: str, cli: Cli) -> None:
     (tmp_path / "params.yaml").write_text(text)
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(
-        [sys.executable, "-m", "flows", "check", "--workdir", str(tmp_path)],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    # in this process (flows.__main__.main); the real `python -m flows` process and its exit status 2 are checked by
+    # test_params.py::test_cli_process_exits_2_without_touching_outputs
+    rc, err = cli("check", "--workdir", str(tmp_path))  # an unexpected exception would fail the test right here
+    assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 

@@ -12,11 +12,11 @@ from tomopt_lib.volume.scatter_model import (
     AbsScatterModel,
     PDGScatterModel,
     TabulatedScatterModel,
+    beta_p,
     build_pdg_scatter_table,
     build_scatter_table,
     get_scatter_model,
     highland_theta0,
-    beta_p,
 )
 
 SQRT3_2 = math.sqrt(3) / 2
@@ -128,7 +128,9 @@ def test_tabulated_step_scaling(pdg_table):
     four = _sample(model, X0["iron"], 0.04, 4.0, 50_000, seed=1)  # same draws, scaled
     assert torch.allclose(four["dtheta_1"], 2.0 * one["dtheta_1"], rtol=1e-5)
     assert torch.allclose(four["dx_2"], 8.0 * one["dx_2"], rtol=1e-5, atol=1e-12)
-    zero = model.compute_scattering(x0=torch.tensor([float("inf"), 0.1]), step_length=torch.tensor([0.01, 0.0]), mom=torch.ones(2))
+    zero = model.compute_scattering(
+        x0=torch.tensor([float("inf"), 0.1]), step_length=torch.tensor([0.01, 0.0]), mom=torch.ones(2)
+    )
     assert all(bool((v == 0).all()) for v in zero.values())
 
 

@@ -116,7 +116,11 @@ def test_fit_matches_weighted_least_squares(gen, use_eff):
     hits = torch.rand(n, 4, 3, generator=gen, dtype=torch.float64)
     hits[..., 2] = z
     uncs = torch.rand(n, 4, 3, generator=gen, dtype=torch.float64) * 0.1 + 0.01
-    effs = torch.rand(n, 4, 1, generator=gen, dtype=torch.float64) * 0.9 + 0.1 if use_eff else torch.ones(n, 4, 1, dtype=torch.float64)
+    effs = (
+        torch.rand(n, 4, 1, generator=gen, dtype=torch.float64) * 0.9 + 0.1
+        if use_eff
+        else torch.ones(n, 4, 1, dtype=torch.float64)
+    )
     fit = fit_lines(hits, uncs, effs, z_ref=0.0)
     for i in range(n):
         for k in range(2):
@@ -142,7 +146,9 @@ def test_efficiency_deweights_outlier():
 def test_unusable_hits_are_ignored(gen, bad):
     vtx, a_in, _ = random_scatters(10, gen)
     hits = torch.stack([line_at(vtx, a_in, z) for z in Z_ABOVE], 1)
-    hits = hits + torch.randn(hits.shape, generator=gen, dtype=torch.float64) * 1e-3 * torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    hits = hits + torch.randn(hits.shape, generator=gen, dtype=torch.float64) * 1e-3 * torch.tensor(
+        [1.0, 1.0, 0.0], dtype=torch.float64
+    )
     uncs = torch.full((10, 4, 3), 1e-3, dtype=torch.float64)
     effs = torch.ones(10, 4, 1, dtype=torch.float64)
     ref = fit_lines(hits[:, [0, 2, 3]], uncs[:, [0, 2, 3]], effs[:, [0, 2, 3]], 0.5)
@@ -177,7 +183,9 @@ def test_fewer_than_two_usable_hits_filtered(gen):
     sb = ScatterBatch(mu, StandInVolume())
     assert sb.keep_mask.tolist() == [True, False, True, True, False, True]
     assert sb.n_mu == 4 and sb.poca_xyz.shape == (4, 3) and bool(torch.isfinite(sb.poca_xyz_unc).all())
-    direction, start = ScatterBatch.get_muon_trajectory(mu.get_hits()["above"]["reco_xyz"], mu.get_hits()["above"]["unc_xyz"], None)
+    direction, start = ScatterBatch.get_muon_trajectory(
+        mu.get_hits()["above"]["reco_xyz"], mu.get_hits()["above"]["unc_xyz"], None
+    )
     assert bool(torch.isnan(direction[1]).all()) and bool(torch.isfinite(direction[[0, 2, 3, 4, 5]]).all())
 
 
@@ -268,7 +276,9 @@ def test_poca_recovers_vertex(gen, dtype, tol):
 def test_parallel_tracks_are_finite():
     vtx = torch.tensor([[0.5, 0.5, 0.5]])
     a = torch.tensor([[0.1, -0.2]])
-    values, jac = scatter_vars(torch.cat([torch.tensor([[0.5, 0.5]]), a, torch.tensor([[0.5, 0.5]]), a], 1), 0.5, 0.8, 0.2, with_jac=True)
+    values, jac = scatter_vars(
+        torch.cat([torch.tensor([[0.5, 0.5]]), a, torch.tensor([[0.5, 0.5]]), a], 1), 0.5, 0.8, 0.2, with_jac=True
+    )
     v = split_vars(values)
     torch.testing.assert_close(v["poca_xyz"], vtx)
     assert float(v["theta_msc"]) == 0.0 and bool(torch.isfinite(jac).all())

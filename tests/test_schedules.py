@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 import yaml
+from conftest import tiny_params
 
 from flows.params import ParamsError, load_params, parse_params
 from flows.scheduled import date_seed
@@ -17,10 +18,9 @@ from flows.serve import build_deployments, main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _data(**schedules: Any) -> Dict[str, Any]:
-    d = yaml.safe_load((ROOT / "params.yaml").read_text())
-    d["schedules"] = schedules
-    return d
+def _data(**schedules: Any) -> dict[str, Any]:
+    """``tiny_params`` (conftest) with exactly these schedule entries (the others keep their defaults)."""
+    return tiny_params(schedules=schedules)
 
 
 def test_deployments_carry_the_crons_of_params_yaml() -> None:
@@ -39,8 +39,12 @@ def test_deployments_carry_the_crons_of_params_yaml() -> None:
 
 
 def test_timezone_and_disabled_entries() -> None:
-    p = parse_params(_data(nightly_evaluate={"cron": "30 1 * * 1-5", "timezone": "Europe/Zurich"},
-                           weekly_pipeline={"cron": "0 3 * * 0", "enabled": False}))
+    p = parse_params(
+        _data(
+            nightly_evaluate={"cron": "30 1 * * 1-5", "timezone": "Europe/Zurich"},
+            weekly_pipeline={"cron": "0 3 * * 0", "enabled": False},
+        )
+    )
     deps = build_deployments(p)
     assert [d.name for d in deps] == ["nightly-evaluate"]
     s = deps[0].schedules[0].schedule
@@ -51,11 +55,11 @@ def test_next_fire_times_without_waiting() -> None:
     from prefect.server.schemas.schedules import CronSchedule
 
     p = load_params(ROOT / "params.yaml")
-    start = dt.datetime(2026, 1, 7, 12, 0, tzinfo=dt.timezone.utc)  # a Wednesday
+    start = dt.datetime(2026, 1, 7, 12, 0, tzinfo=dt.UTC)  # a Wednesday
 
     def dates(entry: Any) -> list:
         sched = CronSchedule(cron=entry.cron, timezone=entry.timezone)
-        return [d.astimezone(dt.timezone.utc).replace(tzinfo=None) for d in asyncio.run(sched.get_dates(n=3, start=start))]
+        return [d.astimezone(dt.UTC).replace(tzinfo=None) for d in asyncio.run(sched.get_dates(n=3, start=start))]
 
     assert dates(p.schedules.nightly_evaluate) == [dt.datetime(2026, 1, d, 2, 0) for d in (8, 9, 10)]
     assert dates(p.schedules.weekly_pipeline) == [dt.datetime(2026, 1, d, 3, 0) for d in (11, 18, 25)]
@@ -68,14 +72,17 @@ def test_date_seed_changes_daily_and_is_reproducible() -> None:
     assert date_seed(1234, a) == date_seed(1234, a) != date_seed(1234, b)
 
 
-@pytest.mark.parametrize("schedules, key", [
-    ({"nightly_evaluate": {"cron": "61 2 * * *"}}, "schedules.nightly_evaluate.cron"),
-    ({"nightly_evaluate": {"cron": "every night"}}, "schedules.nightly_evaluate.cron"),
-    ({"weekly_pipeline": {"cron": "0 3 * * 0", "timezone": "Mars/Olympus"}}, "schedules.weekly_pipeline.timezone"),
-    ({"hourly": {"cron": "0 * * * *"}}, "schedules.hourly"),
-    ({"nightly_evaluate": {"cron": "0 2 * * *", "when": "now"}}, "schedules.nightly_evaluate.when"),
-])
-def test_bad_schedules_name_the_key(schedules: Dict[str, Any], key: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "schedules, key",
+    [
+        ({"nightly_evaluate": {"cron": "61 2 * * *"}}, "schedules.nightly_evaluate.cron"),
+        ({"nightly_evaluate": {"cron": "every night"}}, "schedules.nightly_evaluate.cron"),
+        ({"weekly_pipeline": {"cron": "0 3 * * 0", "timezone": "Mars/Olympus"}}, "schedules.weekly_pipeline.timezone"),
+        ({"hourly": {"cron": "0 * * * *"}}, "schedules.hourly"),
+        ({"nightly_evaluate": {"cron": "0 2 * * *", "when": "now"}}, "schedules.nightly_evaluate.when"),
+    ],
+)
+def test_bad_schedules_name_the_key(schedules: dict[str, Any], key: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
         parse_params(_data(**schedules))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_data(**schedules)))

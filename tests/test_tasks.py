@@ -4,40 +4,37 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_params
 
-from flows.params import parse_params
-from tasks.common import build_volume, derive_seed
+from config import IrradiateParams, parse_params
+from tasks.common import derive_seed
 from tasks.irradiation import chunk_sizes, irradiate_chunk, merge_irradiation
 from tasks.passives import generate_passive_records, generate_passives
 from tasks.reconstruction import SCATTER_COLUMNS, merge_scatters, reconstruct_volume
 from tasks.reporting import build_metrics, metrics_markdown, render_plots
+from tasks.volumes import build_volume
 from tomopt_lib.io import read_h5_attrs, read_muon_records, read_parquet, read_passives
 
-P = parse_params({
-    "passives": {"n_volumes": 2, "materials": ["beryllium", "lead"]},
-    "irradiate": {"n_muons_per_volume": 300, "chunk_size": 200},
-    "reconstruct": {"chunk_size": 100},
-})
-VOL, PAS, IRR, REC, REP = (P.volume.model_dump(), P.passives.model_dump(), P.irradiate.model_dump(),
-                           P.reconstruct.model_dump(), P.report.model_dump())
+P = parse_params(tiny_params())  # 2 volumes (beryllium/lead), 300 muons each in chunks of 200 + 100, reconstruct by 100
+VOL, PAS, IRR, REC, REP = P.volume, P.passives, P.irradiate, P.reconstruct, P.report
 
 
-def _irradiate(tmp: Path, passives: Path, out: Path, irr: Dict[str, Any] = IRR, seed: int = P.seed) -> Dict[str, Any]:
+def _irradiate(tmp: Path, passives: Path, out: Path, irr: IrradiateParams = IRR, seed: int = P.seed) -> dict[str, Any]:
     res = [
         irradiate_chunk.fn(str(passives), v, c, n, str(tmp / f"c{v}_{c}.h5"), VOL, irr, seed)
         for v in range(2)
-        for c, n in enumerate(chunk_sizes(irr["n_muons_per_volume"], irr["chunk_size"]))
+        for c, n in enumerate(chunk_sizes(irr.n_muons_per_volume, irr.chunk_size))
     ]
     return merge_irradiation.fn(res, str(out), attrs={"seed": seed})
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
+def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("chain")
     paths = {k: tmp / n for k, n in (("passives", "passives.h5"), ("irradiated", "irr.h5"), ("scatters", "sc.parquet"))}
     generate_passives.fn(str(paths["passives"]), 2, VOL, PAS, P.seed)
@@ -55,7 +52,7 @@ def test_helpers() -> None:
     assert len(build_volume(VOL).get_detectors()) == 2
 
 
-def test_passives(chain: Dict[str, Path]) -> None:
+def test_passives(chain: dict[str, Path]) -> None:
     recs = read_passives(chain["passives"])
     assert len(recs) == 2
     for r in recs:
@@ -66,11 +63,11 @@ def test_passives(chain: Dict[str, Path]) -> None:
     # volume i depends only on (seed, i): regenerating volume 1 alone gives the same cube
     again = generate_passive_records(VOL, PAS, P.seed, first=1, n=1)[0]
     np.testing.assert_array_equal(again.x0, recs[1].x0)
-    other = generate_passive_records(VOL, {**PAS, "generator": "voxel"}, P.seed + 1, n=1)[0]
+    other = generate_passive_records(VOL, PAS.model_copy(update={"generator": "voxel"}), P.seed + 1, n=1)[0]
     assert np.isnan(other.target) and other.x0.shape == (6, 10, 10)
 
 
-def test_irradiation(chain: Dict[str, Path]) -> None:
+def test_irradiation(chain: dict[str, Path]) -> None:
     recs = read_muon_records(chain["irradiated"])
     attrs = read_h5_attrs(chain["irradiated"], "muon_hits")
     assert attrs["n_generated"] == 600 and attrs["seed"] == P.seed
@@ -83,7 +80,7 @@ def test_irradiation(chain: Dict[str, Path]) -> None:
     assert not list(chain["tmp"].glob("c*_*.h5")), "chunk files are cleaned up"
 
 
-def test_irradiation_is_deterministic(chain: Dict[str, Path], tmp_path: Path) -> None:
+def test_irradiation_is_deterministic(chain: dict[str, Path], tmp_path: Path) -> None:
     _irradiate(tmp_path, chain["passives"], tmp_path / "again.h5")
     a, b = read_muon_records(chain["irradiated"]), read_muon_records(tmp_path / "again.h5")
     for v in a:
@@ -93,7 +90,7 @@ def test_irradiation_is_deterministic(chain: Dict[str, Path], tmp_path: Path) ->
     assert not np.array_equal(a[0].generated, c[0].generated)
 
 
-def test_reconstruction(chain: Dict[str, Path]) -> None:
+def test_reconstruction(chain: dict[str, Path]) -> None:
     df = read_parquet(chain["scatters"])
     assert list(df.columns) == list(SCATTER_COLUMNS)
     assert sorted(df["volume_id"].unique()) == [0, 1]
@@ -107,17 +104,24 @@ def test_reconstruction(chain: Dict[str, Path]) -> None:
     assert inside["poca_z"].between(0.2, 0.8).all() and inside["poca_x"].between(0, 1).all()
 
 
-def test_report(chain: Dict[str, Path]) -> None:
+def test_report(chain: dict[str, Path]) -> None:
     tmp = chain["tmp"]
     plots = {k: str(tmp / "plots" / f"{k}.png") for k in ("poca_density", "scatter_angle", "detector_layout")}
-    m = build_metrics.fn(str(chain["passives"]), str(chain["irradiated"]), str(chain["scatters"]), str(tmp / "m" / "r.json"),
-                         str(tmp / "m" / "h.csv"), VOL, REP)
+    m = build_metrics.fn(
+        str(chain["passives"]),
+        str(chain["irradiated"]),
+        str(chain["scatters"]),
+        str(tmp / "m" / "r.json"),
+        str(tmp / "m" / "h.csv"),
+        VOL,
+        REP,
+    )
     assert json.loads((tmp / "m" / "r.json").read_text()) == json.loads(json.dumps(m))
     assert m["muons"]["generated"] == 600 and m["muons"]["reconstructed"] > 0
     assert 0 < m["fractions"]["poca_inside_of_reconstructed"] <= 1
     assert set(m["per_material"]) <= {"beryllium", "lead"} and m["per_material"]
     hist = pd.read_csv(tmp / "m" / "h.csv")
-    assert list(hist.columns) == ["angle_mrad", "reco", "true"] and len(hist) == REP["angle_bins"]
+    assert list(hist.columns) == ["angle_mrad", "reco", "true"] and len(hist) == REP.angle_bins
     assert hist["reco"].sum() == m["muons"]["reconstructed"]
     assert "| muons.generated | 600 |" in metrics_markdown(m)
     out = render_plots.fn(str(chain["passives"]), str(chain["scatters"]), plots, VOL, REP)
@@ -125,8 +129,8 @@ def test_report(chain: Dict[str, Path]) -> None:
         assert Path(p).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_zero_muons(chain: Dict[str, Path], tmp_path: Path) -> None:
-    irr = {**IRR, "n_muons_per_volume": 0}
+def test_zero_muons(chain: dict[str, Path], tmp_path: Path) -> None:
+    irr = IRR.model_copy(update={"n_muons_per_volume": 0})
     summary = _irradiate(tmp_path, chain["passives"], tmp_path / "irr0.h5", irr)
     assert summary["n_generated"] == 0 and summary["n_volumes"] == 2
     parts = [reconstruct_volume.fn(str(tmp_path / "irr0.h5"), v, str(tmp_path / f"r{v}.parquet"), VOL, REC) for v in range(2)]
@@ -134,8 +138,15 @@ def test_zero_muons(chain: Dict[str, Path], tmp_path: Path) -> None:
     assert merged["n_rows"] == 0
     df = read_parquet(tmp_path / "sc0.parquet")
     assert list(df.columns) == list(SCATTER_COLUMNS) and len(df) == 0
-    m = build_metrics.fn(str(chain["passives"]), str(tmp_path / "irr0.h5"), str(tmp_path / "sc0.parquet"),
-                         str(tmp_path / "r.json"), str(tmp_path / "h.csv"), VOL, REP)
+    m = build_metrics.fn(
+        str(chain["passives"]),
+        str(tmp_path / "irr0.h5"),
+        str(tmp_path / "sc0.parquet"),
+        str(tmp_path / "r.json"),
+        str(tmp_path / "h.csv"),
+        VOL,
+        REP,
+    )
     assert m["muons"]["generated"] == 0 and m["fractions"]["reconstructed"] is None and m["scatter_mrad"]["median"] is None
     plots = {k: str(tmp_path / f"{k}.png") for k in ("poca_density", "scatter_angle", "detector_layout")}
     render_plots.fn(str(chain["passives"]), str(tmp_path / "sc0.parquet"), plots, VOL, REP)

@@ -29,7 +29,13 @@ def get_layers(panel_cls=DetectorPanel, **panel_kwargs) -> nn.ModuleList:
             z=1,
             size=2 * size,
             panels=[
-                panel_cls(res=init_res, eff=init_eff, init_xyz=[0.5, 0.5, 1 - i * (2 * size) / n_panels], init_xy_span=[1.0, 1.0], **panel_kwargs)
+                panel_cls(
+                    res=init_res,
+                    eff=init_eff,
+                    init_xyz=[0.5, 0.5, 1 - i * (2 * size) / n_panels],
+                    init_xy_span=[1.0, 1.0],
+                    **panel_kwargs,
+                )
                 for i in range(n_panels)
             ],
         )
@@ -43,7 +49,13 @@ def get_layers(panel_cls=DetectorPanel, **panel_kwargs) -> nn.ModuleList:
             z=0.2,
             size=2 * size,
             panels=[
-                panel_cls(res=init_res, eff=init_eff, init_xyz=[0.5, 0.5, 0.2 - i * (2 * size) / n_panels], init_xy_span=[1.0, 1.0], **panel_kwargs)
+                panel_cls(
+                    res=init_res,
+                    eff=init_eff,
+                    init_xyz=[0.5, 0.5, 0.2 - i * (2 * size) / n_panels],
+                    init_xy_span=[1.0, 1.0],
+                    **panel_kwargs,
+                )
                 for i in range(n_panels)
             ],
         )
@@ -83,7 +95,12 @@ def test_sigmoid_panels_and_passive_generators_port():
     passives = PassiveYielder(gen, n_passives=3)
     for func, target in passives:
         volume.load_rad_length(func, target)
-        assert volume.target is not None
+        cube = volume.get_rad_cube()
         known = torch.tensor(list(X0.values()))
-        for x0 in volume.get_rad_cube().unique():
+        for x0 in cube.unique():
             assert torch.isclose(known, x0, rtol=1e-6).any()
+        assert len(cube.unique()) == 2, "a block of another material than the background (enforce_diff_mat)"
+        assert volume.target is not None and volume.target.shape == (1,)
+        # the target is the block's X0: the value of the 5 x 5 x 4 voxels the 0.5 x 0.5 x 0.4 m block fills
+        is_block = torch.isclose(cube, volume.target, rtol=1e-6)
+        assert int(is_block.sum()) == 5 * 5 * 4

@@ -125,7 +125,9 @@ def test_voxel_edges_centres_and_lookup():
     # centres map back to their own (x, y, z) voxel indices, consistent with the rad cube
     idx = vol.lookup_passive_xyz_coords(centres)
     assert idx.dtype == torch.long and idx.shape == (600, 3)
-    expected = torch.stack(torch.meshgrid(torch.arange(10), torch.arange(10), torch.arange(N_PASSIVE), indexing="ij"), -1).reshape(-1, 3)
+    expected = torch.stack(
+        torch.meshgrid(torch.arange(10), torch.arange(10), torch.arange(N_PASSIVE), indexing="ij"), -1
+    ).reshape(-1, 3)
     assert torch.equal(idx, expected)
     vol.load_rad_length(x0_equals_layer_top)
     cube = vol.get_rad_cube()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import optim
 
-from tomopt_lib.optimisation.callbacks import Callback, CyclicCallback, EvalMetric, WarmupCallback, NoMoreNaNs
+from tomopt_lib.optimisation.callbacks import Callback, CyclicCallback, EvalMetric, NoMoreNaNs, WarmupCallback
 from tomopt_lib.optimisation.data import PassiveYielder, RandomBlockPassiveGenerator
 from tomopt_lib.optimisation.loss import VoxelX0Loss
 from tomopt_lib.optimisation.wrapper import ArbVolumeWrapper, FitParams, PanelVolumeWrapper
@@ -32,20 +32,30 @@ class Counting(Callback):
         def f():
             self.counts[hook] += 1
             self.order.append((hook, self.wrapper.fit_params.state))
+
         return f
 
 
 def make_wrapper(lrs=(1e-3, 1e-4, 1e-3), *, budget=None, sigmoid=None, seed=0, target_budget=None, **kw):
     vol = build_panel_volume(budget=budget, sigmoid_smooth=sigmoid)
     budget_opt = partial(optim.SGD, lr=1e-1) if budget is not None else None
-    return PanelVolumeWrapper(vol, xy_pos_opt=partial(optim.SGD, lr=lrs[0]), z_pos_opt=partial(optim.SGD, lr=lrs[1]),
-                              xy_span_opt=partial(optim.SGD, lr=lrs[2]), budget_opt=budget_opt,
-                              loss_func=VoxelX0Loss(target_budget=target_budget), seed=seed, **kw)
+    return PanelVolumeWrapper(
+        vol,
+        xy_pos_opt=partial(optim.SGD, lr=lrs[0]),
+        z_pos_opt=partial(optim.SGD, lr=lrs[1]),
+        xy_span_opt=partial(optim.SGD, lr=lrs[2]),
+        budget_opt=budget_opt,
+        loss_func=VoxelX0Loss(target_budget=target_budget),
+        seed=seed,
+        **kw,
+    )
 
 
 def passives(vw, n, seed=1):
-    return PassiveYielder(RandomBlockPassiveGenerator(vw.volume, materials=MATS, block_size=None, sort_x0=False,
-                                                      enforce_diff_mat=True, seed=seed), n_passives=n)
+    return PassiveYielder(
+        RandomBlockPassiveGenerator(vw.volume, materials=MATS, block_size=None, sort_x0=False, enforce_diff_mat=True, seed=seed),
+        n_passives=n,
+    )
 
 
 def panel_params(vw):
@@ -68,8 +78,14 @@ def test_construction_lr_mom_param_count():
     with pytest.raises(ValueError, match="opt='nope'"):
         vw.get_opt_lr("nope")
     vol = build_panel_volume()
-    adam = PanelVolumeWrapper(vol, xy_pos_opt=partial(optim.Adam, lr=1e-3), z_pos_opt=None, xy_span_opt=None,
-                              loss_func=None, partial_volume_inferrer="path")
+    adam = PanelVolumeWrapper(
+        vol,
+        xy_pos_opt=partial(optim.Adam, lr=1e-3),
+        z_pos_opt=None,
+        xy_span_opt=None,
+        loss_func=None,
+        partial_volume_inferrer="path",
+    )
     adam.set_opt_mom(0.8, "xy_pos_opt")
     assert adam.get_opt_mom("xy_pos_opt") == 0.8
     fixed = make_wrapper(budget=10.0)
@@ -78,8 +94,9 @@ def test_construction_lr_mom_param_count():
 
 def test_bad_inputs():
     with pytest.raises(ValueError, match="budget_opt"):
-        PanelVolumeWrapper(build_panel_volume(), xy_pos_opt=None, z_pos_opt=None, xy_span_opt=None,
-                           budget_opt=partial(optim.SGD, lr=1))
+        PanelVolumeWrapper(
+            build_panel_volume(), xy_pos_opt=None, z_pos_opt=None, xy_span_opt=None, budget_opt=partial(optim.SGD, lr=1)
+        )
     with pytest.raises(ValueError, match="partial_volume_inferrer"):
         make_wrapper(partial_volume_inferrer="nonexistent")
     vol, other = build_panel_volume(), build_panel_volume()
@@ -108,16 +125,30 @@ def test_save_load_from_save(tmp_path):
     assert not torch.equal(panel_params(vw2), before)
     vw2.load(tmp_path / "w.pt")
     assert torch.equal(panel_params(vw2), before)
+    coef = vw.loss_func.cost_coef  # set automatically from the first error value by the fit
+    assert isinstance(coef, torch.Tensor) and float(coef) > 0
     kw = dict(xy_pos_opt=partial(optim.SGD, lr=1), z_pos_opt=partial(optim.SGD, lr=1), xy_span_opt=partial(optim.SGD, lr=1))
-    vw3 = PanelVolumeWrapper.from_save(tmp_path / "w.pt", volume=build_panel_volume(), **kw)
+    # from_save restores the volume, the optimiser states (their lr included) and the loss's cost_coef
+    vw3 = PanelVolumeWrapper.from_save(
+        tmp_path / "w.pt", volume=build_panel_volume(), loss_func=VoxelX0Loss(target_budget=None), **kw
+    )
     assert torch.equal(panel_params(vw3), before)
-    assert float(vw3.loss_func.cost_coef if vw3.loss_func else 0) == 0 or True
+    assert isinstance(vw3.loss_func.cost_coef, torch.Tensor) and torch.equal(vw3.loss_func.cost_coef, coef)
+    assert [vw3.get_opt_lr(k) for k in ("xy_pos_opt", "z_pos_opt", "xy_span_opt")] == pytest.approx([1e-3, 1e-4, 1e-3])
+    # without a loss function there is nothing to restore the coefficient into: still loads, no loss appears
+    vw4 = PanelVolumeWrapper.from_save(tmp_path / "w.pt", volume=build_panel_volume(), **kw)
+    assert vw4.loss_func is None and torch.equal(panel_params(vw4), before)
+    # a fresh loss keeps its automatic coefficient unset until it sees an error value; the saved one replaces that
+    assert VoxelX0Loss(target_budget=None).cost_coef is None
 
 
 @pytest.mark.parametrize("mode", ["gauss", "sigmoid", "fixed_budget"])
 def test_gradients_reach_every_parameter(mode):
-    vw = make_wrapper(budget=10.0 if mode == "fixed_budget" else None, sigmoid=0.1 if mode == "sigmoid" else None,
-                      target_budget=None if mode == "fixed_budget" else 5.0)
+    vw = make_wrapper(
+        budget=10.0 if mode == "fixed_budget" else None,
+        sigmoid=0.1 if mode == "sigmoid" else None,
+        target_budget=None if mode == "fixed_budget" else 5.0,
+    )
     vw.fit(1, 1, 400, 400, passives(vw, 1), cbs=[])  # sets cost_coef etc.
     grads = {}
 
@@ -166,11 +197,22 @@ def test_fit_call_counts_and_order():
     assert c["on_pred_begin"] == 0
     assert vw.fit_params.n_updates == 3
     first = [h for h, _ in cb.order[:12]]
-    assert first[:6] == ["on_train_begin", "on_epoch_begin", "on_volume_batch_begin", "on_volume_begin",
-                         "on_mu_batch_begin", "on_scatter_end"]
+    assert first[:6] == [
+        "on_train_begin",
+        "on_epoch_begin",
+        "on_volume_batch_begin",
+        "on_volume_begin",
+        "on_mu_batch_begin",
+        "on_scatter_end",
+    ]
     i = [h for h, _ in cb.order].index("on_volume_end")
-    assert [h for h, _ in cb.order][i:i + 5] == ["on_volume_end", "on_volume_batch_end", "on_backwards_begin",
-                                                   "on_backwards_end", "on_step_end"]
+    assert [h for h, _ in cb.order][i : i + 5] == [
+        "on_volume_end",
+        "on_volume_batch_end",
+        "on_backwards_begin",
+        "on_backwards_end",
+        "on_step_end",
+    ]
     assert {s for h, s in cb.order if h == "on_volume_begin"} == {"train", "valid"}
 
 
@@ -213,7 +255,11 @@ def test_sort_cbs():
     cbs = [Callback(), CyclicCallback(), EvalMetric(False)]
     cyclic, metric_log, metric_cbs = PanelVolumeWrapper._sort_cbs(cbs)
     assert cyclic == [cbs[1]] and metric_log is None and metric_cbs == [cbs[2]]
-    assert isinstance(make_wrapper().fit_params, FitParams)
+    fp = make_wrapper().fit_params  # a fresh wrapper: an idle loop state, nothing counted yet
+    assert isinstance(fp, FitParams) and fp.device == torch.device("cpu")
+    assert (fp.state, fp.epoch, fp.n_epochs, fp.passives, fp.cbs) == (None, 0, None, None, [])
+    assert fp.n_updates == fp.n_rejected_updates == fp.n_skipped_mu_batches == fp.n_recoveries == 0
+    assert not (fp.stop or fp.skip_opt_step or fp.skip_backward or fp.warmup_active or fp.warmup_done)
     with pytest.raises(ValueError, match="state"):
         FitParams(state="bogus")
 
