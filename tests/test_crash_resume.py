@@ -159,7 +159,8 @@ def test_irradiate_killed_resumes_from_cached_chunks(prefect_server: str, tmp_pa
     assert rerun.wait(180) == 0, _logs(killed)[-1][-3000:]
     log = _logs(killed)[-1]
     recomputed = log.count("muons generated")
-    assert 0 < recomputed <= n_chunks - 2 and "Cached" in log, log[-3000:]
+    # >= 1 chunk reused (a record being written at the kill is incomplete: a miss, recomputed; never trusted)
+    assert 0 < recomputed < n_chunks and "Cached" in log, log[-3000:]
     assert not (killed / ".work").exists(), "the work folder is removed once the merged file is written"
     a, b = read_muon_records(out), read_muon_records(PipelinePaths.at(ref).irradiated)
     assert a.keys() == b.keys() == {0, 1} and [r.n_generated for r in a.values()] == [1500, 1500]
