@@ -114,6 +114,15 @@ def _groups_file(testrunuid: str) -> Path:
     return Path(tempfile.gettempdir()) / f"tomoflow-xdist-groups-{testrunuid}.json"
 
 
+SLOW_FIXTURES = ("prefect_harness", "prefect_server", "tiny_pipeline", "dask_cluster", "dask_local_cluster_ok")
+"""Tests that use any of these take seconds (a server, the shared pipeline, worker processes): marked ``slow``."""
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    if any(name in SLOW_FIXTURES for name in getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.slow)  # still run by default; `-m "not slow"` leaves them out
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput") and config.getoption("testrunuid") is None:
         config.option.testrunuid = uuid.uuid4().hex  # the controller fixes the run id it hands to the workers
@@ -303,12 +312,13 @@ class DaskCluster:
     worker_env: dict[str, dict[str, str | None]]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def dask_cluster() -> Iterator[DaskCluster]:
     """A local Dask cluster made exactly as the ``dask_local`` runner makes it (``make_task_runner``'s cluster class
-    and keyword arguments for ``task_workers: 2``), shared by the Dask equivalence tests through
-    ``runtime.task_runner: dask_address``: the two worker processes start and import torch/prefect once per session,
-    not once per flow run. Skips (with the reason) where worker processes cannot start."""
+    and keyword arguments for ``task_workers: 2``), shared by the Dask equivalence tests of a module through
+    ``runtime.task_runner: dask_address``: the two worker processes start and import torch/prefect once, not once per
+    flow run, and stop with the module (idle, the cluster still costs ~20 % of a core). Skips (with the reason) where
+    worker processes cannot start."""
     from flows.params import parse_params
     from flows.pipeline import make_task_runner
 

@@ -1,9 +1,9 @@
 """Crash and resume: SIGKILL the ``optimise`` / ``irradiate`` stages mid-run, rerun, compare with uninterrupted runs.
 
 The killed stage and its rerun are ``python -m flows <stage>`` subprocesses against the session's real Prefect server
-(``prefect_server`` in conftest.py, shared with the UI test; no ephemeral server start per process); the uninterrupted
-reference runs in this process against the same server (``run_stage``, the code path the CLI ends in), while the
-rerun subprocess works.
+(``prefect_server`` in conftest.py, shared with the UI test; no ephemeral server start per process), and the resumed
+run must show up there, completed and with its artifacts. The uninterrupted reference runs in a thread of this process
+against the same server (``run_stage``, the code path the CLI ends in) while the subprocesses start and work.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +68,33 @@ def _start(stage: str, params: Path, workdir: Path, env: dict[str, str]) -> subp
         )
 
 
-def _reference(stage: str, params: Path, workdir: Path, api: str) -> None:
-    """The uninterrupted run, in this process on the session's server."""
+def _reference(stage: str, params: Path, workdir: Path, api: str) -> Future:
+    """The uninterrupted run, in this process (a thread of its own) on the session's server: it works while the
+    killed process starts, trains and is killed, and while the rerun process starts. ``.result()`` waits for it."""
     from flows.pipeline import run_stage
 
-    with prefect_api(api):
-        run_stage(stage, load_params(params), str(workdir))
+    def run() -> None:
+        with prefect_api(api):  # settings are per thread (context variables): set them in the thread that runs
+            run_stage(stage, load_params(params), str(workdir))
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix=f"reference-{stage}")
+    try:
+        return pool.submit(run)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _assert_monitored(api: str, run_name: str, workdir: Path, artifact_keys: set) -> None:
+    """The resumed ``python -m flows`` process reported to the server: its flow run (this workdir) is COMPLETED and
+    carries its artifacts."""
+    import httpx
+
+    with httpx.Client(base_url=api, timeout=30) as c:
+        runs = c.post("/flow_runs/filter", json={"flow_runs": {"name": {"any_": [run_name]}}, "limit": 50}).json()
+        mine = [r for r in runs if r["parameters"].get("workdir") == str(workdir) and r["state_type"] == "COMPLETED"]
+        assert len(mine) == 1, [(r["parameters"].get("workdir"), r["state_type"]) for r in runs]
+        arts = c.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [mine[0]["id"]]}}}).json()
+    assert artifact_keys <= {a["key"] for a in arts}, sorted(a["key"] for a in arts)
 
 
 def _kill_when(proc: subprocess.Popen, cond: Callable[[], bool], timeout: float = 120) -> None:
@@ -102,15 +124,17 @@ def test_optimise_killed_resumes_bitwise(prefect_server: str, tmp_path: Path) ->
     killed.mkdir(), ref.mkdir()
     params = _write_params(tmp_path / "params.yaml")
     env = _env(tmp_path, prefect_server)
+    reference = _reference("optimise", params, ref, prefect_server)
     proc = _start("optimise", params, killed, env)
     paths = PipelinePaths.at(killed)
     _kill_when(proc, lambda: (paths.checkpoints / "epoch_0002.pt").exists())
     _no_partial_outputs(paths)
     assert not (paths.checkpoints / "epoch_0004.pt").exists(), "killed mid-run"
     rerun = _start("optimise", params, killed, env)
-    _reference("optimise", params, ref, prefect_server)
+    reference.result(timeout=300)
     assert rerun.wait(180) == 0, _logs(killed)[-1][-3000:]
     assert "resuming from the checkpoint of epoch" in _logs(killed)[-1]
+    _assert_monitored(prefect_server, "optimise-seed1234", killed, {"tomoflow-optimise", "tomoflow-optimise-images"})
     a = torch.load(paths.optimise_outputs["detector_pt"], map_location="cpu", weights_only=False)
     b = torch.load(PipelinePaths.at(ref).optimise_outputs["detector_pt"], map_location="cpu", weights_only=False)
     _assert_same(a, b)
@@ -149,15 +173,17 @@ def test_irradiate_killed_resumes_from_cached_chunks(prefect_server: str, tmp_pa
     shutil.copy2(PipelinePaths.at(ref).passives, PipelinePaths.at(killed).passives)
     n_chunks = p.passives.n_volumes * len(chunk_sizes(p.irradiate.n_muons_per_volume, p.irradiate.chunk_size))
     assert n_chunks == 12
+    reference = _reference("irradiate", params, ref, prefect_server)
     proc = _start("irradiate", params, killed, env)
     records = killed / ".work" / "irradiate" / "records"
     _kill_when(proc, lambda: records.is_dir() and len(list(records.iterdir())) >= 2)
     out = PipelinePaths.at(killed).irradiated
     assert not out.exists(), "killed before the merge: no irradiated.h5"
     rerun = _start("irradiate", params, killed, env)
-    _reference("irradiate", params, ref, prefect_server)
+    reference.result(timeout=300)
     assert rerun.wait(180) == 0, _logs(killed)[-1][-3000:]
     log = _logs(killed)[-1]
+    _assert_monitored(prefect_server, "irradiate-seed1234", killed, {"tomoflow-irradiate", "irradiate-progress"})
     recomputed = log.count("muons generated")
     # >= 1 chunk reused (a record being written at the kill is incomplete: a miss, recomputed; never trusted)
     assert 0 < recomputed < n_chunks and "Cached" in log, log[-3000:]

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import DaskCluster, PipelineRun, tiny_params
+from conftest import PipelineRun, tiny_params
 
 from config import LumiReportParams, parse_params
 from flows.paths import PipelinePaths
@@ -176,28 +176,3 @@ def test_lumi_flows(tiny_pipeline: PipelineRun) -> None:
     assert "| convergence rate | 1 |" in tiny_pipeline.artifacts["lumi-report"]
     progress = tiny_pipeline.artifacts["lumi-scan-progress"]
     assert progress is not None and float(progress) == 100.0
-
-
-@pytest.mark.flow
-@pytest.mark.slow
-def test_dask_equals_threads(
-    prefect_harness: None, dask_cluster: DaskCluster, tiny_pipeline: PipelineRun, tmp_path: Path
-) -> None:
-    """The scan on the session's local Dask cluster (2 worker processes, ``dask_cluster`` in conftest: the
-    ``dask_local`` settings) == the shared pipeline's scan on 2 threads."""
-    from flows.pipeline import run_stage
-
-    assert tiny_pipeline.params["runtime"] == {"task_workers": 2}  # the thread runner
-    run_stage("lumi_scan", _params(runtime={"task_runner": "dask_address", "dask_address": dask_cluster.address}), str(tmp_path))
-    threads = read_scan(str(PipelinePaths.at(tiny_pipeline.workdir).lumi_scan))[0].drop(columns=TIMING)
-    dask = read_scan(str(PipelinePaths.at(tmp_path).lumi_scan))[0].drop(columns=TIMING)
-    assert len(threads) == 10 and list(threads.columns) == list(dask.columns)
-    # Everything drawn from the seeds is identical: ids, chunk seeds, true emittances, convergence.
-    seeded = ["inversion_id", "chunk", "chunk_seed", "true_eps_x", "true_eps_y", "converged"]
-    pd.testing.assert_frame_equal(threads[seeded], dask[seeded], check_exact=True)
-    # The float64 solves are not bit-reproducible across processes (MKL picks kernels by memory alignment, and a
-    # last-bit difference can change the iteration count by one): the estimates agree to 1e-9 of their value,
-    # six orders of magnitude below the scan's own 1e-3 errors, and the uncertainties to 1e-6.
-    assert (threads["iterations"] - dask["iterations"]).abs().max() <= 1
-    for cols, rtol in ((["est_eps_x", "est_eps_y", "residual_norm"], 1e-9), (["sigma_eps_x", "sigma_eps_y", "cond"], 1e-6)):
-        np.testing.assert_allclose(dask[cols].to_numpy(), threads[cols].to_numpy(), rtol=rtol, atol=0)

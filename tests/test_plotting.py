@@ -21,6 +21,7 @@ from tomopt_lib.plotting import (
 from tomopt_lib.volume.builders import build_panel_volume
 
 
+@pytest.mark.slow  # six figures with constrained layouts, twice: ~5 s each
 @pytest.mark.parametrize("n", [0, 200])
 def test_plots(tmp_path: Path, n: int) -> None:
     rng = np.random.default_rng(0)

@@ -1,45 +1,35 @@
 """Acceptance test of the Prefect UI monitoring: a REAL ``prefect server start`` subprocess (``prefect_server`` in
-conftest.py), the skeleton stages run against it in a subprocess (``PREFECT_API_URL``), then the ``report`` flow run
-and its artifacts (markdown metrics table, embedded PNG images, progress at 100 %) are read back through the server's
-REST API."""
+conftest.py), the skeleton stages run against it (``PREFECT_API_URL``), then the ``report`` flow run and its artifacts
+(markdown metrics table, embedded PNG images, progress at 100 %) are read back through the server's REST API.
+
+The stages run in this process (the flows' code path is the same); that a separate ``python -m flows`` process shows up
+on the server, completed and with its artifacts, is checked by test_crash_resume.py against the same server."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from conftest import tiny_params
+from conftest import prefect_api, tiny_params
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 SEED = 4711
-RUN = (
-    "import sys; from flows.params import load_params; from flows.pipeline import run_stage; "
-    "p = load_params(sys.argv[1]); [run_stage(s, p, sys.argv[2]) for s in "
-    "('generate_passives', 'irradiate', 'reconstruct', 'report')]"
-)
 
 
 def test_report_flow_artifacts_in_the_prefect_api(prefect_server: str, tmp_path: Path) -> None:
     server = prefect_server  # the session's real `prefect server start` (conftest), shared with test_crash_resume.py
     # a seed of its own: the run names (``<stage>-seed<seed>``) are this test's alone on the shared server
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(seed=SEED)))
-    env = dict(os.environ, PREFECT_API_URL=server, OMP_NUM_THREADS="1", MPLBACKEND="Agg")
-    proc = subprocess.run(
-        [sys.executable, "-c", RUN, str(tmp_path / "params.yaml"), str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from flows.params import load_params
+    from flows.pipeline import run_stage
+
+    p = load_params(tmp_path / "params.yaml")
+    with prefect_api(server):
+        for stage in ("generate_passives", "irradiate", "reconstruct", "report"):
+            run_stage(stage, p, str(tmp_path))
 
     with httpx.Client(base_url=server, timeout=30) as c:
         wanted = [f"{stage}-seed{SEED}" for stage in ("generate-passives", "irradiate", "reconstruct", "report")]
