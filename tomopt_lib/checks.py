@@ -3,6 +3,7 @@ message. Light on purpose (torch and the material table only), so validating par
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 
 from .core import X0
 
-__all__ = ["VOXEL_MULTIPLE_RTOL", "is_voxel_multiple", "check_materials", "passive_batch_fits"]
+__all__ = ["VOXEL_MULTIPLE_RTOL", "is_voxel_multiple", "check_materials", "passive_batch_fits", "check_number"]
 
 VOXEL_MULTIPLE_RTOL = 1e-5
 """Relative tolerance of "a length is a whole number of voxels": ``|L/s - round(L/s)| <= rtol * max(1, round(L/s))``
@@ -47,3 +48,44 @@ def passive_batch_fits(passive_bs: int, n_passives: int) -> bool:
     """Whether one update of ``passive_bs`` volumes is possible with ``n_passives`` training passives (an epoch makes
     ``n_passives // passive_bs`` updates; a remainder batch is dropped)."""
     return 1 <= passive_bs <= n_passives
+
+
+def check_number(
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+    unit: str = "",
+) -> float:
+    """``value`` (a number or a one-element tensor) as a float, checked to be finite (a whole number if ``integer``)
+    and inside ``low``..``high`` (ends excluded where ``low_open`` / ``high_open``); else one ``ValueError``:
+    ``"<name> must be <rule>, got <value>"``. With ``integer`` only integer types pass (ints, numpy / torch integers).
+    The one scalar check of the cores' constructors."""
+    kind = "an integer" if integer else "a finite number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {high:g}")
+    rule = " ".join([kind, " and ".join(bounds)]).strip() + (f" {unit}" if unit else "")
+    try:
+        if isinstance(value, (bool, str, bytes)) or (integer and not hasattr(value, "__index__")):
+            raise TypeError  # True or "1" is not a number here, 2.0 not an integer count
+        if isinstance(value, Tensor):
+            if value.numel() != 1:
+                raise TypeError
+            v = float(value.detach().reshape(-1)[0])
+        else:
+            v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be {rule}, got {value!r}") from None
+    bad = not math.isfinite(v) or (integer and v != round(v))
+    bad = bad or (low is not None and (v <= low if low_open else v < low))
+    bad = bad or (high is not None and (v >= high if high_open else v > high))
+    if bad:
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+    return v

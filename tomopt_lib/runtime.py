@@ -11,6 +11,7 @@ import random
 import numpy as np
 import torch
 
+from .checks import check_number
 from .core import DEVICE
 
 __all__ = ["DEFAULT_DTYPE", "resolve_device", "make_generator", "seed_everything", "set_threads"]
@@ -62,7 +63,6 @@ def set_threads(n_threads: int | None = None) -> int:
     """
     if n_threads is None:
         n_threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
-    if n_threads < 1:
-        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    check_number("n_threads", n_threads, low=1, integer=True)
     torch.set_num_threads(n_threads)
     return n_threads

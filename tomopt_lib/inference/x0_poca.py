@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_number
 from ..core import SCATTER_COEF_B
 from .path_model import PATH_MODES, PathModelMixin
 from .voxel_probs import gauss_interval_prob, voxel_axis_probs
@@ -98,13 +99,11 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
     ) -> None:
         if window is not None and (isinstance(window, bool) or int(window) != window or window < 1):
             raise ValueError(f"window must be None or an integer >= 1 (voxels per axis), got {window!r}")
-        if isinstance(n_samples, bool) or int(n_samples) != n_samples or n_samples < 1:
-            raise ValueError(f"n_samples must be an integer >= 1, got {n_samples!r}")
+        check_number("n_samples", n_samples, low=1, integer=True)
         if path not in PATH_MODES:
             raise ValueError(f"path must be one of {PATH_MODES}, got {path!r}")
         for name, v in (("prior_strength", prior_strength), ("poca_floor", poca_floor), ("min_muons", min_muons)):
-            if not float(v) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {v!r}")
+            check_number(name, v, low=0)
         self.tomopt_exact = bool(tomopt_exact)
         self.window = None if window is None else int(window)
         self.log_term = (not self.tomopt_exact) if log_term is None else bool(log_term)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_number
 from ..runtime import DEFAULT_DTYPE, DeviceLike, resolve_device
 
 if TYPE_CHECKING:
@@ -39,15 +40,9 @@ RES_EFF_FLOOR: float = 1e-10
 Number = float | int | Tensor
 
 
-def _scalar(name: str, value: Number, *, rule: str, low: float = 0.0, high: float | None = None) -> float:
-    """``value`` as a float, checked to be finite with ``low < value (<= high)``; else ``ValueError`` naming ``name``."""
-    try:
-        v = float(value.detach().reshape(-1)[0]) if isinstance(value, Tensor) and value.numel() == 1 else float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a single number {rule}, got {value!r}") from None
-    if not math.isfinite(v) or v <= low or (high is not None and v > high):
-        raise ValueError(f"{name} must be finite and {rule}, got {v}")
-    return v
+def _scalar(name: str, value: Number, *, unit: str, high: float | None = None) -> float:
+    """``value`` as a float > 0 (and <= ``high``): :func:`~tomopt_lib.checks.check_number`."""
+    return check_number(name, value, low=0.0, low_open=True, high=high, unit=unit)
 
 
 def _vector(name: str, value: Sequence[float] | Tensor, n: int, *, positive: bool = False) -> Tensor:
@@ -96,9 +91,9 @@ class DetectorPanel(nn.Module):
     ) -> None:
         super().__init__()
         self.device = resolve_device(device)
-        res_v = _scalar("res", res, rule="> 0 (resolution in 1/m)")
-        eff_v = _scalar("eff", eff, rule="in (0, 1] (hit efficiency)", high=1.0)
-        cost_v = _scalar("m2_cost", m2_cost, rule="> 0 (cost per m^2)")
+        res_v = _scalar("res", res, unit="(resolution in 1/m)")
+        eff_v = _scalar("eff", eff, unit="(hit efficiency)", high=1.0)
+        cost_v = _scalar("m2_cost", m2_cost, unit="(cost per m^2)")
         xyz = _vector("init_xyz", init_xyz, 3)
         span = _vector("init_xy_span", init_xy_span, 2, positive=True)
         self.realistic_validation = bool(realistic_validation)
@@ -144,7 +139,7 @@ class DetectorPanel(nn.Module):
         if budget is None:
             self.budget = None
             return
-        _scalar("budget", budget, rule="> 0 (panel cost in currency units)")
+        _scalar("budget", budget, unit="(panel cost in currency units)")
         b = torch.as_tensor(budget, dtype=DEFAULT_DTYPE, device=self.device).reshape(())
         self.budget = b
 
@@ -291,7 +286,7 @@ class SigmoidDetectorPanel(DetectorPanel):
             realistic_validation=realistic_validation,
             device=device,
         )
-        s = _scalar("smooth", smooth, rule="> 0 (sigmoid smoothness)")
+        s = _scalar("smooth", smooth, unit="(sigmoid smoothness)")
         self.register_buffer("_smooth", torch.tensor(s, dtype=DEFAULT_DTYPE, device=self.device))
 
     @property
@@ -301,7 +296,7 @@ class SigmoidDetectorPanel(DetectorPanel):
 
     @smooth.setter
     def smooth(self, value: Number) -> None:
-        s = _scalar("smooth", value, rule="> 0 (sigmoid smoothness)")
+        s = _scalar("smooth", value, unit="(sigmoid smoothness)")
         self._smooth.fill_(s)
 
     def sig_model(self, xy: Tensor) -> Tensor:

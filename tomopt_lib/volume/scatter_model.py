@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..checks import check_number
 from ..core import MUON_MASS2, SCATTER_COEF_A, SCATTER_COEF_B
 from ..runtime import DEFAULT_DTYPE, DeviceLike, resolve_device
 
@@ -334,8 +335,7 @@ def build_scatter_table(
         raise ValueError(f"x0s must hold {dtheta.shape[0]} values > 0 (one per material row)")
     if edges.shape != (dtheta.shape[1] + 1,) or not (np.diff(edges) > 0).all() or edges[0] <= 0:
         raise ValueError(f"mom_bins must be {dtheta.shape[1] + 1} increasing edges > 0 GeV")
-    if not deltaz > 0:
-        raise ValueError(f"deltaz must be > 0 m, got {deltaz}")
+    check_number("deltaz", deltaz, low=0, low_open=True, unit="m")
     path = Path(path)
     with h5py.File(path, "w") as f:
         f.create_dataset("model/dtheta", data=dtheta)

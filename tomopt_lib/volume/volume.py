@@ -7,14 +7,13 @@ index counted from the *bottom* passive layer.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from ..checks import is_voxel_multiple
+from ..checks import check_number, is_voxel_multiple
 from ..runtime import DEFAULT_DTYPE
 from .layer import AbsDetectorLayer
 from .layer_base import AbsLayer
@@ -69,13 +68,7 @@ class Volume(nn.Module):
     # ------------------------------------------------------------------ validation
     @staticmethod
     def _check_budget(budget: float | Tensor) -> float:
-        try:
-            b = float(budget.detach().reshape(-1)[0]) if isinstance(budget, Tensor) and budget.numel() == 1 else float(budget)
-        except (TypeError, ValueError):
-            raise ValueError(f"budget must be a single finite number > 0, got {budget!r}") from None
-        if not math.isfinite(b) or b <= 0:
-            raise ValueError(f"budget must be finite and > 0 (total detector cost), got {b}")
-        return b
+        return check_number("budget", budget, low=0, low_open=True, unit="(total detector cost)")
 
     @staticmethod
     def _check_layers(layers: Sequence[AbsLayer]) -> None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...checks import check_number
 from .sub_losses import integer_class_loss
 
 if TYPE_CHECKING:
@@ -72,8 +73,7 @@ class AbsDetectorLoss(nn.Module, metaclass=ABCMeta):
             target_budget = tb
         if cost_coef is not None and cost_coeff is not None:
             raise ValueError("give at most one of cost_coef and cost_coeff")
-        if budget_smoothing <= 0:
-            raise ValueError(f"budget_smoothing must be > 0, got {budget_smoothing!r}")
+        check_number("budget_smoothing", budget_smoothing, low=0, low_open=True)
         self.target_budget = target_budget
         self.budget_smoothing = float(budget_smoothing)
         self.cost_coef: CostCoef = cost_coef if cost_coef is not None else cost_coeff
@@ -158,8 +158,7 @@ class VoxelLogX0Loss(AbsDetectorLoss):
 
     def __init__(self, *, target_budget: float | None, min_x0: float = 1e-4, **kwargs: Any) -> None:
         super().__init__(target_budget=target_budget, **kwargs)
-        if not min_x0 > 0:
-            raise ValueError(f"min_x0 must be > 0 m, got {min_x0}")
+        check_number("min_x0", min_x0, low=0, low_open=True, unit="m")
         self.min_x0 = float(min_x0)
 
     def _get_inference_loss(self, pred: Tensor, volume: Volume) -> Tensor:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import torch
 from torch import Tensor
 
+from ...checks import check_number
 from ..data.passives import PassiveYielder
 
 if TYPE_CHECKING:
@@ -26,13 +27,9 @@ VolumeInferrerSpec: TypeAlias = "str | Callable[..., AbsVolumeInferrer] | None"
 
 
 def check_int(name: str, value: Any, low: int = 1) -> int:
-    """``value`` as an int >= ``low``; ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int,)) and not (hasattr(value, "__index__")):
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    v = int(value)
-    if v < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return v
+    """``value`` as an int >= ``low`` (an int or an integer-valued index type, never a bool or a float):
+    :func:`~tomopt_lib.checks.check_number` with ``integer=True``."""
+    return int(check_number(name, value, low=low, integer=True))
 
 
 def resolve_volume_inferrer(spec: VolumeInferrerSpec) -> Callable[..., AbsVolumeInferrer]:
