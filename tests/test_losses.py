@@ -122,6 +122,12 @@ def test_integer_class_loss_and_volume_int_class_loss():
     for mse in (False, True):
         assert integer_class_loss(close, targ, 0, mse) < integer_class_loss(far, targ, 0, mse)
     assert integer_class_loss(far, targ, 0, True) > integer_class_loss(far, targ, 0, False)
+    # TomOpt's normalisation (errors summing to 1 over the candidates): the API document's example, whose unnormalised
+    # squared-error values are 1.0007 (close) and 8.8773 (far), divided by sum_k (3 - k)^2 = 28 for k = 0..6
+    assert float(integer_class_loss(close, targ, 0, True)) == pytest.approx(1.0007 / 28, abs=1e-4)
+    assert float(integer_class_loss(far, targ, 0, True)) == pytest.approx(8.8773 / 28, abs=1e-4)
+    k = torch.arange(7.0)
+    assert float(integer_class_loss(far, targ, 0, False)) == pytest.approx(float((far[0] * (3 - k).abs()).sum() / 12))
     probs = torch.softmax(torch.randn(4, 5, generator=torch.Generator().manual_seed(0)), -1)
     t = torch.tensor([0, 1, 2, 4])
     none = integer_class_loss(probs, t, 0, False, reduction="none")

@@ -21,8 +21,8 @@ def integer_class_loss(
     """Integer-class loss (ICL): penalises predicted probability mass far from the target integer more than near it.
 
     For every candidate integer k (``pred_start_int`` + column index) the error |t - k| (or (t - k)^2 if ``use_mse``)
-    is computed, the errors are normalised with a softmax over the candidates, weighted by the predicted
-    probabilities and summed.
+    is computed, the errors are normalised to sum 1 over the candidates (as TomOpt does), weighted by the predicted
+    probabilities and summed: ICL = sum_k p_k e_k / sum_k' e_k'. Its range is [0, max_k e_k / sum e].
 
     Args:
         int_probs: (*, n_int) predicted probabilities.
@@ -41,7 +41,7 @@ def integer_class_loss(
         targ = targ.squeeze(-1)
     diffs = targ.unsqueeze(-1) - ints
     errs = diffs.square() if use_mse else diffs.abs()
-    loss = (torch.softmax(errs, dim=-1) * int_probs).sum(-1)
+    loss = (errs / errs.sum(-1, keepdim=True).clamp_min(torch.finfo(errs.dtype).tiny) * int_probs).sum(-1)
     if weight is not None:
         loss = loss * torch.as_tensor(weight, device=loss.device, dtype=loss.dtype).reshape(loss.shape)
     if reduction == "mean":
