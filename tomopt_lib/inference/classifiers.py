@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from .neighbourhood import neighbourhood_mean
 from .x0_base import AbsVolumeInferrer, AbsX0Inferrer
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class DenseBlockClassifierFromX0s(_FromX0):
         """(1, 1) probability that a dense block is present."""
         vox = self.x0_inferrer.get_prediction()
         if self.use_avgpool:
-            vox = F.avg_pool3d(vox[None], kernel_size=3, stride=1, padding=1, count_include_pad=False)[0]
+            vox = neighbourhood_mean(vox)
         flat = vox.reshape(-1)
         k = min(max(1, round(self.frac * flat.numel())), flat.numel() - 1)
         low = torch.topk(flat, k + 1, largest=False).values  # sorted ascending

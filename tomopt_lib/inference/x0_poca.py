@@ -43,11 +43,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..checks import check_number
 from ..core import SCATTER_COEF_B
+from .neighbourhood import neighbourhood_mean
 from .path_model import PATH_MODES, PathModelMixin
 from .voxel_probs import gauss_interval_prob, voxel_axis_probs
 from .voxel_sums import DEFAULT_CHUNK_ELEMENTS, separable_voxel_sums
@@ -224,8 +224,8 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
             per_muon_info = (den / n_eff.clamp_min(_TINY))[den > 0]
             beta = self.prior_strength * (per_muon_info.median() if len(per_muon_info) else den.new_ones(()))
             shp = (1, *self.shp_zxy)
-            w_nb = F.avg_pool3d(den.reshape(shp), 3, stride=1, padding=1, count_include_pad=False).reshape(-1)
-            r_nb = F.avg_pool3d((den * rho_raw).reshape(shp), 3, stride=1, padding=1, count_include_pad=False).reshape(-1)
+            w_nb = neighbourhood_mean(den.reshape(shp)).reshape(-1)
+            r_nb = neighbourhood_mean((den * rho_raw).reshape(shp)).reshape(-1)
             rho_nb = torch.where(w_nb > 0, r_nb / w_nb.clamp_min(_TINY), rho0.expand_as(r_nb))
             num, den = num + beta * rho_nb, den + beta
         rho = (num / den.clamp_min(_TINY)).clamp(1e-4, 1e4)

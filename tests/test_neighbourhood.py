@@ -1,0 +1,70 @@
+"""Neighbourhood means on voxel grids of any size, and the inferrers on passive blocks thinner than 3 voxels (where
+``avg_pool3d(padding=1)`` refuses the grid)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tomopt_lib.core import X0
+from tomopt_lib.inference import ScatterBatch
+from tomopt_lib.inference.neighbourhood import neighbourhood_mean
+from tomopt_lib.inference.volume import DenseBlockClassifierFromX0s, PanelX0Inferrer
+from tomopt_lib.muon.generation import MuonGenerator2016
+from tomopt_lib.muon.muon_batch import MuonBatch
+from tomopt_lib.volume.builders import build_panel_volume
+
+
+def _brute(x: torch.Tensor) -> torch.Tensor:
+    """The definition, voxel by voxel: mean over the in-grid voxels within one step along every axis."""
+    z, a, b = x.shape
+    out = torch.empty_like(x)
+    for i in range(z):
+        for j in range(a):
+            for k in range(b):
+                out[i, j, k] = x[max(0, i - 1) : i + 2, max(0, j - 1) : j + 2, max(0, k - 1) : k + 2].mean()
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 10, 10), (1, 4, 3), (3, 3, 3), (6, 10, 10), (5, 2, 7)])
+def test_neighbourhood_mean_is_the_definition(shape: tuple[int, int, int]) -> None:
+    x = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(neighbourhood_mean(x), _brute(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(neighbourhood_mean(x[None])[0], _brute(x), rtol=1e-12, atol=1e-12)
+    if min(shape) >= 3:  # where torch's own pooling works, the same numbers
+        ref = F.avg_pool3d(x[None], 3, stride=1, padding=1, count_include_pad=False)[0]
+        torch.testing.assert_close(neighbourhood_mean(x), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_neighbourhood_mean_gradient_and_bad_shape() -> None:
+    x = torch.rand(2, 2, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(neighbourhood_mean, (x,))
+    with pytest.raises(ValueError, match="Z, X, Y"):
+        neighbourhood_mean(torch.ones(4, 4))
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_inference_on_thin_passive_blocks(n_layers: int) -> None:
+    """A passive block of 1 or 2 layers: PoCA inference with its neighbourhood prior and the dense-block classifier's
+    average pooling give finite predictions and gradients (they raised inside avg_pool3d before)."""
+    vol = build_panel_volume(passive_n_layers=n_layers, res=1e4, eff=0.9, panel_span=1.0)
+    vol.record_xyz_hist = False
+    vol.load_rad_length(lambda *, z, lw, size: torch.full((10, 10), X0["iron"]))
+    rng = torch.Generator().manual_seed(3)
+    gen = MuonGenerator2016.from_volume(vol, fixed_mom=3.0, min_angle=0.0)
+    mu = MuonBatch(gen(2000, generator=rng), init_z=vol.h)
+    vol(mu, generator=rng)
+    sb = ScatterBatch(mu, vol)
+    inf = PanelX0Inferrer(vol)
+    inf.add_scatters(sb)
+    pred = inf.get_prediction()
+    assert pred.shape == (n_layers, 10, 10) and torch.isfinite(pred).all()
+    assert 0.5 < float(pred.median() / X0["iron"]) < 2.0  # and calibrated: a thin iron slab reads as iron
+    clf = DenseBlockClassifierFromX0s(5, PanelX0Inferrer, vol)
+    clf.add_scatters(sb)
+    p = clf.get_prediction()
+    assert p.shape == (1, 1) and 0 < float(p) < 1
+    p.sum().backward()
+    g = vol.get_detectors()[0].panels[0].xy.grad
+    assert g is not None and torch.isfinite(g).all()
