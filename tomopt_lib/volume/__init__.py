@@ -1,6 +1,8 @@
 """Detector and passive layers, panels, scattering models and the ``Volume`` that chains them."""
 
 from .builders import build_panel_volume, rad_length_func_from_cube
+from .heatmap import GMM, DetectorHeatMap
+from .heatmap_layer import HeatMapDetectorLayer
 from .layer import AbsDetectorLayer, AbsLayer, PanelDetectorLayer
 from .panel import DetectorPanel, SigmoidDetectorPanel
 from .passive_layer import PassiveLayer, RadLengthFunc
@@ -22,6 +24,9 @@ __all__ = [
     "RadLengthFunc",
     "DetectorPanel",
     "SigmoidDetectorPanel",
+    "DetectorHeatMap",
+    "HeatMapDetectorLayer",
+    "GMM",
     "AbsScatterModel",
     "PDGScatterModel",
     "TabulatedScatterModel",

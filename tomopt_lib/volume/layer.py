@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -74,6 +74,18 @@ class PanelDetectorLayer(AbsDetectorLayer):
     """
 
     type_label = "panel"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """As TomOpt's ``PanelDetectorLayer`` accepts heat maps: given only ``DetectorHeatMap`` s as ``panels``, build
+        and return a ``HeatMapDetectorLayer`` (``tomopt_lib.volume.heatmap``) instead."""
+        panels = kwargs.get("panels")
+        if cls is PanelDetectorLayer and isinstance(panels, (list, tuple, nn.ModuleList)) and len(panels) > 0:
+            from .heatmap import DetectorHeatMap
+            from .heatmap_layer import HeatMapDetectorLayer
+
+            if all(isinstance(p, DetectorHeatMap) for p in panels):
+                return HeatMapDetectorLayer(*args, **kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -2,7 +2,7 @@
 
 As in TomOpt, the package re-exports the public names of its modules (``callback``, ``cyclic_callbacks``,
 ``data_callbacks``, ``detector_callbacks``, ``diagnostic_callbacks``, ``eval_metric``, ``grad_callbacks``,
-``monitors``, ``opt_callbacks``, ``pred_callbacks``, ``warmup_callbacks``).
+``heatmap_gif``, ``monitors``, ``opt_callbacks``, ``pred_callbacks``, ``warmup_callbacks``).
 """
 
 from .callback import Callback
@@ -12,6 +12,7 @@ from .detector_callbacks import PanelCentring, PanelUpdateLimiter, SigmoidPanelS
 from .diagnostic_callbacks import HitRecord, ScatterRecord
 from .eval_metric import EvalMetric
 from .grad_callbacks import NoMoreNaNs
+from .heatmap_gif import HeatMapGif
 from .monitors import MetricLogger, PanelMetricLogger
 from .opt_callbacks import EpochSave, OneCycle
 from .pred_callbacks import PredHandler, Save2HDF5PredHandler, VolumeTargetPredHandler
@@ -28,6 +29,7 @@ __all__ = [
     "ScatterRecord",
     "EvalMetric",
     "NoMoreNaNs",
+    "HeatMapGif",
     "MetricLogger",
     "PanelMetricLogger",
     "EpochSave",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from ...volume.heatmap_layer import heatmap_layers
 from ...volume.layer import PanelDetectorLayer
 from .callback import Callback
 
@@ -28,12 +29,13 @@ def _panels(volume: Volume) -> Iterator[DetectorPanel]:
 
 
 class NoMoreNaNs(Callback):
-    """After the backward, replaces NaN gradients of the panel parameters and of ``budget_weights`` with 0."""
+    """After the backward, replaces NaN gradients of the panel and heat-map parameters and of ``budget_weights`` with 0."""
 
     def on_backwards_end(self) -> None:
         """Zero the NaN gradient elements (logged at DEBUG level)."""
         vol = self.wrapper.volume
         params: list[Tensor] = [p for panel in _panels(vol) for p in (panel.xy, panel.z, panel.xy_span)]
+        params += [p for layer in heatmap_layers(vol.get_detectors()) for hm in layer.panels for p in hm.parameters()]
         if getattr(vol, "budget_weights", None) is not None:
             params.append(vol.budget_weights)
         n_bad = 0

@@ -2,6 +2,6 @@
 
 from .abs_wrapper import AbsVolumeWrapper
 from .fit_state import STATES, FitParams
-from .volume_wrapper import ArbVolumeWrapper, PanelVolumeWrapper
+from .volume_wrapper import ArbVolumeWrapper, HeatMapVolumeWrapper, PanelVolumeWrapper
 
-__all__ = ["AbsVolumeWrapper", "PanelVolumeWrapper", "ArbVolumeWrapper", "FitParams", "STATES"]
+__all__ = ["AbsVolumeWrapper", "PanelVolumeWrapper", "HeatMapVolumeWrapper", "ArbVolumeWrapper", "FitParams", "STATES"]

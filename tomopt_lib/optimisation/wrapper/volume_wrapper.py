@@ -1,4 +1,5 @@
-"""Volume wrappers: ``PanelVolumeWrapper`` (panel detectors) and ``ArbVolumeWrapper`` (ready-made optimisers).
+"""Volume wrappers: ``PanelVolumeWrapper`` (panel detectors), ``HeatMapVolumeWrapper`` (heat maps, defined in
+``heatmap_wrapper``) and ``ArbVolumeWrapper`` (ready-made optimisers).
 
 ``AbsVolumeWrapper`` (the loops and the hook order) and ``FitParams`` are re-exported here for TomOpt-compatible imports.
 """
@@ -14,11 +15,12 @@ from torch import nn
 from ...volume.layer import PanelDetectorLayer
 from .abs_wrapper import AbsVolumeWrapper
 from .fit_state import FitParams
+from .heatmap_wrapper import HeatMapVolumeWrapper
 
 if TYPE_CHECKING:
     from ...volume.volume import Volume
 
-__all__ = ["AbsVolumeWrapper", "PanelVolumeWrapper", "ArbVolumeWrapper", "FitParams"]
+__all__ = ["AbsVolumeWrapper", "PanelVolumeWrapper", "HeatMapVolumeWrapper", "ArbVolumeWrapper", "FitParams"]
 
 PartialOpt = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
