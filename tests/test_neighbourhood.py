@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from tomopt_lib.core import X0
 from tomopt_lib.inference import ScatterBatch
 from tomopt_lib.inference.neighbourhood import neighbourhood_mean
-from tomopt_lib.inference.volume import DenseBlockClassifierFromX0s, PanelX0Inferrer
+from tomopt_lib.inference.volume import DenseBlockClassifierFromX0s, PanelX0Inferrer, PathX0Inferrer
 from tomopt_lib.muon.generation import MuonGenerator2016
 from tomopt_lib.muon.muon_batch import MuonBatch
 from tomopt_lib.volume.builders import build_panel_volume
@@ -46,7 +46,7 @@ def test_neighbourhood_mean_gradient_and_bad_shape() -> None:
 
 @pytest.mark.parametrize("n_layers", [1, 2])
 def test_inference_on_thin_passive_blocks(n_layers: int) -> None:
-    """A passive block of 1 or 2 layers: PoCA inference with its neighbourhood prior and the dense-block classifier's
+    """A passive block of 1 or 2 layers: PoCA and path inference (neighbourhood priors) and the dense-block classifier's
     average pooling give finite predictions and gradients (they raised inside avg_pool3d before)."""
     vol = build_panel_volume(passive_n_layers=n_layers, res=1e4, eff=0.9, panel_span=1.0)
     vol.record_xyz_hist = False
@@ -61,6 +61,11 @@ def test_inference_on_thin_passive_blocks(n_layers: int) -> None:
     pred = inf.get_prediction()
     assert pred.shape == (n_layers, 10, 10) and torch.isfinite(pred).all()
     assert 0.5 < float(pred.median() / X0["iron"]) < 2.0  # and calibrated: a thin iron slab reads as iron
+    path = PathX0Inferrer(vol)  # its smoothness prior and final shrinkage average neighbourhoods too
+    path.add_scatters(sb)
+    pred_path = path.get_prediction()
+    assert pred_path.shape == (n_layers, 10, 10) and torch.isfinite(pred_path).all()
+    assert 0.5 < float(pred_path.median() / X0["iron"]) < 2.0
     clf = DenseBlockClassifierFromX0s(5, PanelX0Inferrer, vol)
     clf.add_scatters(sb)
     p = clf.get_prediction()

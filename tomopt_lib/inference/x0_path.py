@@ -34,16 +34,33 @@ of the path samples is detached; the path lengths, angles, noise and efficiencie
 update is O(N) (the (N, S) sample tensors are shared by all updates). k_i = A^2 u_i with u_i the momentum model's
 1 / (beta p)^2 (:mod:`.momentum`).
 
-Final shrinkage and uncertainty. I_j = sum_i e_i I_ij is the angle-only Fisher information of the voxel (per
-projection 1/2 (k f l_ij / C_i)^2, C_i the variance of the slope change; the muon's path through voxel j
-approximated by its path through the voxel's layer; divided by the momentum model's c_i = E[u^2] / E[u]^2). In
-ln rho, each voxel is pulled towards the information-weighted mean of its 3x3x3 neighbourhood (itself blended with
-ln rho_0 when the neighbourhood is data-poor) with a weight worth ``shrink_crossings`` crossings of the voxel:
-ln rho_j <- (I'_j ln rho_j + P ln rho_nb) / (I'_j + P), I'_j = rho_j^2 I_j. The uncertainty is the spread of that
-estimate, sigma_ln = sqrt(J'_j) / (I'_j + P) with J'_j the same sum with e_i^2 (sandwich for the efficiency weights),
-sigma_X0 = X0 sigma_ln; it ignores the displacement's information and voxel correlations and is conservative for
-uniform material (README calibration table). A voxel whose data carry less than ``min_data_fraction`` of P is set
-by the prior: it is flagged in ``low_data`` and its uncertainty is at least its prediction (100 %).
+Final shrinkage. I_j = sum_i e_i I_ij is the angle-only Fisher information of the voxel (per projection
+1/2 (k f l_ij / C_i)^2, C_i the variance of the slope change; the muon's path through voxel j approximated by its path
+through the voxel's layer; divided by the momentum model's c_i = E[u^2] / E[u]^2). In ln rho, each voxel is pulled
+towards the information-weighted mean of its 3x3x3 neighbourhood (itself blended with ln rho_0 when the neighbourhood
+is data-poor) with a weight worth ``shrink_crossings`` crossings of the voxel:
+ln rho_j <- (I'_j ln rho_j + P ln rho_nb) / (I'_j + P), I'_j = rho_j^2 I_j. A voxel whose data carry less than
+``min_data_fraction`` of P is set by the prior: it is flagged in ``low_data`` and its uncertainty is at least its
+prediction (100 %).
+
+Uncertainty: the linear response of the regularised estimator (a Laplace-type approximation), per voxel and in a
+locally homogeneous approximation. In x = ln rho the prior's fixed point solves g(x) = b (1 - A) x (g the
+log-likelihood gradient in x, A the 3x3x3 neighbourhood mean, b = beta / 2), so to first order
+(h + b (1 - A)) x = h x_ML, and the final shrinkage maps x to (x + p (A x + p g0) / (1 + p)) / (1 + p)
+(p = P / I'_j, g0 constant). With h, p and the score variance j constant around the voxel, both maps are diagonal in the
+Fourier modes q of the lattice (A -> a(q) = prod_d (1 + 2 cos q_d) / 3), and
+
+    sigma_ln^2 = j_j / h_j^2 * mean_q [T(q) / (1 + r_j (1 - a(q)))]^2,   r_j = b / h_j,
+    T(q) = (1 + p_j a(q) / (1 + p_j)) / (1 + p_j),
+
+the mean over 8^3 wave numbers in (0, pi)^3. h_j = rho_j^2 sum_i e_i I_i,jj is the diagonal of the likelihood's
+Fisher information of ln rho_j from angle and displacement (per projection 1/2 k^2 f^2 tr(S W_ij S W_ij), S the
+inverse of Cov_i, exact over the muon's run of samples in the voxel) and j_j the same sum with e_i^2 c_i (sandwich
+for the efficiency weights and the momentum model's spread, which the likelihood does not carry). sigma_X0 =
+X0 sigma_ln. The factor -> 1 where the data dominate the prior (r -> 0: e.g. lead among beryllium) and it is the
+variance reduction of the neighbourhood averaging where the prior dominates (uniform material). Left out: voxel
+correlations of the data beyond the diagonal, the early stopping of the ``n_iter`` updates and the moment anchor
+(README calibration table for how well it describes the spread).
 """
 
 from __future__ import annotations
@@ -51,10 +68,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_number
 from ..core import SCATTER_COEF_B
+from .neighbourhood import neighbourhood_mean
 from .path_model import PATH_MODES, PathModelMixin
 from .x0_base import AbsX0Inferrer
 
@@ -67,6 +85,30 @@ if TYPE_CHECKING:
 __all__ = ["PathX0Inferrer", "PATH_MODES"]
 
 _TINY = 1e-30
+_Q_PER_AXIS = 8  # wave numbers per axis of the smoothing factor's average over the 3x3x3 stencil's spectrum
+
+
+def _stencil_spectrum(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(Q,) eigenvalues a(q) = prod_d (1 + 2 cos q_d) / 3 of the 3x3x3 neighbourhood mean on a periodic lattice, at
+    ``_Q_PER_AXIS`` midpoint wave numbers per axis in (0, pi) (the spectrum is even in every q_d)."""
+    q = (torch.arange(_Q_PER_AXIS, dtype=torch.float64) + 0.5) * torch.pi / _Q_PER_AXIS
+    a = (1 + 2 * torch.cos(q)) / 3
+    return (a[:, None, None] * a[None, :, None] * a[None, None, :]).reshape(-1).to(device=device, dtype=dtype)
+
+
+def _smoothing_factor(r: Tensor, p: Tensor) -> Tensor:
+    """Variance factor phi = mean_q [T(q) / (1 + r (1 - a(q)))]^2 of a voxel's ln rho estimate relative to its own
+    maximum-likelihood variance, in a locally homogeneous linear-response approximation: the smoothness prior's
+    fixed point (h + b (1 - A)) x = h x_ML with r = b / h, then the final shrinkage x <- (x + p (h A x + P g) /
+    (h + P)) / (1 + p) with p = P / h, T(q) = (1 + p a(q) / (1 + p)) / (1 + p); a(q) the spectrum of the 3x3x3
+    mean A. (n,) in, (n,) out; chunked over the wave numbers so memory stays O(n)."""
+    a = _stencil_spectrum(r.dtype, r.device)
+    r, p = r.clamp(0.0, 1e6)[:, None], p.clamp(0.0, 1e6)[:, None]
+    tot = r.new_zeros(len(r))
+    for a_c in a.split(64):
+        tr = (1 + p * a_c / (1 + p)) / (1 + p) / (1 + r * (1 - a_c))
+        tot = tot + tr.square().sum(1)
+    return tot / len(a)
 
 
 class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
@@ -112,22 +154,16 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
         if path not in PATH_MODES:
             raise ValueError(f"path must be one of {PATH_MODES}, got {path!r}")
-        if not (0 < float(relax) <= 3):
-            raise ValueError(f"relax must be in (0, 3], got {relax!r}")
+        check_number("relax", relax, low=0, low_open=True, high=3)
         if not (0 < x0_range[0] < x0_range[1]):
             raise ValueError(f"x0_range must be (min, max) with 0 < min < max [m], got {x0_range!r}")
         self.n_iter, self.n_samples, self.path = int(n_iter), int(n_samples), path
-        if not (float(prior_strength) >= 0):
-            raise ValueError(f"prior_strength must be >= 0, got {prior_strength!r}")
+        check_number("prior_strength", prior_strength, low=0)
         self.log_term, self.relax, self.prior_strength = bool(log_term), float(relax), float(prior_strength)
         self.x0_range = (float(x0_range[0]), float(x0_range[1]))
-        if not (float(min_data_fraction) >= 0):
-            raise ValueError(f"min_data_fraction must be >= 0, got {min_data_fraction!r}")
-        self.min_data_fraction = float(min_data_fraction)
+        self.min_data_fraction = check_number("min_data_fraction", min_data_fraction, low=0)
         self.moment_anchor = bool(moment_anchor)
-        if not float(shrink_crossings) >= 0:
-            raise ValueError(f"shrink_crossings must be >= 0, got {shrink_crossings!r}")
-        self.shrink_crossings = float(shrink_crossings)
+        self.shrink_crossings = check_number("shrink_crossings", shrink_crossings, low=0)
         super().__init__(volume, momentum=momentum, mu_generator=mu_generator)
 
     def _reset_vars(self) -> None:
@@ -161,10 +197,37 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         """Add the log-normal smoothness prior's gradient to the update's numerator / denominator (one-step-late)."""
         rho_v = rho[: self.n_vox]
         log_v = torch.log(rho_v).reshape(1, *self.shp_zxy)
-        log_bar = F.avg_pool3d(log_v, 3, stride=1, padding=1, count_include_pad=False).reshape(-1)
+        log_bar = neighbourhood_mean(log_v).reshape(-1)
         pen = beta * (log_v.reshape(-1) - log_bar) / rho_v
         pen = torch.cat([pen, pen.new_zeros(1)])
         return num + torch.relu(-pen), den + torch.relu(pen)
+
+    def _voxel_information(
+        self, idx: Tensor, lw: Tensor, t: Tensor, inv: Tensor, kf: Tensor, eff: Tensor, mom_var: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(n_vox,) ``(h, j)``: the diagonal of the likelihood's Fisher information of rho_j from angle and displacement,
+        h_j = sum_i e_i I_i,jj, and of its score's variance, j_j = sum_i e_i^2 c_i I_i,jj: per muon and projection
+        I_i,jj = 1/2 tr(S W_ij S W_ij) k^2 f^2 (S = Cov_i^-1, W_ij the voxel's 2x2 path weight of the module docstring),
+        c_i = E[u^2] / E[u]^2 of the momentum model (the likelihood uses E[u]; the spread of u inflates the score's
+        variance). A muon's samples in one voxel are contiguous along its path; each run of them is one segment
+        (O(N S) memory)."""
+        n_mu, n_s = idx.shape
+        new = torch.ones_like(idx, dtype=torch.bool)
+        new[:, 1:] = idx[:, 1:] != idx[:, :-1]
+        new = new.reshape(-1)
+        seg_id = new.long().cumsum(0) - 1
+        n_seg = int(new.sum())
+        w = lw.new_zeros(n_seg, 3).index_add(0, seg_id, torch.stack([lw, lw * t, lw * t.square()], -1).reshape(-1, 3))
+        mu = torch.arange(n_mu, device=idx.device).repeat_interleave(n_s)[new]
+        s0, s1, s2 = inv[mu, :, 0], inv[mu, :, 1], inv[mu, :, 2]  # (n_seg, 2) per projection
+        w0, w1, w2 = w[:, 0, None], w[:, 1, None], w[:, 2, None]
+        m00, m01, m10, m11 = s0 * w0 + s1 * w1, s0 * w1 + s1 * w2, s1 * w0 + s2 * w1, s1 * w1 + s2 * w2
+        per_seg = (0.5 * kf[mu].square() * (m00.square() + 2 * m01 * m10 + m11.square())).sum(1)
+        vox = idx.reshape(-1)[new]
+        n_tot = self.n_vox + 1
+        h = lw.new_zeros(n_tot).index_add(0, vox, eff[mu] * per_seg)[: self.n_vox]
+        j = lw.new_zeros(n_tot).index_add(0, vox, eff[mu].square() * mom_var[mu] * per_seg)[: self.n_vox]
+        return h, j
 
     def _compute_x0(self) -> tuple[Tensor, Tensor]:
         idx, m_in, m_out, l_in, l_out, t = self.path_samples()
@@ -226,13 +289,13 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         m0 = moments(rho)[0]
         kf = (k0 * self._log_factor(m0))[:, None] * f  # (N, 2)
         c11 = noise[..., 0] + kf * m0[:, None]  # variance of the slope change per projection
-        # sandwich for the efficiency-weighted likelihood: H = sum e I, J = sum e^2 I, var = J / H^2 (I: Fisher
-        # information of the slope change, reduced by the momentum model's spread)
-        per_len2 = 0.5 * ((kf / c11.clamp_min(_TINY)).square()).sum(1) / self._get_muon_data()["mom_var"][:, 0]
+        # angle-only Fisher information of the slope change, reduced by the momentum model's spread: the shrinkage's
+        # weights and the low-data flag
+        mom_var = self._get_muon_data()["mom_var"][:, 0]
+        per_len2 = 0.5 * ((kf / c11.clamp_min(_TINY)).square()).sum(1) / mom_var
         seg = lw * self.n_samples  # path through the sample's layer (one-voxel approximation)
         per_sample = lw * seg * per_len2[:, None]
         info = lw.new_zeros(n_tot).index_add(0, flat, (eff[:, None] * per_sample).reshape(-1))[: self.n_vox]
-        info_j = lw.new_zeros(n_tot).index_add(0, flat, (eff.square()[:, None] * per_sample).reshape(-1))[: self.n_vox]
         rho_v = rho[: self.n_vox]
         # empirical-Bayes shrinkage in ln rho towards the information-weighted neighbourhood mean, worth
         # ``shrink_crossings`` crossings of the voxel: pulls data-poor voxels (corners, few muons) back from runaway
@@ -242,18 +305,24 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         p_log = self.shrink_crossings * (per_cross.median() if len(per_cross) else info_log.new_ones(()))
         shp = (1, *self.shp_zxy)
         ln_rho = torch.log(rho_v)
-        w_nb = F.avg_pool3d(info_log.detach().reshape(shp), 3, stride=1, padding=1, count_include_pad=False).reshape(-1)
-        ln_nb = F.avg_pool3d((info_log.detach() * ln_rho).reshape(shp), 3, stride=1, padding=1, count_include_pad=False).reshape(
-            -1
-        ) / w_nb.clamp_min(_TINY)
+        w_nb = neighbourhood_mean(info_log.detach().reshape(shp)).reshape(-1)
+        ln_nb = neighbourhood_mean((info_log.detach() * ln_rho).reshape(shp)).reshape(-1) / w_nb.clamp_min(_TINY)
         ln_nb = torch.where(w_nb > 0, ln_nb, ln_rho)
         # a data-poor neighbourhood falls back to the block's homogeneous (method-of-moments) density
         ln_glob = torch.log(rho0.clamp(rho_lo, rho_hi)).detach()
         ln_nb = (w_nb * ln_nb + p_log * ln_glob) / (w_nb + p_log).clamp_min(_TINY)
         ln_post = (info_log * ln_rho + p_log * ln_nb) / (info_log + p_log).clamp_min(_TINY)
         x0 = torch.exp(-ln_post).clamp(self.x0_range[0], self.x0_range[1])
-        j_log = rho_v.square() * info_j
-        sigma_ln = j_log.clamp_min(_TINY).sqrt() / (info_log + p_log).clamp_min(_TINY)  # spread of the estimate
+        # uncertainty: linear response of the regularised estimator (module docstring), per voxel in a locally
+        # homogeneous approximation: the (angle + displacement) Fisher information of ln rho_j and its score variance,
+        inv, kf = inv_cov(rho)
+        h_full, j_full = self._voxel_information(idx, lw, t, inv, kf, eff, mom_var)
+        h_full, j_full = rho_v.square() * h_full, rho_v.square() * j_full
+        # propagated through the neighbourhood averaging of the smoothness prior (b = beta / 2 in ln rho) and shrinkage
+        phi = _smoothing_factor(
+            (beta.detach() / 2) / h_full.detach().clamp_min(_TINY), p_log.detach() / info_log.detach().clamp_min(_TINY)
+        )
+        sigma_ln = (j_full * phi).clamp_min(_TINY).sqrt() / h_full.clamp_min(_TINY)
         low = info_log.detach() < self.min_data_fraction * p_log
         unc = x0 * sigma_ln
         unc = torch.where(low, torch.maximum(unc, x0), unc)
