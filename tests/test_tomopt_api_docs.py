@@ -26,33 +26,10 @@ API_JSON = Path(__file__).resolve().parent / "data" / "tomopt_api_names.json"
 SEEDS_DIR = Path(os.environ.get("TOMOPT_SEEDS_DIR") or Path(__file__).resolve().parents[2] / "shared" / "seeds")
 API_DOC = SEEDS_DIR / "tomopt-api-docs.txt"
 
-# Documented names that are not ported yet: the three benchmark packages (issue 11, item 3; the heat-map detectors of
-# item 2 have landed). The test of a module expects exactly these to be absent: empty this list as they land (a listed
-# name that imports fails the test, so the list cannot silently outlive the work).
-KNOWN_MISSING = frozenset(
-    {
-        # benchmarks: ladle furnace
-        "tomopt.benchmarks.ladle_furnace.data.LadleFurnacePassiveGenerator",
-        "tomopt.benchmarks.ladle_furnace.inference.EdgeDetLadleFurnaceFillLevelInferrer",
-        "tomopt.benchmarks.ladle_furnace.inference.LinearCorrectionCallback",
-        "tomopt.benchmarks.ladle_furnace.inference.PocaZLadleFurnaceFillLevelInferrer",
-        "tomopt.benchmarks.ladle_furnace.loss.LadleFurnaceIntClassLoss",
-        "tomopt.benchmarks.ladle_furnace.loss.SpreadRangeLoss",
-        "tomopt.benchmarks.ladle_furnace.plotting.compare_init_optimised_2",
-        "tomopt.benchmarks.ladle_furnace.plotting.compare_init_to_optimised",
-        "tomopt.benchmarks.ladle_furnace.plotting.compare_optimised_to_baselines",
-        "tomopt.benchmarks.ladle_furnace.plotting.compare_raw_init_to_bias_corrected_init",
-        "tomopt.benchmarks.ladle_furnace.volume.get_baseline_detector_1",
-        "tomopt.benchmarks.ladle_furnace.volume.get_baseline_detector_2",
-        "tomopt.benchmarks.ladle_furnace.volume.get_initial_detector",
-        # benchmarks: small walls
-        "tomopt.benchmarks.small_walls.data.SmallWallsPassiveGenerator",
-        "tomopt.benchmarks.small_walls.volume.get_small_walls_volume",
-        "tomopt.benchmarks.small_walls.volume.get_small_walls_volume_wrapper",
-        # benchmarks: U lorry
-        "tomopt.benchmarks.u_lorry.data.ULorryPassiveGenerator",
-    }
-)
+# Documented names that are not ported yet (none: the benchmark packages of issue 11, item 3, and the heat-map
+# detectors of item 2 have landed). The test of a module expects exactly these to be absent: a listed name that
+# imports fails the test, so the list cannot silently outlive the work.
+KNOWN_MISSING: frozenset[str] = frozenset()
 
 API: dict[str, Any] = json.loads(API_JSON.read_text(encoding="utf-8"))
 MODULES: dict[str, list[str]] = {m: v["classes"] + v["functions"] for m, v in API["modules"].items()}
