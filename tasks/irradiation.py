@@ -24,7 +24,7 @@ from tomopt_lib.volume.volume import Volume
 
 from .caching import PLAIN_JSON, FileCachePolicy, with_output_hashes
 from .common import derive_seed, task_logger
-from .volumes import build_volume
+from .volumes import build_volume, passive_shape
 
 __all__ = ["CHUNK_CACHE", "chunk_sizes", "irradiate_chunk", "merge_irradiation", "IRRADIATE_STAGE_KEY"]
 
@@ -84,7 +84,7 @@ def irradiate_chunk(
     dev = resolve_device(device)
     volume = build_volume(volume_cfg, dev)
     volume.record_xyz_hist = False
-    rec = read_passives(passives_path, [volume_id])[0]
+    rec = read_passives(passives_path, [volume_id], shape=passive_shape(volume_cfg))[0]
     bottom = float(volume.get_passive_z_range()[0].reshape(-1)[0])
     volume.load_rad_length(rad_length_func_from_cube(rec.x0, z_bottom=bottom, size=volume.passive_size))
     volume.train(not irradiate.realistic_panels)

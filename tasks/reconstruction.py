@@ -14,7 +14,16 @@ from prefect.cache_policies import NO_CACHE
 
 from config import ReconstructParams, VolumeParams
 from tomopt_lib.inference.scattering import ScatterBatch
-from tomopt_lib.io import MuonRecord, read_muon_records, read_parquet, write_parquet
+from tomopt_lib.io import (
+    SCATTER_COLUMNS,
+    SCATTER_SCHEMA,
+    SCATTER_TRUE,
+    SCATTER_VARS,
+    MuonRecord,
+    read_muon_records,
+    read_parquet,
+    write_parquet,
+)
 from tomopt_lib.muon.muon_batch import MuonBatch
 from tomopt_lib.runtime import resolve_device
 from tomopt_lib.volume.volume import Volume
@@ -33,37 +42,11 @@ __all__ = [
     "merge_scatters",
 ]
 
-# scatter variable -> column names (one per component); every one also gets "<column>_unc"
-_VARS: dict[str, list[str]] = {
-    "poca_xyz": ["poca_x", "poca_y", "poca_z"],
-    "total_scatter": ["total_scatter"],
-    "theta_in": ["theta_in"],
-    "theta_out": ["theta_out"],
-    "phi_in": ["phi_in"],
-    "phi_out": ["phi_out"],
-    "dtheta": ["dtheta"],
-    "dphi": ["dphi"],
-    "dxy": ["dx", "dy"],
-    "xyz_in": ["x_in", "y_in", "z_in"],
-    "xyz_out": ["x_out", "y_out", "z_out"],
-}
-_TRUE = ["true_theta_in", "true_theta_out", "true_total_scatter"]
+_VARS = SCATTER_VARS  # scatter variable -> column names (tomopt_lib/io.py: the scatter table format)
+_TRUE = SCATTER_TRUE
 _ROOT = Path(__file__).resolve().parents[1]
 VOLUME_CACHE = FileCachePolicy(input_files=("irradiated_path",), code_paths=(str(_ROOT / "tomopt_lib"), str(_ROOT / "tasks")))
 """Cache of per-volume reconstructions: content of the irradiated file, parameters, task and library code."""
-
-SCATTER_COLUMNS: dict[str, str] = {
-    "volume_id": "int32",
-    "muon_id": "int64",
-    "chunk": "int32",
-    "mom": "float32",
-    "reco_ok": "bool",
-    "poca_inside": "bool",
-    **{c: "float32" for cols in _VARS.values() for c in cols},
-    **{f"{c}_unc": "float32" for cols in _VARS.values() for c in cols},
-    **{c: "float32" for c in _TRUE},
-}
-"""Columns of ``data/scatters.parquet`` (one row per muon that left the volume; NaN where not reconstructed)."""
 
 
 def empty_scatter_table(n: int = 0) -> pd.DataFrame:
@@ -151,7 +134,7 @@ def reconstruct_volume(
     rec = read_muon_records(irradiated_path, [volume_id])[volume_id]
     with torch.no_grad():
         df = scatter_table(rec, volume, volume_id, reconstruct.chunk_size, dev)
-    write_parquet(df, out_path)
+    write_parquet(df, out_path, metadata={"table": "scatters"})
     n_reco, n_inside = int(df["reco_ok"].sum()), int(df["poca_inside"].sum())
     log.info("volume %d: %d muons, %d reconstructed, %d with PoCA inside the passive block", volume_id, len(df), n_reco, n_inside)
     res = {"path": str(out_path), "volume_id": volume_id, "n_rows": len(df), "n_reco": n_reco, "n_inside": n_inside}
@@ -162,10 +145,10 @@ def reconstruct_volume(
 def merge_scatters(part_results: Sequence[Mapping[str, Any]], out_path: str, cleanup: bool = True) -> dict[str, Any]:
     """Concatenate the per-volume Parquet parts (by volume id) into ``out_path``; returns ``{"path", "n_rows", "n_reco"}``."""
     parts = sorted(part_results, key=lambda r: int(r["volume_id"]))
-    frames = [read_parquet(p["path"]) for p in parts]
+    frames = [read_parquet(p["path"], schema=SCATTER_SCHEMA) for p in parts]
     df = pd.concat(frames, ignore_index=True) if frames else empty_scatter_table()
     df = df.astype(SCATTER_COLUMNS)
-    write_parquet(df, out_path)
+    write_parquet(df, out_path, metadata={"table": "scatters"})
     if cleanup:
         for p in parts:
             Path(p["path"]).unlink(missing_ok=True)

@@ -7,7 +7,7 @@ from tomopt_lib.runtime import DeviceLike
 from tomopt_lib.volume.builders import build_panel_volume
 from tomopt_lib.volume.volume import Volume
 
-__all__ = ["build_volume"]
+__all__ = ["build_volume", "passive_shape"]
 
 
 def build_volume(
@@ -31,4 +31,13 @@ def build_volume(
         highland_beta=volume.highland_beta,
         budget=budget,
         device=device,
+    )
+
+
+def passive_shape(volume: VolumeParams) -> tuple[int, int, int]:
+    """Shape (z, x, y) of the X0 cube of a passive volume of this ``volume`` section (what passives files must hold)."""
+    return (
+        int(volume.passive_n_layers),
+        int(round(volume.lw[0] / volume.voxel_size)),
+        int(round(volume.lw[1] / volume.voxel_size)),
     )

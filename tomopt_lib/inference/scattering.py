@@ -111,6 +111,8 @@ class ScatterBatch:
         volume: Volume, in_groups: Sequence[str] | None, out_groups: Sequence[str] | None
     ) -> tuple[list[str], list[str]]:
         groups = {"above": ["above"], "below": ["below"]}
+        if hasattr(volume, "get_passives") and not volume.get_passives():
+            raise ValueError("the volume has no passive layers: there is no block to reconstruct scatters in")
         if hasattr(volume, "get_detector_groups"):
             groups = {k: list(v) for k, v in volume.get_detector_groups().items()}
         ins = list(in_groups) if in_groups is not None else groups.get("above", [])

@@ -23,6 +23,27 @@ __all__ = ["MuonBatch"]
 XYLimit = tuple[float, float] | Tensor | None
 
 
+_STATE_NAMES = ("x", "y", "mom", "theta", "phi")
+
+
+def _check_finite(src: Tensor, z: Tensor) -> None:
+    """``ValueError`` naming the first column of ``src`` ((N, 5) x, y, p, theta, phi) or ``init_z`` with a non-finite
+    value, with the number of such muons and the first row."""
+    if not src.is_floating_point() or len(src) == 0 or bool(torch.isfinite(src).all() & torch.isfinite(z).all()):
+        return  # one reduction (one device sync) in the common case
+    bad = ~torch.isfinite(src)
+    for j, name in enumerate(_STATE_NAMES):
+        rows = bad[:, j].nonzero().reshape(-1)
+        if len(rows):
+            raise ValueError(
+                f"xy_p_theta_phi: {len(rows)} of {len(src)} muons have a non-finite {name} "
+                f"(first: row {int(rows[0])}, value {float(src[rows[0], j])}); muon states must be finite"
+            )
+    zbad = (~torch.isfinite(z)).nonzero().reshape(-1)
+    if len(zbad):
+        raise ValueError(f"init_z: {len(zbad)} of {len(z)} values are not finite (first: row {int(zbad[0])}); must be finite")
+
+
 class MuonBatch:
     """A batch of ``N`` muons with columns ``x, y, z`` [m], ``mom`` [GeV], ``theta``, ``phi`` [rad].
 
@@ -30,6 +51,10 @@ class MuonBatch:
         xy_p_theta_phi: (N, 5) tensor of x [m], y [m], p [GeV], theta [rad], phi [rad] (a generator's output).
         init_z: starting z [m] of every muon (float or (N,) tensor).
         device: device of the muon tensors (default: that of ``xy_p_theta_phi``).
+        _check: internal; ``copy()`` of a batch in flight skips the finiteness check.
+
+    Raises ``ValueError`` if ``xy_p_theta_phi`` is not (N, 5) or if any state or ``init_z`` is NaN or infinite (a NaN
+    muon would otherwise propagate silently into NaN hits and predictions). ``N = 0`` is a valid, empty batch.
     """
 
     x_dim = 0
@@ -39,7 +64,7 @@ class MuonBatch:
     th_dim = 4
     ph_dim = 5
 
-    def __init__(self, xy_p_theta_phi: Tensor, init_z: Tensor | float, device: DeviceLike = None) -> None:
+    def __init__(self, xy_p_theta_phi: Tensor, init_z: Tensor | float, device: DeviceLike = None, *, _check: bool = True) -> None:
         xy_p_theta_phi = torch.as_tensor(xy_p_theta_phi)
         if xy_p_theta_phi.ndim != 2 or xy_p_theta_phi.shape[1] != 5:
             raise ValueError(f"xy_p_theta_phi must have shape (N, 5), got {tuple(xy_p_theta_phi.shape)}")
@@ -47,6 +72,8 @@ class MuonBatch:
         dtype = xy_p_theta_phi.dtype if xy_p_theta_phi.is_floating_point() else DEFAULT_DTYPE
         src = xy_p_theta_phi.detach().to(device=dev, dtype=dtype)
         z = torch.as_tensor(init_z, dtype=dtype, device=dev).detach().reshape(-1).expand(len(src))
+        if _check:
+            _check_finite(src, z)
         self.device = dev
         self._muons = torch.stack([src[:, 0], src[:, 1], z, src[:, 2], src[:, 3], src[:, 4]], dim=1).contiguous()
         self._hits: dict[str, dict[str, list[Tensor]]] = {}
@@ -388,7 +415,7 @@ class MuonBatch:
     def copy(self) -> MuonBatch:
         """Detached copy of the current state and ``x0_traversed`` (hits are not copied)."""
         xy_p_theta_phi = self._muons[:, [0, 1, 3, 4, 5]].detach().clone()
-        out = MuonBatch(xy_p_theta_phi, init_z=self.z.detach().clone(), device=self.device)
+        out = MuonBatch(xy_p_theta_phi, init_z=self.z.detach().clone(), device=self.device, _check=False)
         out._x0_traversed = self._x0_traversed.detach().clone()
         out._mom_in = self._mom_in.detach().clone()
         return out
