@@ -10,12 +10,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from config import PipelineParams
-from tasks.artifacts import Progress, publish_images
+from tasks.artifacts import Progress, publish_images, publish_table
 from tasks.detector import build_reference_volume, build_start_volume, load_detector
 from tasks.evaluation import compare_detectors, eval_seed, evaluate_markdown, make_heldout, predict_detector
 from tasks.outputs import save_png
-from tomopt_lib.plotting_compare import plot_layouts_overlay
+from tasks.summaries import evaluate_table, write_summary
+from tomopt_lib.plotting.study import plot_layouts_overlay
 
+from .naming import run_name_from_context
 from .paths import PipelinePaths
 
 __all__ = ["evaluate_flow"]
@@ -34,7 +36,7 @@ def _publish_layouts(params: PipelineParams, paths: PipelinePaths, png: Path) ->
     save_png(plot_layouts_overlay(vols), png)
 
 
-@flow(name="evaluate", flow_run_name="evaluate-seed{params.seed}", log_prints=False)
+@flow(name="evaluate", flow_run_name=run_name_from_context("evaluate"), log_prints=False)
 def evaluate_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Held-out passives (evaluation seed) -> predictions of ``trained`` and each ``evaluate.baselines`` detector
     (submitted in parallel on the task runner) -> ``metrics/evaluate.json``, per-volume CSV, PNGs."""
@@ -75,6 +77,7 @@ def evaluate_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, An
         eval_seed(params.seed, ev),
         params.volume.voxel_size,
     )
+    write_summary("evaluate", metrics, paths.summaries["evaluate"])
     _publish_layouts(params, paths, Path(out["plots_dir"]) / "layouts.png")
     progress.finish()
     pngs = sorted(Path(out["plots_dir"]).glob("*.png")) if Path(out["plots_dir"]).is_dir() else []
@@ -85,6 +88,7 @@ def evaluate_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, An
             title="Held-out evaluation: X0 prediction vs truth and curves",
         )
     create_markdown_artifact(markdown=evaluate_markdown(metrics), key="tomoflow-evaluate", description="Held-out evaluation")
+    publish_table(evaluate_table(metrics), key="tomoflow-evaluate-table", description="Held-out evaluation per detector")
     for k, v in metrics.items():
         if k.startswith("trained_vs_"):
             log.info(

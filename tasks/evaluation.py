@@ -16,11 +16,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config import EvaluateParams, OptimiseParams, PassiveParams, VolumeParams
-from tomopt_lib.core import X0
 from tomopt_lib.io import PassiveRecord, read_passives, write_json, write_passives
+from tomopt_lib.metrics import bootstrap_mean, calibration, paired_bootstrap_ratio, volume_scores
 from tomopt_lib.optimisation.callbacks import Callback
 from tomopt_lib.plotting import plot_pred_true_x0
-from tomopt_lib.plotting_compare import plot_metric_intervals, plot_pred_vs_true_by_material
+from tomopt_lib.plotting.study import plot_error_per_volume, plot_metric_intervals, plot_pred_vs_true_by_material
 from tomopt_lib.runtime import resolve_device
 
 from .common import derive_seed, task_logger
@@ -38,17 +38,11 @@ from .outputs import save_csv, save_png
 
 __all__ = [
     "EVALUATE_STAGE_KEY",
-    "X0_CLIP",
     "eval_seed",
     "make_heldout",
     "predict_detector",
-    "volume_scores",
     "compare_detectors",
     "evaluate_markdown",
-    "paired_bootstrap_ratio",
-    "bootstrap_mean",
-    "calibration",
-    "material_of",
     "unc_path",
 ]
 
@@ -56,8 +50,6 @@ EVALUATE_STAGE_KEY = 6
 PRIMARY = "mean_mse_log_x0"
 """Headline comparison: mean over held-out volumes of the per-voxel MSE of log X0 (scale-free: the X0 MSE, i.e. the
 training loss, is dominated by the low-density voxels and by single wild predictions; it is reported as well)."""
-X0_CLIP = (1e-4, 1e3)
-"""Predicted X0 [m] is clipped to this range for the log-space metrics (uncovered voxels can be predicted at ~1e6 m)."""
 
 
 def eval_seed(seed: int, ev: EvaluateParams) -> int:
@@ -139,81 +131,6 @@ def unc_path(pred_path: str) -> str:
     return str(p.with_name(p.stem + "_unc" + p.suffix))
 
 
-def paired_bootstrap_ratio(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[float, list[float]]:
-    """``(mean(a) / mean(b), [2.5 %, 97.5 %] percentile interval)`` over ``n_boot`` resamples of the paired
-    volumes (the same resampled volumes in a and b; NaN pairs dropped)."""
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b = a[ok], b[ok]
-    if len(a) < 2 or b.mean() <= 0:
-        return float("nan"), [float("nan"), float("nan")]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
-    ratios = a[idx].mean(1) / np.maximum(b[idx].mean(1), 1e-300)
-    return float(a.mean() / b.mean()), [float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))]
-
-
-def bootstrap_mean(a: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
-    """``(mean, 2.5 %, 97.5 %)`` of the mean of ``a`` over volumes (percentile bootstrap, NaN dropped)."""
-    a = a[np.isfinite(a)]
-    if not len(a):
-        return float("nan"), float("nan"), float("nan")
-    means = a[np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))].mean(1)
-    return float(a.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
-def material_of(x0: np.ndarray) -> np.ndarray:
-    """Material name of each true X0 value [m] (the core table's entry within 0.1 %, else ``"other"``)."""
-    names = np.array(list(X0))
-    vals = np.array(list(X0.values()))
-    rel = np.abs(x0.reshape(-1, 1) / vals[None, :] - 1)
-    out = np.where(rel.min(1) < 1e-3, names[rel.argmin(1)], "other")
-    return out.reshape(x0.shape)
-
-
-def calibration(preds: list[np.ndarray], uncs: list[np.ndarray], truth: list[np.ndarray]) -> dict[str, Any]:
-    """Per material: median predicted / true X0 over the held-out voxels (and 16 / 84 % quantiles); pull width: the
-    standard deviation of (ln pred - ln true) / (unc / pred) over voxels with a data-driven uncertainty
-    (unc < pred)."""
-    p = np.concatenate([x.reshape(-1) for x in preds])
-    u = np.concatenate([x.reshape(-1) for x in uncs])
-    t = np.concatenate([x.reshape(-1) for x in truth])
-    ok = np.isfinite(p) & (p > 0)
-    mats = material_of(t)
-    per: dict[str, Any] = {}
-    for m in sorted(set(mats[ok].tolist())):
-        sel = ok & (mats == m)
-        r = p[sel] / t[sel]
-        per[m] = {
-            "n_voxels": int(sel.sum()),
-            "median_ratio": float(np.median(r)),
-            "q16_ratio": float(np.quantile(r, 0.16)),
-            "q84_ratio": float(np.quantile(r, 0.84)),
-            "true_x0": float(np.median(t[sel])),
-        }
-    data = ok & np.isfinite(u) & (u > 0) & (u < p)
-    pulls = (np.log(p[data]) - np.log(t[data])) / (u[data] / p[data])
-    return {
-        "materials": per,
-        "pull_width": float(np.std(pulls)) if len(pulls) > 1 else float("nan"),
-        "pull_voxels": int(data.sum()),
-    }
-
-
-def volume_scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    """Per-volume scores: MSE of X0 (the training loss), MSE of log X0 (clipped prediction), and the block contrast
-    recovery (mean log pred of the minority material minus the majority's, over the same for the truth; 1 = ideal)."""
-    if not np.isfinite(pred).all():
-        return {"mse_x0": float("nan"), "mse_log_x0": float("nan"), "contrast": float("nan")}
-    lp, lt = np.log(np.clip(pred, *X0_CLIP)), np.log(true)
-    vals, counts = np.unique(true, return_counts=True)
-    contrast = float("nan")
-    if len(vals) >= 2:
-        block, bkg = true == vals[np.argmin(counts)], true == vals[np.argmax(counts)]
-        denom = lt[block].mean() - lt[bkg].mean()
-        contrast = float((lp[block].mean() - lp[bkg].mean()) / denom) if denom != 0 else float("nan")
-    return {"mse_x0": float(np.mean((pred - true) ** 2)), "mse_log_x0": float(np.mean((lp - lt) ** 2)), "contrast": contrast}
-
-
 def _versus(df: pd.DataFrame, per: Mapping[str, Mapping[str, float]], name: str, n_boot: int, seed: int) -> dict[str, Any]:
     """Trained / baseline ratios of the mean and median errors (< 1: trained better), the primary ratio with its
     paired-bootstrap 95 % interval, the cost ratio, and per-volume win counts."""
@@ -255,9 +172,13 @@ def compare_detectors(
     calib: dict[str, Any] = {}
     mat_rows: list[dict[str, Any]] = []
     for name, path in pred_paths.items():
-        preds = [r.x0.astype(float) for r in read_passives(path)]
+        preds = [r.x0.astype(float) for r in read_passives(path, finite=False)]  # NaN: a volume without muons
         up = unc_path(path)
-        uncs = [r.x0.astype(float) for r in read_passives(up)] if Path(up).is_file() else [np.full_like(p, np.nan) for p in preds]
+        uncs = (
+            [r.x0.astype(float) for r in read_passives(up, finite=False)]
+            if Path(up).is_file()
+            else [np.full_like(p, np.nan) for p in preds]
+        )
         calib[name] = calibration(preds, uncs, truth)
         for m, c in calib[name]["materials"].items():
             mat_rows.append(
@@ -284,6 +205,7 @@ def compare_detectors(
         for name in pred_paths:
             wide[f"{col}_{name}"] = df[df.detector == name][col].to_numpy()
     save_csv(wide, out["curve_csv"])
+    save_png(plot_error_per_volume(wide, list(pred_paths)), Path(out["plots_dir"]) / "per_volume.png")
     per: dict[str, Any] = {}
     intervals: dict[str, tuple[float, float, float]] = {}
     for name, g in df.groupby("detector", sort=False):

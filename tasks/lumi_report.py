@@ -38,6 +38,7 @@ from lumi_lib.plotting import (
     plot_rel_lumi_error,
     sample_bins,
 )
+from lumi_lib.scan_metrics import finite_or_none, pulls, scan_metrics
 from tomopt_lib.io import write_json
 from tomopt_lib.runtime import resolve_device
 
@@ -48,7 +49,7 @@ from .outputs import save_csv, save_png
 __all__ = [
     "LANDSCAPE_CASES",
     "LANDSCAPE_STAGE_KEY",
-    "scan_metrics",
+    "TIMING_KEYS",
     "write_rel_err_hist_csv",
     "write_est_vs_truth_csv",
     "lumi_metrics_markdown",
@@ -59,6 +60,8 @@ __all__ = [
 ]
 
 LANDSCAPE_STAGE_KEY = 7002
+TIMING_KEYS = ("landscape_s",)
+"""Wall-clock entries of a :func:`landscape_case` result: logged and written to ``timings/``, never to the metrics."""
 LANDSCAPE_CASES: dict[str, dict[str, Any]] = {
     "12": {
         "mode": "12",
@@ -75,107 +78,6 @@ LANDSCAPE_CASES: dict[str, dict[str, Any]] = {
     },
 }
 """The reference's three penalty scanners: case -> mode, preset plan (``lumi_lib.inversion.PRESETS``), noise, title."""
-
-
-def _f(x: Any) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def scan_metrics(df: pd.DataFrame, meta: Mapping[str, Any], report: LumiReportParams) -> dict[str, Any]:
-    """Accuracy, convergence, outliers, timing and conditioning of a scan table."""
-    names: list[str] = list(meta["names"])
-    n = len(df)
-    k, thr = report.outlier_sigma, report.outlier_rel_error
-    rel = df[[f"rel_err_{c}" for c in names]].to_numpy(float)
-    pull = _pulls(df, names)
-    at_bound = df["at_bound"].to_numpy(bool) if "at_bound" in df else np.zeros(n, dtype=bool)
-    out_sigma = (~np.isfinite(pull) | (np.abs(pull) > k)).any(axis=1)
-    out_rel = (np.abs(rel) > thr).any(axis=1)
-    cond = df["cond"].to_numpy(float)
-    cond_warn = float(meta.get("params", {}).get("cond_warn", 1e8))
-    solve = float(meta.get("solve_wall_s", df.groupby("chunk")["chunk_wall_s"].first().sum() if n else 0.0))
-    stat = lambda a, fn: _f(fn(a)) if len(a) else None  # noqa: E731
-    return {
-        "scan": {
-            "mode": meta["mode"],
-            "unknowns": names,
-            "n_inversions": n,
-            "n_residuals": int(meta.get("n_configs", 0)),
-            "n_chunks": int(meta.get("n_chunks", df["chunk"].nunique() if n else 0)),
-            "rel_noise": meta.get("params", {}).get("rel_noise"),
-        },
-        "rel_error": {
-            c: {
-                "mean_abs": stat(np.abs(rel[:, j]), np.mean),
-                "max_abs": stat(np.abs(rel[:, j]), np.max),
-                "mean": stat(rel[:, j], np.mean),
-                "std": stat(rel[:, j], np.std),
-            }
-            for j, c in enumerate(names)
-        },
-        "pull_std": {c: stat(pull[np.isfinite(pull[:, j]), j], np.std) for j, c in enumerate(names)},
-        "pull": _pull_summary(pull, at_bound),
-        "convergence_rate": _f(df["converged"].mean()) if n else None,
-        "at_bound_fraction": _f(at_bound.mean()) if n else None,
-        "status_counts": {str(k): int(v) for k, v in sorted(df["status"].value_counts().items())} if "status" in df else {},
-        "identifiability_warning": meta.get("warning"),
-        "iterations": {
-            "mean": stat(df["iterations"].to_numpy(float), np.mean),
-            "max": int(df["iterations"].max()) if n else None,
-        },
-        "outliers": {
-            "definition": f"|estimate - truth| > {k:g} sigma(covariance) in any component, or non-finite sigma",
-            "k_sigma": k,
-            "count": int(out_sigma.sum()),
-            "fraction": _f(out_sigma.mean()) if n else None,
-            "rel_error_threshold": thr,
-            "fraction_rel_error_above": _f(out_rel.mean()) if n else None,
-        },
-        "timing_s": {
-            "per_inversion": _f(solve / n) if n else None,
-            "solve_total": _f(solve),
-            "design_total": _f(meta.get("design_wall_s", float("nan"))),
-        },
-        "condition_number": {
-            "median": stat(cond, np.median),
-            "max": stat(cond, np.max),
-            "fraction_above_warn": _f((~(cond <= cond_warn)).mean()) if n else None,
-            "warn_threshold": cond_warn,
-        },
-        "residual_norm": {
-            "median": stat(df["residual_norm"].to_numpy(float), np.median),
-            "max": stat(df["residual_norm"].to_numpy(float), np.max),
-        },
-    }
-
-
-def _pulls(df: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
-    """(n, K) pulls (estimate - truth) / sigma (NaN/inf where sigma is not finite and positive)."""
-    err = df[[f"est_{c}" for c in names]].to_numpy(float) - df[[f"true_{c}" for c in names]].to_numpy(float)
-    sig = df[[f"sigma_{c}" for c in names]].to_numpy(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return err / sig
-
-
-def _pull_summary(pull: np.ndarray, at_bound: np.ndarray) -> dict[str, Any]:
-    """Width of the pull distribution: pooled std (all components) and its statistical uncertainty (from the number
-    of inversions), a robust width (1.4826 x median absolute deviation), the std of inversions with no unknown on a
-    bound, the mean and the number of pulls."""
-    finite = pull[np.isfinite(pull)]
-    inner = pull[~at_bound]
-    inner = inner[np.isfinite(inner)]
-    n_rows = int(np.isfinite(pull).all(axis=1).sum()) if pull.ndim == 2 else int(finite.size)
-    width = float(np.std(finite)) if finite.size else math.nan
-    return {
-        "width": _f(width) if finite.size else None,
-        "std_error": _f(width / math.sqrt(2.0 * (n_rows - 1))) if n_rows > 1 else None,
-        "width_robust": _f(1.4826 * np.median(np.abs(finite - np.median(finite)))) if finite.size else None,
-        "width_interior": _f(np.std(inner)) if inner.size else None,
-        "mean": _f(np.mean(finite)) if finite.size else None,
-        "n": int(finite.size),
-        "definition": "pull = (estimate - truth) / sigma(covariance), all components pooled; 1 if sigma is right",
-    }
 
 
 def write_rel_err_hist_csv(df: pd.DataFrame, names: Sequence[str], path: str, *, bins: int) -> None:
@@ -210,8 +112,9 @@ def write_est_vs_truth_csv(df: pd.DataFrame, names: Sequence[str], path: str) ->
     save_csv(out, path, float_format="%.10g")
 
 
-def lumi_metrics_markdown(metrics: Mapping[str, Any]) -> str:
-    """Markdown tables of the luminosity metrics (for a Prefect artifact)."""
+def lumi_metrics_markdown(metrics: Mapping[str, Any], timings: Mapping[str, Any] | None = None) -> str:
+    """Markdown tables of the luminosity metrics (for a Prefect artifact); ``timings``: the scan's untracked timings
+    (``timings/lumi_scan.json``: ``time_per_inversion_s``), shown when given."""
 
     def fmt(v: Any) -> str:
         return "n/a" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
@@ -227,7 +130,7 @@ def lumi_metrics_markdown(metrics: Mapping[str, Any]) -> str:
     ]
     for c, r in metrics["rel_error"].items():
         lines.append(f"| {c} | {fmt(r['mean_abs'])} | {fmt(r['max_abs'])} | {fmt(r['mean'])} | {fmt(metrics['pull_std'][c])} |")
-    o, t, cn = metrics["outliers"], metrics["timing_s"], metrics["condition_number"]
+    o, cn = metrics["outliers"], metrics["condition_number"]
     pw = metrics.get("pull", {})
     lines += [
         "",
@@ -240,9 +143,10 @@ def lumi_metrics_markdown(metrics: Mapping[str, Any]) -> str:
         f"| mean / max iterations | {fmt(metrics['iterations']['mean'])} / {fmt(metrics['iterations']['max'])} |",
         f"| outlier fraction ({o['definition']}) | {fmt(o['fraction'])} |",
         f"| fraction with abs rel. error > {o['rel_error_threshold']:g} | {fmt(o['fraction_rel_error_above'])} |",
-        f"| solve time per inversion [s] | {fmt(t['per_inversion'])} |",
         f"| condition number median / max | {fmt(cn['median'])} / {fmt(cn['max'])} |",
     ]
+    if timings and timings.get("time_per_inversion_s") is not None:
+        lines.append(f"| solve time per inversion [s] (timings/, not versioned) | {fmt(timings['time_per_inversion_s'])} |")
     if metrics.get("identifiability_warning"):
         lines += ["", "**Identifiability:** " + str(metrics["identifiability_warning"])]
     land = metrics.get("landscapes", {})
@@ -265,12 +169,18 @@ def build_lumi_metrics(
     csv_paths: Mapping[str, str],
     report: LumiReportParams,
     landscapes: Mapping[str, Any] | None = None,
+    timings_path: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``metrics_path`` (JSON, with the landscape summaries) and the two CSVs; return the metrics."""
+    """Write ``metrics_path`` (JSON, with the landscape summaries) and the two CSVs; return the metrics. The metrics
+    hold no wall-clock values (the landscapes' ``landscape_s`` go to ``timings_path``, an untracked JSON, if given)."""
     df, meta = read_scan(scan_path)
-    metrics = scan_metrics(df, meta, report)
-    metrics["landscapes"] = dict(landscapes or {})
+    metrics = scan_metrics(df, meta, outlier_sigma=report.outlier_sigma, outlier_rel_error=report.outlier_rel_error)
+    land = {case: dict(m) for case, m in (landscapes or {}).items()}
+    seconds = {case: m.pop(k) for case, m in land.items() for k in TIMING_KEYS if k in m}
+    metrics["landscapes"] = land
     write_json(metrics, metrics_path)
+    if timings_path is not None:
+        write_json({"landscape_s": seconds}, timings_path)
     write_rel_err_hist_csv(df, meta["names"], csv_paths["rel_err_hist"], bins=report.hist_bins)
     write_est_vs_truth_csv(df, meta["names"], csv_paths["est_vs_truth"])
     task_logger().info(
@@ -302,7 +212,7 @@ def render_scan_plots(scan_path: str, plot_paths: Mapping[str, str], report: Lum
     )
     keys = ["rel_err_hist", "est_vs_truth"]
     if "pull_hist" in plot_paths:
-        pull = _pulls(df, names)
+        pull = pulls(df, names)
         save_png(
             plot_pull_hist({c: pull[:, j] for j, c in enumerate(names)}, report.hist_bins, title), plot_paths["pull_hist"], dpi=90
         )
@@ -377,9 +287,9 @@ def landscape_case(
         "rel_error": res.rel_error[0].cpu().tolist(),
         "iterations": int(res.iterations[0]),
         "converged": bool(res.converged[0]),
-        "cond": _f(res.cond[0]),
-        "penalty_at_estimate": _f(res.residual_norm[0]),
-        "grid_min_penalty": _f(np.nanmin(zz)),
+        "cond": finite_or_none(res.cond[0]),
+        "penalty_at_estimate": finite_or_none(res.residual_norm[0]),
+        "grid_min_penalty": finite_or_none(np.nanmin(zz)),
         "grid": grid_n,
         "landscape_s": t_land,
         "n_path_points": int(len(path)),

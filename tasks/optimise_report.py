@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config import OptimiseParams, VolumeParams
 from tomopt_lib.io import write_json
 from tomopt_lib.plotting import plot_detector_layout
+from tomopt_lib.plotting.study import plot_loss_history, plot_panels_per_epoch
 
 from .common import task_logger
 from .detector import build_start_volume, describe_detector, write_detector
@@ -24,27 +24,13 @@ from .outputs import save_csv, save_png
 __all__ = ["finalise_optimisation", "train_markdown"]
 
 
-def _loss_figure(hist: pd.DataFrame) -> Figure:
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.subplots()
-    ax.plot(hist["epoch"], hist["train_loss"], "o-", label="train")
-    if hist["valid_loss"].notna().any():
-        ax.plot(hist["epoch"], hist["valid_loss"], "s--", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    if (hist[["train_loss", "valid_loss"]].dropna(how="all").fillna(1) > 0).all().all():
-        ax.set_yscale("log")
-    ax.set_title("Detector optimisation: loss per epoch")
-    ax.legend()
-    return fig
-
-
 @task(name="optimise-finalise", cache_policy=NO_CACHE, persist_result=False)
 def finalise_optimisation(
     ckpt_dir: str, n_epochs: int, fingerprint: str, volume_cfg: VolumeParams, opt: OptimiseParams, out: Mapping[str, str]
 ) -> dict[str, Any]:
     """From the checkpoint of ``n_epochs``: ``out["detector_pt"]``, ``out["detector_json"]``, ``out["metrics"]``,
-    ``out["loss_csv"]``, ``out["panels_csv"]``, ``out["layout_png"]``, ``out["loss_png"]``; returns
+    ``out["loss_csv"]``, ``out["panels_csv"]``, ``out["layout_png"]``, ``out["loss_png"]`` (and ``out["panels_png"]``: the
+    panels per epoch, if given); returns
     ``{"metrics", "history"}`` (scalars only)."""
     state = load_checkpoint(checkpoint_path(ckpt_dir, n_epochs), fingerprint)
     start = build_start_volume(volume_cfg, opt.start, budget=opt.budget)
@@ -56,9 +42,12 @@ def finalise_optimisation(
         vol, out["detector_pt"], out["detector_json"], extra={"trained_epochs": n_epochs, "fingerprint": fingerprint}
     )
     save_csv(hist[["epoch", "train_loss", "valid_loss"]], out["loss_csv"])
-    save_csv(pd.DataFrame([r for r in state["panels"] if r["epoch"] <= n_epochs]), out["panels_csv"])
+    panels = pd.DataFrame([r for r in state["panels"] if r["epoch"] <= n_epochs])
+    save_csv(panels, out["panels_csv"])
+    if "panels_png" in out and not panels.empty:
+        save_png(plot_panels_per_epoch(panels), out["panels_png"], dpi=80)
     save_png(plot_detector_layout(vol), out["layout_png"], dpi=80)
-    save_png(_loss_figure(hist), out["loss_png"], dpi=80)
+    save_png(plot_loss_history(hist), out["loss_png"], dpi=80)
 
     def fin(x: Any) -> Any:
         return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x

@@ -12,85 +12,16 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from config import ReportParams, VolumeParams
-from tomopt_lib.core import X0
-from tomopt_lib.io import read_h5_attrs, read_parquet, read_passives, write_json
+from tomopt_lib.io import SCATTER_SCHEMA, CorruptInputError, read_h5_attrs, read_parquet, read_passives, write_json
+from tomopt_lib.metrics import MRAD, poca_materials, scatter_metrics
 from tomopt_lib.plotting import plot_detector_layout, plot_poca_density_per_layer, plot_scatter_angle_hist
 from tomopt_lib.volume.builders import panel_volume_heights
 
 from .common import task_logger
 from .outputs import save_csv, save_png
-from .volumes import build_volume
+from .volumes import build_volume, passive_shape
 
-__all__ = ["poca_materials", "compute_metrics", "write_angle_hist_csv", "metrics_markdown", "build_metrics", "render_plots"]
-
-MRAD = 1e3
-
-
-def _stat(a: np.ndarray, fn) -> float | None:
-    a = np.asarray(a, dtype=float)
-    a = a[np.isfinite(a)]
-    return float(fn(a)) if len(a) else None
-
-
-def poca_materials(df: pd.DataFrame, cubes: list[np.ndarray], volume_cfg: VolumeParams) -> np.ndarray:
-    """Name of the material (nearest known X0) of the voxel holding each PoCA; ``""`` for PoCAs outside the block."""
-    out = np.full(len(df), "", dtype=object)
-    if len(df) == 0:
-        return out
-    size = volume_cfg.voxel_size
-    _, _, z_bottom = panel_volume_heights(volume_cfg.passive_n_layers, size)
-    names = np.array(list(X0))
-    log_x0 = np.log(np.array([X0[n] for n in names]))
-    inside = df["poca_inside"].to_numpy(bool)
-    vid = df["volume_id"].to_numpy(int)
-    p = df[["poca_x", "poca_y", "poca_z"]].to_numpy(float)
-    for v in np.unique(vid[inside]):
-        sel = inside & (vid == v)
-        cube = cubes[v]
-        iz = np.clip(np.floor((p[sel, 2] - z_bottom) / size).astype(int), 0, cube.shape[0] - 1)
-        ix = np.clip(np.floor(p[sel, 0] / size).astype(int), 0, cube.shape[1] - 1)
-        iy = np.clip(np.floor(p[sel, 1] / size).astype(int), 0, cube.shape[2] - 1)
-        x0 = cube[iz, ix, iy].astype(float)
-        out[sel] = names[np.abs(np.log(x0)[:, None] - log_x0[None, :]).argmin(1)]
-    return out
-
-
-def compute_metrics(df: pd.DataFrame, materials: np.ndarray, n_generated: int, n_volumes: int) -> dict[str, Any]:
-    """Counts, fractions, scatter-angle statistics overall and per PoCA material, angular resolution."""
-    reco = df[df["reco_ok"]] if len(df) else df
-    inside = df["poca_inside"].to_numpy(bool) if len(df) else np.zeros(0, bool)
-    n_reco, n_inside = int(len(reco)), int(inside.sum())
-    metrics: dict[str, Any] = {
-        "n_volumes": int(n_volumes),
-        "muons": {"generated": int(n_generated), "left_volume": int(len(df)), "reconstructed": n_reco, "poca_inside": n_inside},
-        "fractions": {
-            "left_volume": len(df) / n_generated if n_generated else None,
-            "reconstructed": n_reco / n_generated if n_generated else None,
-            "poca_inside_of_reconstructed": n_inside / n_reco if n_reco else None,
-        },
-        "scatter_mrad": {
-            "mean": _stat(reco["total_scatter"] * MRAD, np.mean),
-            "median": _stat(reco["total_scatter"] * MRAD, np.median),
-            "true_mean": _stat(reco["true_total_scatter"] * MRAD, np.mean),
-            "true_median": _stat(reco["true_total_scatter"] * MRAD, np.median),
-            "mean_unc": _stat(reco["total_scatter_unc"] * MRAD, np.mean),
-        },
-        "resolution": {
-            "theta_in_median_abs_err_mrad": _stat((reco["theta_in"] - reco["true_theta_in"]).abs() * MRAD, np.median),
-            "poca_z_median_unc_m": _stat(reco["poca_z_unc"], np.median),
-        },
-        "mean_momentum_gev": _stat(reco["mom"], np.mean),
-        "per_material": {},
-    }
-    for name in sorted(set(materials[inside])):
-        sel = df[inside & (materials == name)]
-        metrics["per_material"][name] = {
-            "n_poca": int(len(sel)),
-            "mean_scatter_mrad": _stat(sel["total_scatter"] * MRAD, np.mean),
-            "median_scatter_mrad": _stat(sel["total_scatter"] * MRAD, np.median),
-            "median_true_scatter_mrad": _stat(sel["true_total_scatter"] * MRAD, np.median),
-        }
-    return metrics
+__all__ = ["write_angle_hist_csv", "metrics_markdown", "build_metrics", "render_plots"]
 
 
 def write_angle_hist_csv(df: pd.DataFrame, path: str, *, bins: int, max_angle: float) -> Path:
@@ -128,9 +59,16 @@ def metrics_markdown(metrics: Mapping[str, Any]) -> str:
 
 
 def _load(passives_path: str, scatters_path: str, volume_cfg: VolumeParams):
-    cubes = [r.x0 for r in read_passives(passives_path)]
-    df = read_parquet(scatters_path)
-    return cubes, df, poca_materials(df, cubes, volume_cfg)
+    cubes = [r.x0 for r in read_passives(passives_path, shape=passive_shape(volume_cfg))]
+    df = read_parquet(scatters_path, schema=SCATTER_SCHEMA)
+    vid = df["volume_id"].to_numpy()
+    if len(vid) and (vid.min() < 0 or vid.max() >= len(cubes)):
+        raise CorruptInputError(
+            f"{scatters_path}: volume_id outside 0..{len(cubes) - 1} (the volumes of {passives_path}); "
+            "re-run the stages that write them"
+        )
+    _, _, z_bottom = panel_volume_heights(volume_cfg.passive_n_layers, volume_cfg.voxel_size)
+    return cubes, df, poca_materials(df, cubes, voxel_size=volume_cfg.voxel_size, z_bottom=z_bottom)
 
 
 @task(name="build-metrics", task_run_name="build-metrics", cache_policy=NO_CACHE, persist_result=False)
@@ -146,7 +84,7 @@ def build_metrics(
     """Write ``metrics_path`` (JSON) and ``hist_csv_path`` (scatter-angle histogram); return the metrics."""
     cubes, df, materials = _load(passives_path, scatters_path, volume_cfg)
     n_generated = int(read_h5_attrs(irradiated_path, "muon_hits").get("n_generated", 0))
-    metrics = compute_metrics(df, materials, n_generated, len(cubes))
+    metrics = scatter_metrics(df, materials, n_generated, len(cubes))
     write_json(metrics, metrics_path)
     write_angle_hist_csv(df, hist_csv_path, bins=report.angle_bins, max_angle=report.max_angle)
     task_logger().info(

@@ -1,4 +1,5 @@
-"""Comparison plots of detectors: layouts overlaid, predicted vs true X0 per material, a metric with intervals.
+"""Plots of a detector study: layouts overlaid, predicted vs true X0 per material, a metric with intervals, the
+error per held-out volume, the training loss and the panel parameters per epoch.
 
 All functions return a matplotlib ``Figure`` (no pyplot state) and optionally save it (``savename``).
 """
@@ -9,16 +10,24 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .plotting.appearance import LBL_SZ, LEG_SZ, PathLike, _colour, _finish, _style
-from .plotting.detectors import panel_geometry
+from .appearance import LBL_SZ, LEG_SZ, PathLike, _colour, _finish, _style
+from .detectors import panel_geometry
 
 if TYPE_CHECKING:
-    from .volume.volume import Volume
+    from ..volume.volume import Volume
 
-__all__ = ["plot_layouts_overlay", "plot_pred_vs_true_by_material", "plot_metric_intervals"]
+__all__ = [
+    "plot_layouts_overlay",
+    "plot_pred_vs_true_by_material",
+    "plot_metric_intervals",
+    "plot_error_per_volume",
+    "plot_loss_history",
+    "plot_panels_per_epoch",
+]
 
 
 def plot_layouts_overlay(volumes: Mapping[str, Volume], *, savename: PathLike | None = None) -> Figure:
@@ -93,3 +102,58 @@ def plot_metric_intervals(
     ax.set_ylim(-0.6, len(names) - 0.4)
     _style(ax, label, "", title)
     return _finish(fig, savename)
+
+
+def plot_error_per_volume(wide: pd.DataFrame, names: Sequence[str]) -> Figure:
+    """MSE of log X0 and of X0 per held-out volume, one line per detector: ``wide`` has a ``volume`` column and
+    ``mse_log_x0_<name>`` / ``mse_x0_<name>`` per detector name (the ``evaluate_per_volume.csv`` columns)."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, (col, label) in zip(axes, (("mse_log_x0", "MSE of ln X0 per voxel"), ("mse_x0", "MSE of X0 per voxel [m$^2$]"))):
+        for name in names:
+            ax.plot(wide["volume"], wide[f"{col}_{name}"], "o-" if name == "trained" else "s--", ms=3, label=name)
+        ax.set_xlabel("held-out volume")
+        ax.set_ylabel(label)
+        vals = wide[[f"{col}_{name}" for name in names]].to_numpy(float)
+        if (vals[np.isfinite(vals)] > 0).any():  # a log axis needs a positive value (failed detectors: NaN)
+            ax.set_yscale("log")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.legend(fontsize=8)
+    fig.suptitle("Held-out error per volume, trained vs baselines (lower is better)")
+    return fig
+
+
+def plot_loss_history(hist: pd.DataFrame) -> Figure:
+    """Training (and validation) loss per epoch: ``hist`` has ``epoch``, ``train_loss``, ``valid_loss`` columns (log
+    axis when every loss is positive)."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(hist["epoch"], hist["train_loss"], "o-", label="train")
+    if hist["valid_loss"].notna().any():
+        ax.plot(hist["epoch"], hist["valid_loss"], "s--", label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    if (hist[["train_loss", "valid_loss"]].dropna(how="all").fillna(1) > 0).all().all():
+        ax.set_yscale("log")
+    ax.set_title("Detector optimisation: loss per epoch")
+    ax.legend()
+    return fig
+
+
+def plot_panels_per_epoch(panels: pd.DataFrame) -> Figure:
+    """Every panel's centre x, y, height z and spans per epoch (the ``train_panels.csv`` columns), one line per panel."""
+    cols = [("x", "centre x [m]"), ("y", "centre y [m]"), ("z", "z [m]"), ("span_x", "span x [m]"), ("span_y", "span y [m]")]
+    cols = [(c, label) for c, label in cols if c in panels]
+    fig = Figure(figsize=(3.2 * max(len(cols), 1), 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, max(len(cols), 1)))
+    for ax, (c, label) in zip(axes, cols):
+        for name, g in panels.groupby("panel", sort=False):
+            ax.plot(g["epoch"], g[c], "-", lw=1.2, label=str(name))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if cols:
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+    fig.suptitle("Panel positions and spans per epoch")
+    return fig
