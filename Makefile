@@ -29,17 +29,13 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
-## run: set up, then reproduce the default pipeline with DVC on Prefect's embedded server
+## run: set up, then reproduce the default pipeline with DVC (one local Prefect server for all stages, unless PREFECT_API_URL is set)
 run: setup
-	$(PY) -m flows check  # a bad params.yaml stops here, before DVC deletes any stage's outputs
-	$(VENV)/bin/dvc config core.analytics false
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+	$(PY) -m flows.repro  # nothing stale: done; else `flows check` (a bad params.yaml stops here), then dvc repro
 
 ## lumi: set up, then reproduce only the luminosity stages (lumi_scan -> lumi_report)
 lumi: setup
-	$(PY) -m flows check
-	$(VENV)/bin/dvc config core.analytics false
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro lumi_report
+	$(PY) -m flows.repro lumi_report
 
 ## test: set up, then run the test suite
 test: setup

@@ -13,7 +13,15 @@ from .lumi import LumiBaseParams, LumiPlanParams, LumiReportParams, LumiScanPara
 from .optimise import EvaluateParams, LearningRates, MomentumParams, OptimiseParams, StartLayout
 from .pipeline import PipelineParams
 from .schedules import CronEntry, SchedulesParams
-from .sections import IrradiateParams, PassiveParams, ReconstructParams, ReportParams, RuntimeParams, VolumeParams
+from .sections import (
+    IrradiateParams,
+    JobqueueParams,
+    PassiveParams,
+    ReconstructParams,
+    ReportParams,
+    RuntimeParams,
+    VolumeParams,
+)
 
 __all__ = [
     "ParamsError",
@@ -22,6 +30,7 @@ __all__ = [
     "parse_params",
     "PipelineParams",
     "RuntimeParams",
+    "JobqueueParams",
     "VolumeParams",
     "PassiveParams",
     "IrradiateParams",

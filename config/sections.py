@@ -10,12 +10,38 @@ from pydantic import Field, field_validator, model_validator
 from tomopt_lib.checks import check_materials, is_voxel_multiple
 
 from .base import ParamsModel, PosFloat
+from .limits import LimitsParams
 
 DASK_ADDRESS_PATTERN = r"^(tcp|tls)://[A-Za-z0-9.\-]+:[0-9]{1,5}$"
 """Form of ``runtime.dask_address``: ``tcp://host:port`` or ``tls://host:port``."""
 
+MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?\s*[kKmMgGtT]i?[bB]$"
+"""Form of ``runtime.jobqueue.memory`` / ``disk``: a number and a unit, e.g. ``4GB``, ``4 GiB``, ``500MB``."""
+
+WALLTIME_PATTERN = r"^(?:([0-9]+)-)?([0-9]{1,3}):([0-5][0-9]):([0-5][0-9])$"
+"""Form of ``runtime.jobqueue.walltime``: ``HH:MM:SS`` (SLURM also ``D-HH:MM:SS``)."""
+
+HTCONDOR_COMMAND_PATTERN = r"^\s*\+?[A-Za-z_][A-Za-z0-9_.]*\s*=.*$"
+"""Form of an HTCondor ``runtime.jobqueue.job_directives`` entry: ``key = value`` (``+Attr`` / ``MY.Attr`` keys too)."""
+
+SUBMIT_COMMANDS = {"slurm": "sbatch", "htcondor": "condor_submit", "pbs": "qsub"}
+"""The batch system's submit command of each ``runtime.jobqueue.system`` (it must be on PATH where the flow runs)."""
+
+CLUSTER_CLASSES = {
+    "slurm": "dask_jobqueue.SLURMCluster",
+    "htcondor": "dask_jobqueue.HTCondorCluster",
+    "pbs": "dask_jobqueue.PBSCluster",
+}
+"""The ``dask_jobqueue`` cluster class of each ``runtime.jobqueue.system``."""
+
 __all__ = [
     "DASK_ADDRESS_PATTERN",
+    "MEMORY_PATTERN",
+    "WALLTIME_PATTERN",
+    "SUBMIT_COMMANDS",
+    "CLUSTER_CLASSES",
+    "JobqueueParams",
+    "walltime_seconds",
     "RuntimeParams",
     "VolumeParams",
     "PassiveParams",
@@ -25,19 +51,147 @@ __all__ = [
 ]
 
 
+def walltime_seconds(walltime: str) -> int:
+    """``[D-]HH:MM:SS`` -> seconds (the form is checked by ``JobqueueParams``)."""
+    m = re.fullmatch(WALLTIME_PATTERN, walltime)
+    if m is None:
+        raise ValueError(f"walltime {walltime!r} is not [D-]HH:MM:SS")
+    d, h, mi, sec = (int(g) if g else 0 for g in m.groups())
+    return ((d * 24 + h) * 60 + mi) * 60 + sec
+
+
+class JobqueueParams(ParamsModel):
+    """Batch jobs of ``runtime.task_runner: dask_jobqueue`` (each job starts ``processes`` Dask workers that run the
+    stage's coarse tasks; the flow itself and its Dask scheduler stay on the machine that runs ``make run``)."""
+
+    system: Literal["slurm", "htcondor", "pbs"] = Field(
+        "slurm", description="batch system: dask_jobqueue's SLURMCluster, HTCondorCluster or PBSCluster"
+    )
+    cores: int = Field(1, ge=1, le=1024, description="cores per job (RequestCpus / --cpus-per-task / ncpus)")
+    processes: int = Field(1, ge=1, le=1024, description="Dask worker processes per job (cores are split between them)")
+    memory: str = Field("2GB", description="memory per job, e.g. 4GB (split between the worker processes)")
+    disk: str = Field("1GB", description="scratch disk per job, e.g. 1GB (HTCondor's RequestDisk; others: unused)")
+    walltime: str | None = Field(
+        "01:00:00",
+        description="run-time limit per job, HH:MM:SS (SLURM also D-HH:MM:SS; HTCondor: +MaxRuntime in seconds); "
+        "null = the queue's default",
+    )
+    queue: str | None = Field(None, description="SLURM partition (-p) or PBS queue (-q); null = the default")
+    account: str | None = Field(None, description="account / project charged (SLURM -A, PBS -A); null = the default")
+    n_jobs: int = Field(1, ge=0, le=10000, description="jobs submitted at the start (the minimum when max_jobs is set)")
+    max_jobs: int | None = Field(
+        None, ge=1, le=10000, description="null: a fixed n_jobs; else adaptive between n_jobs and max_jobs jobs"
+    )
+    job_directives: list[str] = Field(
+        default_factory=list,
+        description="extra header lines: SLURM/PBS options (e.g. '--gres=gpu:1', '-l nodes=1'), "
+        "HTCondor 'key = value' commands (e.g. '+JobFlavour = \"workday\"')",
+    )
+    setup: list[str] = Field(
+        default_factory=list,
+        description="shell lines each job runs before starting its workers (module load, source a setup script)",
+    )
+    python: str | None = Field(None, description="the workers' Python; null = the interpreter that runs the flow")
+    interface: str | None = Field(None, description="network interface of scheduler and workers (e.g. ib0); null = any")
+    log_directory: str | None = Field(None, description="folder for the jobs' stdout/stderr; null = the batch default")
+
+    @field_validator("memory", "disk")
+    @classmethod
+    def _size_form(cls, v: str) -> str:
+        if not re.fullmatch(MEMORY_PATTERN, v) or float(re.split(r"\s*[a-zA-Z]", v)[0]) <= 0:
+            raise ValueError("must be a positive size with a unit, e.g. '4GB', '4 GiB' or '500MB'")
+        return v
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _walltime_seconds(cls, v: object) -> object:
+        # YAML 1.1 (PyYAML) reads an unquoted 01:00:00 as the base-60 integer 3600: take it as seconds
+        if isinstance(v, int) and not isinstance(v, bool):
+            if v <= 0:
+                raise ValueError("must be > 0 (HH:MM:SS, or seconds)")
+            return f"{v // 3600:02d}:{v // 60 % 60:02d}:{v % 60:02d}"
+        return v
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime_form(cls, v: str | None) -> str | None:
+        if v is not None and (not re.fullmatch(WALLTIME_PATTERN, v) or walltime_seconds(v) == 0):
+            raise ValueError("must have the form HH:MM:SS (SLURM also D-HH:MM:SS) and be > 0, or be null")
+        return v
+
+    @field_validator("queue", "account", "python", "interface", "log_directory")
+    @classmethod
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must not be empty (null for the default)")
+        return v
+
+    @field_validator("job_directives", "setup")
+    @classmethod
+    def _lines(cls, v: list[str]) -> list[str]:
+        for i, line in enumerate(v):
+            if not line.strip() or "\n" in line:
+                raise ValueError(f"item {i} ({line!r}) must be one non-empty line")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobqueueParams:
+        k = "runtime.jobqueue"
+        if self.processes > self.cores or self.cores % self.processes:
+            raise ValueError(
+                f"{k}.cores={self.cores} must be a multiple of {k}.processes={self.processes} "
+                "(each worker process gets cores / processes threads)"
+            )
+        if self.max_jobs is not None and self.max_jobs < self.n_jobs:
+            raise ValueError(f"{k}.max_jobs={self.max_jobs} must be >= {k}.n_jobs={self.n_jobs} (the adaptive minimum)")
+        if self.max_jobs is None and self.n_jobs == 0:
+            raise ValueError(f"{k}.n_jobs=0 starts no worker: set n_jobs >= 1, or max_jobs for an adaptive cluster")
+        if self.walltime is not None and "-" in self.walltime and self.system != "slurm":
+            raise ValueError(f"{k}.walltime={self.walltime!r}: the D-HH:MM:SS form is SLURM's; use HH:MM:SS")
+        if self.system == "htcondor":
+            for key in ("queue", "account"):
+                if getattr(self, key) is not None:
+                    raise ValueError(
+                        f"{k}.{key}={getattr(self, key)!r} has no HTCondor equivalent; set it to null and give the "
+                        f"pool's own commands in {k}.job_directives (e.g. '+JobFlavour = \"workday\"', "
+                        "'accounting_group = group_x')"
+                    )
+            for i, line in enumerate(self.job_directives):
+                if not re.fullmatch(HTCONDOR_COMMAND_PATTERN, line):
+                    raise ValueError(f"{k}.job_directives.{i}={line!r}: an HTCondor submit command has the form 'key = value'")
+        return self
+
+    @property
+    def submit_command(self) -> str:
+        """The batch system's submit command (``sbatch``, ``condor_submit``, ``qsub``)."""
+        return SUBMIT_COMMANDS[self.system]
+
+    @property
+    def cluster_class(self) -> str:
+        """Qualified name of the ``dask_jobqueue`` cluster class."""
+        return CLUSTER_CLASSES[self.system]
+
+
 class RuntimeParams(ParamsModel):
     """Where and how the numerics run."""
 
     device: Literal["cpu", "auto", "cuda"] = "cpu"
     threads: int = Field(1, ge=1, le=256, description="torch intra-op threads per process")
     task_workers: int = Field(1, ge=1, le=64, description="concurrent Prefect tasks: pool threads or Dask worker processes")
-    task_runner: Literal["threads", "dask_local", "dask_address"] = Field(
+    task_runner: Literal["threads", "dask_local", "dask_address", "dask_jobqueue"] = Field(
         "threads",
         description="threads: ThreadPoolTaskRunner; dask_local: LocalCluster of task_workers processes; "
-        "dask_address: an existing Dask cluster at dask_address",
+        "dask_address: an existing Dask cluster at dask_address; dask_jobqueue: Dask workers in batch jobs "
+        "(SLURM, HTCondor, PBS) as set in jobqueue",
     )
     dask_address: str | None = Field(
         None, description="scheduler address for task_runner=dask_address, e.g. tcp://127.0.0.1:8786"
+    )
+    jobqueue: JobqueueParams = Field(
+        default_factory=JobqueueParams, description="batch jobs of task_runner=dask_jobqueue (unused otherwise)"
+    )
+    limits: LimitsParams = Field(
+        default_factory=LimitsParams, description="memory, disk and hours of work a stage may ask for (config.resources)"
     )
 
     @field_validator("dask_address")

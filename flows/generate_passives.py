@@ -11,12 +11,13 @@ from config import PipelineParams
 from tasks.artifacts import publish_summary
 from tasks.passives import generate_passives
 
+from .naming import run_name_from_context
 from .paths import PipelinePaths
 
 __all__ = ["generate_passives_flow"]
 
 
-@flow(name="generate-passives", flow_run_name="generate-passives-seed{params.seed}", log_prints=False)
+@flow(name="generate-passives", flow_run_name=run_name_from_context("generate_passives"), log_prints=False)
 def generate_passives_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Generate ``passives.n_volumes`` passive X0 cubes and their targets into ``data/passives.h5``."""
     paths = PipelinePaths.at(workdir)

@@ -13,12 +13,13 @@ from tasks.caching import locked_stage_workdir, records_dir, remove_stage_workdi
 from tasks.irradiation import chunk_sizes, irradiate_chunk, merge_irradiation
 from tomopt_lib.io import read_h5_attrs
 
+from .naming import run_name_from_context
 from .paths import PipelinePaths
 
 __all__ = ["irradiate_flow"]
 
 
-@flow(name="irradiate", flow_run_name="irradiate-seed{params.seed}", log_prints=False)
+@flow(name="irradiate", flow_run_name=run_name_from_context("irradiate"), log_prints=False)
 def irradiate_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Irradiate each volume of ``data/passives.h5`` with ``irradiate.n_muons_per_volume`` muons (in chunks)."""
     paths = PipelinePaths.at(workdir)

@@ -1,10 +1,11 @@
-"""Flow ``lumi_report``: ``metrics/lumi.json``, CSVs for ``dvc plots``, PNGs under ``plots/lumi/`` (penalty landscapes of
+"""Flow ``lumi_report``: ``metrics/lumi.json`` (and its DVC summary), CSVs, PNGs under ``plots/lumi/`` (penalty landscapes of
 the 12, xy and xy-with-noise cases with the optimiser's path, the relative luminosity error per iteration of those
 inversions, relative-error and pull histograms, estimate vs truth) and a Prefect markdown artifact with the metrics
 table."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from config import PipelineParams
-from tasks.artifacts import Progress, publish_images
+from tasks.artifacts import Progress, publish_images, publish_table
 from tasks.lumi_report import (
     LANDSCAPE_CASES,
     build_lumi_metrics,
@@ -21,13 +22,23 @@ from tasks.lumi_report import (
     render_iteration_plot,
     render_scan_plots,
 )
+from tasks.summaries import lumi_table, write_summary
 
+from .naming import run_name_from_context
 from .paths import PipelinePaths
 
 __all__ = ["lumi_report_flow"]
 
 
-@flow(name="lumi_report", flow_run_name="lumi-report-seed{params.lumi_scan.seed}", log_prints=False)
+def _scan_timings(paths: PipelinePaths) -> dict[str, Any] | None:
+    """The untracked timings of the scan (``timings/lumi_scan.json``) if the scan ran here, else None."""
+    try:
+        return dict(json.loads(paths.lumi_scan_timings.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+@flow(name="lumi_report", flow_run_name=run_name_from_context("lumi_report"), log_prints=False)
 def lumi_report_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Summarise ``data/lumi/scan.parquet`` and draw the three penalty landscapes; returns the metrics."""
     paths = PipelinePaths.at(workdir)
@@ -48,12 +59,21 @@ def lumi_report_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str,
     render_iteration_plot(landscapes, plots["rel_lumi_error"])
     progress.set(len(land_f) + 1)
     metrics = build_lumi_metrics(
-        str(paths.lumi_scan), str(paths.lumi_metrics), {k: str(v) for k, v in paths.lumi_csvs.items()}, rep, landscapes
+        str(paths.lumi_scan),
+        str(paths.lumi_metrics),
+        {k: str(v) for k, v in paths.lumi_csvs.items()},
+        rep,
+        landscapes,
+        timings_path=str(paths.lumi_report_timings),
     )
+    write_summary("lumi_report", metrics, paths.summaries["lumi_report"])
     progress.finish()
     publish_images(plots, key="lumi-report-images", title="Luminosity penalty landscapes and estimate distributions")
     create_markdown_artifact(
-        markdown=lumi_metrics_markdown(metrics), key="lumi-report", description="Luminosity inversion metrics"
+        markdown=lumi_metrics_markdown(metrics, _scan_timings(paths)),
+        key="lumi-report",
+        description="Luminosity inversion metrics",
     )
+    publish_table(lumi_table(metrics), key="lumi-report-table", description="Luminosity inversion errors per unknown")
     log.info("lumi report written: %s; plots under %s", paths.lumi_metrics, paths.lumi_plots["penalty_12"].parent)
     return metrics

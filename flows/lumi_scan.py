@@ -17,10 +17,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 
 from config import PipelineParams
-from tasks.artifacts import Progress
+from tasks.artifacts import Progress, publish_table, table_rows
 from tasks.caching import locked_stage_workdir, remove_stage_workdir
 from tasks.lumi import chunk_plan, merge_scan, run_scan_chunk, scan_shifts
 
+from .naming import run_name_from_context
 from .paths import PipelinePaths
 
 __all__ = ["lumi_scan_flow", "scan_markdown"]
@@ -47,7 +48,7 @@ def scan_markdown(summary: Mapping[str, Any], chunks: list[Mapping[str, Any]]) -
     return "\n".join(lines) + "\n"
 
 
-@flow(name="lumi_scan", flow_run_name="lumi-scan-seed{params.lumi_scan.seed}", log_prints=False)
+@flow(name="lumi_scan", flow_run_name=run_name_from_context("lumi_scan"), log_prints=False)
 def lumi_scan_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Run ``lumi_scan.n_inversions`` inversions in chunks of ``lumi_scan.chunk_size``; returns the merge summary."""
     cfg = params.lumi_scan
@@ -80,8 +81,16 @@ def lumi_scan_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, A
         for fut in as_completed(futures):
             done.append(fut.result())
             progress.set(len(done))
-        summary = merge_scan(done, str(paths.lumi_scan), cfg, design_s=design_s)
+        summary = merge_scan(done, str(paths.lumi_scan), cfg, design_s=design_s, timings_path=str(paths.lumi_scan_timings))
         remove_stage_workdir(work)
     create_markdown_artifact(markdown=scan_markdown(summary, done), key="lumi-scan-summary", description="lumi_scan summary")
-    log.info("lumi scan written: %s (%.3g s per inversion)", paths.lumi_scan, summary["time_per_inversion_s"])
+    publish_table(
+        table_rows({k: v for k, v in summary.items() if k != "path"}), key="lumi-scan-table", description="lumi_scan summary"
+    )
+    log.info(
+        "lumi scan written: %s (%.3g s per inversion; timings in %s)",
+        paths.lumi_scan,
+        summary["time_per_inversion_s"],
+        paths.lumi_scan_timings,
+    )
     return summary

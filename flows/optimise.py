@@ -15,17 +15,19 @@ from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from config import PipelineParams
-from tasks.artifacts import Progress, publish_images
+from tasks.artifacts import Progress, publish_images, publish_table
 from tasks.caching import hold_lock
 from tasks.optimisation import prepare_optimisation, run_epoch
 from tasks.optimise_report import finalise_optimisation, train_markdown
+from tasks.summaries import optimise_table, write_summary
 
+from .naming import run_name_from_context
 from .paths import PipelinePaths
 
 __all__ = ["optimise_flow"]
 
 
-@flow(name="optimise", flow_run_name="optimise-seed{params.seed}", log_prints=False)
+@flow(name="optimise", flow_run_name=run_name_from_context("optimise"), log_prints=False)
 def optimise_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Optimise the panels for ``optimise.n_epochs`` epochs; outputs under ``models/``, ``metrics/``, ``plots/optimise``."""
     paths = PipelinePaths.at(workdir)
@@ -53,8 +55,9 @@ def optimise_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, An
             ckpt, n, prep["fingerprint"], vol, opt, {k: str(v) for k, v in paths.optimise_outputs.items()}
         )
     outs = paths.optimise_outputs
+    write_summary("optimise", res["metrics"], paths.summaries["optimise"])
     publish_images(
-        {"detector layout": outs["layout_png"], "loss curve": outs["loss_png"]},
+        {"detector layout": outs["layout_png"], "loss curve": outs["loss_png"], "panels per epoch": outs["panels_png"]},
         key="tomoflow-optimise-images",
         title="Optimised detector layout and loss curve",
     )
@@ -63,5 +66,6 @@ def optimise_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, An
         key="tomoflow-optimise",
         description="Detector optimisation summary",
     )
+    publish_table(optimise_table(res["history"]), key="tomoflow-optimise-table", description="Optimisation per epoch")
     log.info("optimise: %d epochs (%d run now), final train loss %s", n, len(rows), res["metrics"]["loss"]["train_last"])
     return res["metrics"]

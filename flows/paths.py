@@ -57,6 +57,14 @@ class PipelinePaths:
         return self.data_dir / "lumi" / "scan.parquet"
 
     @property
+    def lumi_scan_timings(self) -> Path:
+        return self.timings_dir / "lumi_scan.json"
+
+    @property
+    def lumi_report_timings(self) -> Path:
+        return self.timings_dir / "lumi_report.json"
+
+    @property
     def lumi_metrics(self) -> Path:
         return self.root / "metrics" / "lumi.json"
 
@@ -98,8 +106,16 @@ class PipelinePaths:
             "panels_csv": m / "train_panels.csv",
             "layout_png": p / "detector_layout.png",
             "loss_png": p / "loss_curve.png",
+            "panels_png": p / "panels.png",
             "timings": self.timings_dir / "optimise.json",
         }
+
+    @property
+    def summaries(self) -> dict[str, Path]:
+        """The short DVC metrics of each stage with metrics (``metrics/summary/<stage>.json``, what ``dvc metrics
+        show`` prints; the full metrics JSONs are plain outputs)."""
+        d = self.root / "metrics" / "summary"
+        return {stage: d / f"{stage}.json" for stage in ("report", "optimise", "evaluate", "lumi_report")}
 
     @property
     def timings_dir(self) -> Path:

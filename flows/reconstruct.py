@@ -13,12 +13,13 @@ from tasks.caching import locked_stage_workdir, records_dir, remove_stage_workdi
 from tasks.reconstruction import merge_scatters, reconstruct_volume
 from tomopt_lib.io import read_h5_attrs
 
+from .naming import run_name_from_context
 from .paths import PipelinePaths
 
 __all__ = ["reconstruct_flow"]
 
 
-@flow(name="reconstruct", flow_run_name="reconstruct-seed{params.seed}", log_prints=False)
+@flow(name="reconstruct", flow_run_name=run_name_from_context("reconstruct"), log_prints=False)
 def reconstruct_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Reconstruct every muon of ``data/irradiated.h5``, one task per volume, into ``data/scatters.parquet``."""
     paths = PipelinePaths.at(workdir)

@@ -9,15 +9,17 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from config import PipelineParams
-from tasks.artifacts import Progress, publish_images
+from tasks.artifacts import Progress, publish_images, publish_table, table_rows
 from tasks.reporting import build_metrics, metrics_markdown, render_plots
+from tasks.summaries import write_summary
 
+from .naming import run_name_from_context
 from .paths import PipelinePaths
 
 __all__ = ["report_flow"]
 
 
-@flow(name="report", flow_run_name="report-seed{params.seed}", log_prints=False)
+@flow(name="report", flow_run_name=run_name_from_context("report"), log_prints=False)
 def report_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]:
     """Summarise ``data/scatters.parquet`` into ``metrics/report.json``, ``metrics/scatter_angle_hist.csv`` and plots."""
     paths = PipelinePaths.at(workdir)
@@ -29,6 +31,7 @@ def report_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]
     )
     plots_f = render_plots.submit(str(paths.passives), str(paths.scatters), {k: str(v) for k, v in paths.plots.items()}, vol, rep)
     metrics = metrics_f.result()
+    write_summary("report", metrics, paths.summaries["report"])
     progress.step()
     plots = plots_f.result()
     progress.finish()
@@ -38,5 +41,6 @@ def report_flow(params: PipelineParams, workdir: str = ".") -> Mapping[str, Any]
     create_markdown_artifact(
         markdown=metrics_markdown(metrics), key="tomoflow-skeleton-report", description="Skeleton pipeline metrics"
     )
+    publish_table(table_rows(metrics, "metric"), key="tomoflow-report-table", description="Report metrics (every value)")
     log.info("report written: %s; plots: %s", paths.metrics, ", ".join(plots.values()))
     return metrics

@@ -3,7 +3,7 @@
 ``nightly_evaluate``: the current trained detector (``models/``) and the baselines predict X0 on held-out passives
 freshly generated with a seed derived from the scheduled date; everything is written under
 ``reports/scheduled/<date>/`` (a private work directory), never into DVC outputs.
-``weekly_pipeline``: ``dvc repro`` in a subprocess (DVC decides what is stale).
+``weekly_pipeline``: ``dvc repro`` in a subprocess (``python -m flows.repro``; DVC decides what is stale).
 """
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def nightly_evaluate_flow(params_path: str = "params.yaml", workdir: str = ".", 
 
 @flow(name="weekly_pipeline", flow_run_name="weekly-pipeline", log_prints=False)
 def weekly_pipeline_flow(workdir: str = ".") -> int:
-    """``dvc repro`` in ``workdir`` (subprocess, the venv's ``bin`` first on ``PATH``); raises if it fails."""
+    """``dvc repro`` in ``workdir`` (``python -m flows.repro`` in a subprocess, the venv's ``bin`` first on ``PATH``, one
+    Prefect server for all stages); raises if it fails."""
     import os
 
     log = get_run_logger()
@@ -73,8 +74,9 @@ def weekly_pipeline_flow(workdir: str = ".") -> int:
     check = subprocess.run([sys.executable, "-m", "flows", "check"], cwd=workdir, env=env, capture_output=True, text=True)
     if check.returncode != 0:  # validate before DVC, which deletes a stage's outputs before running it
         raise ValueError(f"params.yaml is invalid; dvc repro not started:\n{check.stderr.strip()}")
-    dvc = shutil.which("dvc", path=env["PATH"]) or "dvc"
-    proc = subprocess.run([dvc, "repro"], cwd=workdir, env=env, capture_output=True, text=True)
+    # flows.repro: `dvc repro` on this deployment's PREFECT_API_URL (set when served), else on one local server it
+    # starts for all the stages and stops afterwards (not one embedded server per stage)
+    proc = subprocess.run([sys.executable, "-m", "flows.repro"], cwd=workdir, env=env, capture_output=True, text=True)
     log.info("dvc repro exited %d:\n%s", proc.returncode, (proc.stdout + proc.stderr)[-4000:])
     if proc.returncode != 0:
         raise RuntimeError(f"dvc repro failed with exit status {proc.returncode}")

@@ -40,7 +40,9 @@ CLI_MODULES = ("flows.__main__", "flows.pipeline")
 class StageSpec:
     """One DVC stage: ``module`` defines the Prefect flow ``flow``; ``params``: the ``params.yaml`` keys (sections or
     dotted keys) its outputs depend on; ``inputs``: data files it reads; ``outs`` / ``metrics`` / ``plots``: what it
-    writes (relative to the working directory)."""
+    writes (relative to the working directory). ``metrics`` is the stage's short summary (``metrics/summary/``, what
+    ``dvc metrics show`` prints); full metrics JSONs and CSVs are ``outs``; every ``plots`` entry is a PNG (or a folder
+    of PNGs), so that ``dvc plots show`` renders without network access."""
 
     name: str
     module: str
@@ -88,9 +90,9 @@ STAGES: dict[str, StageSpec] = {
             "report_flow",
             ("volume", "report"),
             inputs=("data/passives.h5", "data/irradiated.h5", "data/scatters.parquet"),
-            metrics=("metrics/report.json",),
+            outs=("metrics/report.json", "metrics/scatter_angle_hist.csv"),
+            metrics=("metrics/summary/report.json",),
             plots=(
-                "metrics/scatter_angle_hist.csv",
                 "plots/poca_density_per_layer.png",
                 "plots/scatter_angle_hist.png",
                 "plots/detector_layout.png",
@@ -102,14 +104,15 @@ STAGES: dict[str, StageSpec] = {
             "flows.optimise",
             "optimise_flow",
             ("seed", "runtime.device", "volume", "passives", "optimise"),
-            outs=("models/detector.pt", "models/detector.json"),
-            metrics=("metrics/train.json",),
-            plots=(
+            outs=(
+                "models/detector.pt",
+                "models/detector.json",
+                "metrics/train.json",
                 "metrics/train_loss.csv",
                 "metrics/train_panels.csv",
-                "plots/optimise/detector_layout.png",
-                "plots/optimise/loss_curve.png",
             ),
+            metrics=("metrics/summary/optimise.json",),
+            plots=("plots/optimise/detector_layout.png", "plots/optimise/loss_curve.png", "plots/optimise/panels.png"),
             description="gradient-descent optimisation of the panels, one checkpoint per epoch -> models/detector.pt",
         ),
         StageSpec(
@@ -118,9 +121,9 @@ STAGES: dict[str, StageSpec] = {
             "evaluate_flow",
             ("seed", "runtime.device", "volume", "passives", "optimise", "evaluate"),
             inputs=("models/detector.pt",),
-            outs=("data/heldout_passives.h5", "data/evaluate"),
-            metrics=("metrics/evaluate.json",),
-            plots=("metrics/evaluate_per_volume.csv", "plots/evaluate"),
+            outs=("data/heldout_passives.h5", "data/evaluate", "metrics/evaluate.json", "metrics/evaluate_per_volume.csv"),
+            metrics=("metrics/summary/evaluate.json",),
+            plots=("plots/evaluate",),
             description="trained vs start and hand-designed detectors on held-out passives -> metrics/evaluate.json",
         ),
         StageSpec(
@@ -137,10 +140,9 @@ STAGES: dict[str, StageSpec] = {
             "lumi_report_flow",
             ("runtime.device", "lumi_report"),
             inputs=("data/lumi/scan.parquet",),
-            metrics=("metrics/lumi.json",),
+            outs=("metrics/lumi.json", "metrics/lumi_rel_err_hist.csv", "metrics/lumi_est_vs_truth.csv"),
+            metrics=("metrics/summary/lumi_report.json",),
             plots=(
-                "metrics/lumi_rel_err_hist.csv",
-                "metrics/lumi_est_vs_truth.csv",
                 "plots/lumi/penalty_12.png",
                 "plots/lumi/penalty_xy.png",
                 "plots/lumi/penalty_xy_noise.png",

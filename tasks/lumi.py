@@ -26,7 +26,7 @@ from lumi_lib.config import IPConfig
 from lumi_lib.design import Design, design_scan, solve_shifts
 from lumi_lib.inversion import InversionResult, base_config, invert, mode_matrix, noise_phrase
 from lumi_lib.solver import uncertainty_message
-from tomopt_lib.io import DataFileError, read_parquet, write_parquet
+from tomopt_lib.io import DataFileError, read_parquet, write_json, write_parquet
 from tomopt_lib.runtime import resolve_device
 
 from .common import derive_seed, task_logger
@@ -104,16 +104,15 @@ def scan_columns(names: Sequence[str]) -> dict[str, str]:
             "at_bound": "bool",
             "status": "int32",
             "cond": "float64",
-            "time_per_inversion_s": "float64",
-            "chunk_wall_s": "float64",
         }
     )
     return cols
 
 
-def result_table(res: InversionResult, *, start: int, chunk: int, chunk_seed: int, wall_s: float) -> pd.DataFrame:
+def result_table(res: InversionResult, *, start: int, chunk: int, chunk_seed: int) -> pd.DataFrame:
     """One row per inversion of ``res``: truth, estimate, relative error, sigma (covariance), least-determined direction
-    (``null_*``, scaled unknowns), diagnostics (``status``: :data:`lumi_lib.solver.STATUS`), timing."""
+    (``null_*``, scaled unknowns), diagnostics (``status``: :data:`lumi_lib.solver.STATUS`). No wall-clock values: the
+    table is a versioned output (timings go to ``timings/lumi_scan.json``, the logs and the Prefect artifact)."""
     n = res.estimate.shape[0]
     data: dict[str, Any] = {
         "inversion_id": np.arange(start, start + n, dtype=np.int64),
@@ -136,8 +135,6 @@ def result_table(res: InversionResult, *, start: int, chunk: int, chunk_seed: in
             .numpy()
             .astype(np.int32),
             "cond": res.cond.detach().cpu().numpy().astype(np.float64),
-            "time_per_inversion_s": np.full(n, wall_s / max(n, 1)),
-            "chunk_wall_s": np.full(n, wall_s),
         }
     )
     return pd.DataFrame(data).astype(scan_columns(res.names))
@@ -229,7 +226,7 @@ def run_scan_chunk(
     warning = res.identifiability_warning(scan.cond_warn, scan.rel_uncertainty_warn)
     if warning:
         log.warning("chunk %d: %s", chunk, warning)
-    df = result_table(res, start=start, chunk=chunk, chunk_seed=seed, wall_s=wall)
+    df = result_table(res, start=start, chunk=chunk, chunk_seed=seed)
     write_parquet(df, out_path)
     n_conv = int(df["converged"].sum())
     log.info(
@@ -260,10 +257,13 @@ def merge_scan(
     scan: LumiScanParams,
     cleanup: bool = True,
     design_s: float = 0.0,
+    timings_path: str | None = None,
 ) -> dict[str, Any]:
     """Concatenate the chunk parts (by chunk) into ``out_path`` (atomic) with the scan metadata; returns a summary.
-    ``design_s``: time spent solving the design once (added to the chunks' construction times). The summary's and
-    metadata's ``warning`` is :func:`scan_warning` of the whole table."""
+    The table and its metadata hold no wall-clock values (a versioned output: identical on every run); the solve and
+    design times (``design_s``: the design solved once, plus the chunks' construction times) are in the summary and,
+    if ``timings_path`` is given, in that untracked JSON file. The summary's and metadata's ``warning`` is
+    :func:`scan_warning` of the whole table."""
     parts = sorted(part_results, key=lambda r: int(r["chunk"]))
     names, _ = mode_matrix(scan.mode)
     df = pd.concat([read_parquet(p["path"]) for p in parts], ignore_index=True).astype(scan_columns(names))
@@ -273,8 +273,6 @@ def merge_scan(
         "names": list(names),
         "n_configs": int(parts[0]["n_configs"]) if parts else 0,
         "n_chunks": len(parts),
-        "solve_wall_s": float(sum(p["wall_s"] for p in parts)),
-        "design_wall_s": float(design_s + sum(p["design_s"] for p in parts)),
         "warning": warning,
         "params": scan.model_dump(mode="json"),
     }
@@ -282,6 +280,15 @@ def merge_scan(
     if cleanup:
         for p in parts:
             Path(p["path"]).unlink(missing_ok=True)
+    solve_s = float(sum(p["wall_s"] for p in parts))
+    timings = {
+        "time_per_inversion_s": solve_s / max(len(df), 1),
+        "solve_wall_s": solve_s,
+        "design_wall_s": float(design_s + sum(p["design_s"] for p in parts)),
+        "chunk_wall_s": {str(int(p["chunk"])): float(p["wall_s"]) for p in parts},
+    }
+    if timings_path is not None:
+        write_json(timings, timings_path)
     summary = {
         "path": str(out_path),
         "n_inversions": len(df),
@@ -291,8 +298,8 @@ def merge_scan(
         "converged": int(df["converged"].sum()),
         "at_bound": int(df["at_bound"].sum()),
         "warning": warning,
-        "solve_wall_s": meta["solve_wall_s"],
-        "time_per_inversion_s": meta["solve_wall_s"] / max(len(df), 1),
+        "solve_wall_s": solve_s,
+        "time_per_inversion_s": timings["time_per_inversion_s"],
         "mean_abs_rel_error": {n: float(df[f"rel_err_{n}"].abs().mean()) for n in names},
     }
     task_logger().info("merged %d chunk tables (%d inversions) into %s", len(parts), len(df), out_path)

@@ -1,4 +1,5 @@
-"""Crash and resume: SIGKILL the ``optimise`` / ``irradiate`` stages mid-run, rerun, compare with uninterrupted runs.
+"""Crash and resume: SIGKILL the ``optimise`` / ``irradiate`` / ``lumi_scan`` stages mid-run, rerun, compare with
+uninterrupted runs; a killed stage leaves no process behind (``lumi_scan``, run alone with its own Prefect server).
 
 The killed stage and its rerun are ``python -m flows <stage>`` subprocesses against the session's real Prefect server
 (``prefect_server`` in conftest.py, shared with the UI test; no ephemeral server start per process), and the resumed
@@ -26,6 +27,7 @@ import torch
 import yaml
 from conftest import prefect_api, tiny_params
 
+from flows.naming import run_name
 from flows.params import load_params
 from flows.paths import PipelinePaths
 from tasks.irradiation import chunk_sizes
@@ -134,7 +136,9 @@ def test_optimise_killed_resumes_bitwise(prefect_server: str, tmp_path: Path) ->
     reference.result(timeout=300)
     assert rerun.wait(180) == 0, _logs(killed)[-1][-3000:]
     assert "resuming from the checkpoint of epoch" in _logs(killed)[-1]
-    _assert_monitored(prefect_server, "optimise-seed1234", killed, {"tomoflow-optimise", "tomoflow-optimise-images"})
+    _assert_monitored(
+        prefect_server, run_name("optimise", load_params(params)), killed, {"tomoflow-optimise", "tomoflow-optimise-images"}
+    )
     a = torch.load(paths.optimise_outputs["detector_pt"], map_location="cpu", weights_only=False)
     b = torch.load(PipelinePaths.at(ref).optimise_outputs["detector_pt"], map_location="cpu", weights_only=False)
     _assert_same(a, b)
@@ -183,7 +187,7 @@ def test_irradiate_killed_resumes_from_cached_chunks(prefect_server: str, tmp_pa
     reference.result(timeout=300)
     assert rerun.wait(180) == 0, _logs(killed)[-1][-3000:]
     log = _logs(killed)[-1]
-    _assert_monitored(prefect_server, "irradiate-seed1234", killed, {"tomoflow-irradiate", "irradiate-progress"})
+    _assert_monitored(prefect_server, run_name("irradiate", p), killed, {"tomoflow-irradiate", "irradiate-progress"})
     recomputed = log.count("muons generated")
     # >= 1 chunk reused (a record being written at the kill is incomplete: a miss, recomputed; never trusted)
     assert 0 < recomputed < n_chunks and "Cached" in log, log[-3000:]
@@ -198,3 +202,55 @@ def test_irradiate_killed_resumes_from_cached_chunks(prefect_server: str, tmp_pa
         for g in a[vid].hits:
             for v in a[vid].hits[g]:
                 np.testing.assert_array_equal(a[vid].hits[g][v], b[vid].hits[g][v])
+
+
+def _family(pid: int) -> list[Any]:
+    """``pid`` and every process below it (psutil handles, which remember their start time: no PID-reuse mix-ups)."""
+    import psutil
+
+    me = psutil.Process(pid)
+    return [me, *me.children(recursive=True)]
+
+
+def test_lumi_scan_killed_leaves_no_processes(prefect_server: str, tmp_path: Path) -> None:
+    """``python -m flows lumi_scan`` run alone (no ``PREFECT_API_URL``: it starts its own local Prefect server, a
+    child process) is SIGKILLed at a seeded random point of its flow: no process of its family survives it (the
+    server dies with it: parent-death signal), the rerun completes, the scan equals an uninterrupted run's, and no
+    temporary or chunk file is left behind. The reference and the rerun run in this process on the session's server."""
+    import random
+
+    import pandas as pd
+    import psutil
+
+    killed, ref = tmp_path / "killed", tmp_path / "ref"
+    killed.mkdir(), ref.mkdir()
+    params = tmp_path / "params.yaml"  # 24 inversions in 6 chunks: a few seconds of flow to be killed in
+    params.write_text(yaml.safe_dump(tiny_params({"lumi_scan.n_inversions": 24, "lumi_scan.chunk_size": 4})))
+    alone = {k: v for k, v in _env(tmp_path, prefect_server).items() if k != "PREFECT_API_URL"}
+    reference = _reference("lumi_scan", params, ref, prefect_server)
+    proc = _start("lumi_scan", params, killed, alone)
+    t0 = time.monotonic()
+    while not any("Beginning flow run" in text for text in _logs(killed)):
+        assert proc.poll() is None, _logs(killed)[-1][-3000:]
+        assert time.monotonic() - t0 < 240, "the flow never began"
+        time.sleep(0.05)
+    time.sleep(random.Random(2026).uniform(0.2, 1.2))  # seeded: the same kill point on every run of the test
+    family = _family(proc.pid)
+    assert any("uvicorn" in " ".join(p.cmdline()) for p in family[1:]), "the stage's own server child is running"
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(30) == -signal.SIGKILL, "killed while the stage was running"
+    _, alive = psutil.wait_procs(family[1:], timeout=30)
+    assert not alive, [(p.pid, p.cmdline()) for p in alive]
+    reference.result(timeout=300)
+    from flows.pipeline import run_stage
+
+    with prefect_api(prefect_server):  # the rerun in this process (the CLI path is covered above): saves imports
+        run_stage("lumi_scan", load_params(params), str(killed))
+    out, ref_out = PipelinePaths.at(killed).lumi_scan, PipelinePaths.at(ref).lumi_scan
+    a, b = pd.read_parquet(out), pd.read_parquet(ref_out)
+    timing = [c for c in a.columns if "time" in c or c.endswith("_s")]  # wall-clock columns, if any, may differ
+    pd.testing.assert_frame_equal(a.drop(columns=timing), b.drop(columns=timing))
+    if not timing:
+        assert out.read_bytes() == ref_out.read_bytes()
+    leftovers = [p for p in killed.rglob("*") if p.name.endswith(".tmp") or p.name.startswith("chunk")]
+    assert not leftovers, leftovers

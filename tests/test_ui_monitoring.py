@@ -21,8 +21,9 @@ SEED = 4711
 
 def test_report_flow_artifacts_in_the_prefect_api(prefect_server: str, tmp_path: Path) -> None:
     server = prefect_server  # the session's real `prefect server start` (conftest), shared with test_crash_resume.py
-    # a seed of its own: the run names (``<stage>-seed<seed>``) are this test's alone on the shared server
+    # a seed of its own: the run names (``<stage>-seed<seed>-...``) are this test's alone on the shared server
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(seed=SEED)))
+    from flows.naming import run_name, run_tags
     from flows.params import load_params
     from flows.pipeline import run_stage
 
@@ -32,12 +33,16 @@ def test_report_flow_artifacts_in_the_prefect_api(prefect_server: str, tmp_path:
             run_stage(stage, p, str(tmp_path))
 
     with httpx.Client(base_url=server, timeout=30) as c:
-        wanted = [f"{stage}-seed{SEED}" for stage in ("generate-passives", "irradiate", "reconstruct", "report")]
+        stages = ("generate_passives", "irradiate", "reconstruct", "report")
+        wanted = [run_name(stage, p) for stage in stages]  # <stage>-seed<seed>-<study>-p<params hash>
+        assert wanted[0].startswith(f"generate-passives-seed{SEED}-random_block-p"), wanted
         runs = c.post("/flow_runs/filter", json={"flow_runs": {"name": {"any_": wanted}}, "limit": 50}).json()
         assert sorted(r["name"] for r in runs) == sorted(wanted), [r["name"] for r in runs]  # one run per stage
         names = {r["name"]: r for r in runs}
         assert all(r["state_type"] == "COMPLETED" for r in runs)
-        report = names[f"report-seed{SEED}"]
+        for stage, name in zip(stages, wanted):  # stage, study, seed and params hash also as tags
+            assert set(names[name]["tags"]) == set(run_tags(stage, p)), names[name]["tags"]
+        report = names[run_name("report", p)]
         assert report["state_type"] == "COMPLETED"
         flow = c.get(f"/flows/{report['flow_id']}").json()
         assert flow["name"] == "report"
@@ -45,9 +50,9 @@ def test_report_flow_artifacts_in_the_prefect_api(prefect_server: str, tmp_path:
         assert {"build-metrics", "render-plots"} <= {t["name"] for t in tasks}
         arts = c.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [report["id"]]}}}).json()
         for run, keys in (
-            (f"generate-passives-seed{SEED}", {"tomoflow-generate-passives"}),
-            (f"irradiate-seed{SEED}", {"tomoflow-irradiate", "irradiate-progress"}),
-            (f"reconstruct-seed{SEED}", {"tomoflow-reconstruct", "reconstruct-progress"}),
+            (run_name("generate_passives", p), {"tomoflow-generate-passives"}),
+            (run_name("irradiate", p), {"tomoflow-irradiate", "irradiate-progress"}),
+            (run_name("reconstruct", p), {"tomoflow-reconstruct", "reconstruct-progress"}),
         ):
             got = c.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [names[run]["id"]]}}}).json()
             assert keys <= {a["key"] for a in got}, (run, got)
