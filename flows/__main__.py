@@ -94,6 +94,17 @@ def main(argv: list[str] | None = None) -> int:
             problem = jobqueue_problem(p.runtime.jobqueue.submit_command, os.environ.get("PREFECT_API_URL"))
             if problem:
                 raise ParamsError(f"invalid parameters in {params_path}:\n  runtime.task_runner = 'dask_jobqueue': {problem}")
+        if args.stage == "check" and (Path(args.workdir) / "dvc.yaml").exists():  # the file DVC reads
+            import yaml
+
+            from .stages import missing_tracked_params
+
+            missing = missing_tracked_params(yaml.safe_load(params_path.read_text()))
+            if missing:
+                raise ParamsError(
+                    f"invalid parameters in {params_path}: it lacks {', '.join(missing)}, which dvc.yaml tracks (DVC "
+                    "cannot run a stage without them); restore them, e.g. from git (git checkout params.yaml)"
+                )
         from config.resources import check_resources  # estimated memory, disk and work against runtime.limits
 
         check_resources(p, list(STAGE_NAMES) if args.stage in ("check", "all") else [args.stage], args.workdir, params_path)

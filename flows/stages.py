@@ -26,6 +26,7 @@ __all__ = [
     "compact_code_deps",
     "dvc_disagreements",
     "write_dvc_deps",
+    "missing_tracked_params",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,3 +308,18 @@ def _main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
+
+
+def missing_tracked_params(data: object) -> list[str]:
+    """The ``params.yaml`` keys that some stage's DVC ``params`` list names but the parsed file ``data`` lacks (DVC
+    cannot run a stage whose tracked parameters are missing; the pipeline's own defaults do not help it)."""
+    missing = []
+    for key in dict.fromkeys(k for spec in STAGES.values() for k in spec.params):
+        node = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        if node is None:
+            missing.append(key)
+    return missing

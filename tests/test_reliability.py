@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -110,15 +111,48 @@ def test_inversion_of_zero_rows_says_what_is_wrong() -> None:
 
 
 def test_make_run_validates_before_dvc() -> None:
-    """DVC deletes a stage's outputs before running it: `make run` (and `make lumi`) must validate first."""
+    """DVC deletes a stage's outputs before running it: `make run` and `make lumi` go through ``flows.repro``, which
+    validates before ``dvc repro`` (below, and tests/test_server.py); no recipe calls ``dvc repro`` itself."""
     root = Path(__file__).resolve().parents[1]
     text = (root / "Makefile").read_text()
     for target in ("run", "lumi"):
         recipe = text.split(f"\n{target}: ", 1)[1].split("\n\n", 1)[0]
         cmds = [line.strip() for line in recipe.splitlines()[1:]]
-        check = next(i for i, c in enumerate(cmds) if "-m flows check" in c)
-        dvc = next(i for i, c in enumerate(cmds) if "dvc" in c)
-        assert check < dvc, (target, cmds)
+        assert any("-m flows.repro" in c for c in cmds), (target, cmds)
+        assert not any("dvc repro" in c.split("#")[0] for c in cmds), (target, cmds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("text", ["seed: -5\n", "irradiate: {chunk_size: 0}\n", "seed: 1\nseed: 2\n", ""])
+def test_repro_with_bad_params_leaves_outputs_untouched(tmp_path: Path, text: str) -> None:
+    """The README's `make run` path end to end in a scratch DVC project with this repository's dvc.yaml and stand-in
+    outputs: a bad params.yaml makes every stage stale, ``python -m flows.repro`` refuses it (exit 2, the key named)
+    and DVC never runs: every output file keeps its bytes."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "dvc.yaml", tmp_path / "dvc.yaml")
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "params.yaml").write_text(text)
+    outputs = {}
+    for rel in ("data/passives.h5", "data/irradiated.h5", "metrics/report.json", "plots/angle_hist.png", "models/detector.pt"):
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(rel.encode() * 3)
+        outputs[rel] = p.read_bytes()
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.repro"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root), "DVC_NO_ANALYTICS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: " in proc.stderr and "Running stage" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    assert {rel: (tmp_path / rel).read_bytes() for rel in outputs} == outputs
 
 
 @pytest.mark.parametrize(

@@ -83,3 +83,35 @@ def test_flows_read_only_their_registered_sections():
         used = set(re.findall(r"\bparams\.(\w+)", src)) - {"runtime"}
         allowed = {k.split(".")[0] for k in spec.params}
         assert used <= allowed, (spec.name, used - allowed)
+
+
+def test_missing_tracked_params() -> None:
+    """An empty or partial params.yaml passes the model (its defaults) but DVC cannot run stages whose tracked keys
+    are missing: ``python -m flows check`` lists them (in a folder with a dvc.yaml)."""
+    from flows.stages import ROOT, STAGES, missing_tracked_params
+
+    full = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert missing_tracked_params(full) == []
+    everything = list(dict.fromkeys(k for spec in STAGES.values() for k in spec.params))
+    assert missing_tracked_params(None) == everything and "seed" in everything
+    del full["lumi_report"]
+    full["runtime"].pop("device")
+    assert sorted(missing_tracked_params(full)) == ["lumi_report", "runtime.device"]
+
+
+def test_check_refuses_a_params_file_without_the_tracked_keys(tmp_path: Path) -> None:
+    import io
+    from contextlib import redirect_stderr
+
+    from flows.__main__ import main
+    from flows.stages import ROOT
+
+    (tmp_path / "params.yaml").write_text("seed: 7\n")
+    err = io.StringIO()
+    with redirect_stderr(err):
+        assert main(["check", "--workdir", str(tmp_path)]) == 0  # no dvc.yaml here: defaults are fine
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    err = io.StringIO()
+    with redirect_stderr(err):
+        assert main(["check", "--workdir", str(tmp_path)]) == 2
+    assert "which dvc.yaml tracks" in err.getvalue() and "irradiate" in err.getvalue(), err.getvalue()
