@@ -11,6 +11,9 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 export OMP_NUM_THREADS ?= 1
+# bytecode caches on (an inherited PYTHONDONTWRITEBYTECODE=1 made every process, and pytest's assertion rewriting of
+# every test module, compile from source: +8 s per pytest worker, +1-2 s per `python -m flows` subprocess)
+export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: help setup run lumi test lint bench bench-lumi-grid bench-ref server serve clean
 

@@ -224,8 +224,8 @@ def test_lumi_scan_killed_leaves_no_processes(prefect_server: str, tmp_path: Pat
 
     killed, ref = tmp_path / "killed", tmp_path / "ref"
     killed.mkdir(), ref.mkdir()
-    params = tmp_path / "params.yaml"  # 24 inversions in 6 chunks: a few seconds of flow to be killed in
-    params.write_text(yaml.safe_dump(tiny_params({"lumi_scan.n_inversions": 24, "lumi_scan.chunk_size": 4})))
+    params = tmp_path / "params.yaml"  # 12 inversions in 4 chunks: a few seconds of flow to be killed in
+    params.write_text(yaml.safe_dump(tiny_params({"lumi_scan.n_inversions": 12, "lumi_scan.chunk_size": 3})))
     alone = {k: v for k, v in _env(tmp_path, prefect_server).items() if k != "PREFECT_API_URL"}
     reference = _reference("lumi_scan", params, ref, prefect_server)
     proc = _start("lumi_scan", params, killed, alone)

@@ -123,7 +123,7 @@ def test_make_run_validates_before_dvc() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("text", [""])  # a bad value through the same path: tests/test_server.py
+@pytest.mark.parametrize("text", ["", "seed: -5\n"])
 def test_repro_with_bad_params_leaves_outputs_untouched(tmp_path: Path, text: str) -> None:
     """The README's `make run` path end to end in a scratch DVC project with this repository's dvc.yaml and stand-in
     outputs: a bad params.yaml makes every stage stale, ``python -m flows.repro`` refuses it (exit 2, the key named)
