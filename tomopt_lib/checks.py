@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .core import X0
 
-__all__ = ["VOXEL_MULTIPLE_RTOL", "is_voxel_multiple", "check_materials", "passive_batch_fits", "check_number"]
+__all__ = ["VOXEL_MULTIPLE_RTOL", "is_voxel_multiple", "check_materials", "passive_batch_fits", "check_number", "check_vector"]
 
 VOXEL_MULTIPLE_RTOL = 1e-5
 """Relative tolerance of "a length is a whole number of voxels": ``|L/s - round(L/s)| <= rtol * max(1, round(L/s))``
@@ -89,3 +89,19 @@ def check_number(
     if bad:
         raise ValueError(f"{name} must be {rule}, got {value!r}")
     return v
+
+
+def check_vector(
+    name: str, value: Sequence[float] | Tensor, n: int, *, positive: bool = False, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """``value`` as a detached (n,) tensor of ``dtype`` with finite (and, if ``positive``, > 0) entries; else one
+    ``ValueError`` naming ``name``. The vector counterpart of :func:`check_number` (positions, spans [m])."""
+    try:
+        t = torch.as_tensor(value, dtype=dtype).detach().clone().reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be {n} numbers, got {value!r}") from None
+    if t.numel() != n or not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be {n} finite numbers, got {t.tolist()}")
+    if positive and bool((t <= 0).any()):
+        raise ValueError(f"{name} must be {n} lengths > 0 m, got {t.tolist()}")
+    return t

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..checks import check_number
+from ..checks import check_number, check_vector
 from ..runtime import DEFAULT_DTYPE, DeviceLike, resolve_device
 
 if TYPE_CHECKING:
@@ -46,16 +46,8 @@ def _scalar(name: str, value: Number, *, unit: str, high: float | None = None) -
 
 
 def _vector(name: str, value: Sequence[float] | Tensor, n: int, *, positive: bool = False) -> Tensor:
-    """``value`` as an (n,) float tensor of finite (and, if ``positive``, > 0) entries; else ``ValueError``."""
-    try:
-        t = torch.as_tensor(value, dtype=DEFAULT_DTYPE).detach().clone().reshape(-1)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"{name} must be {n} numbers, got {value!r}") from None
-    if t.numel() != n or not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be {n} finite numbers, got {t.tolist()}")
-    if positive and bool((t <= 0).any()):
-        raise ValueError(f"{name} must be {n} lengths > 0 m, got {t.tolist()}")
-    return t
+    """:func:`~tomopt_lib.checks.check_vector` in the default dtype."""
+    return check_vector(name, value, n, positive=positive, dtype=DEFAULT_DTYPE)
 
 
 class DetectorPanel(nn.Module):
