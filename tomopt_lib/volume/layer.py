@@ -21,7 +21,7 @@ from .panel import DetectorPanel
 if TYPE_CHECKING:
     from ..muon.muon_batch import MuonBatch
 
-__all__ = ["AbsLayer", "AbsDetectorLayer", "PanelDetectorLayer", "PassiveLayer"]
+__all__ = ["AbsLayer", "AbsDetectorLayer", "PlaneDetectorLayer", "PanelDetectorLayer", "PassiveLayer"]
 
 Z_MARGIN: float = 1e-3
 """Largest margin [m] kept between a clamped panel and its layer's z boundaries (see ``DetectorPanel.clamp_params``)."""
@@ -65,8 +65,91 @@ class AbsDetectorLayer(AbsLayer, metaclass=ABCMeta):
         return f"pos={self.pos!r}, " + super().extra_repr()
 
 
-class PanelDetectorLayer(AbsDetectorLayer):
-    """A layer of ``DetectorPanel`` s (or subclasses), visited in order of decreasing z.
+class PlaneDetectorLayer(AbsDetectorLayer):
+    """A layer of thin detector planes (``plane_type``: panels, heat maps), visited in order of decreasing z: each
+    plane records its hits under ``pos``, its cost adds to the layer's, and in fixed-budget mode the k-th budget goes
+    to the k-th plane by decreasing z (``_n_costs = len(panels)``).
+
+    Args:
+        pos: detector group name; lw: (2,) footprint [m]; z: top [m]; size: thickness [m].
+        panels: non-empty list / ``nn.ModuleList`` of ``plane_type`` objects, all on one device and with z in
+            [z - size, z].
+    """
+
+    plane_type: type[nn.Module] = nn.Module
+
+    def __init__(
+        self,
+        pos: str,
+        *,
+        lw: Tensor | Sequence[float],
+        z: float,
+        size: float,
+        panels: Sequence[nn.Module] | nn.ModuleList,
+    ) -> None:
+        planes = list(panels) if panels is not None else []
+        if not planes or not all(isinstance(p, self.plane_type) for p in planes):
+            raise ValueError(f"panels must be a non-empty list of {self.plane_type.__name__} objects, got {panels!r}")
+        super().__init__(pos, lw=lw, z=z, size=size, device=self.get_device(planes))
+        bottom, top = self.z_bottom, self.z_top
+        tol = 1e-6
+        for i, p in enumerate(planes):
+            pz = float(cast("Tensor", p.z).detach())
+            if not bottom - tol <= pz <= top + tol:
+                raise ValueError(f"panels[{i}] has z={pz:.6g} m outside its layer's z range [{bottom:.6g}, {top:.6g}] m")
+        self.panels = cast("Sequence[Any]", nn.ModuleList(planes))  # registered submodules
+        self._n_costs = len(planes)
+
+    @staticmethod
+    def get_device(panels: Iterable[nn.Module]) -> torch.device:
+        """The one device all ``panels`` live on; ``ValueError`` naming ``panels`` if they differ."""
+        devices = {cast("Tensor", p.z).device for p in panels}
+        if len(devices) != 1:
+            raise ValueError(f"panels must all be on one device, got {sorted(str(d) for d in devices)}")
+        return devices.pop()
+
+    def get_panel_zorder(self) -> list[int]:
+        """Indices of the planes by decreasing z."""
+        zs = torch.cat([p.z.detach().reshape(1) for p in self.panels])
+        return torch.argsort(zs, descending=True, stable=True).tolist()
+
+    def yield_zordered_panels(self) -> Iterator[tuple[int, Any]]:
+        """``(index, plane)`` pairs by decreasing z."""
+        for i in self.get_panel_zorder():
+            yield i, self.panels[i]
+
+    def forward(self, mu: MuonBatch, generator: torch.Generator | None = None) -> None:
+        """Propagate ``mu`` to each plane (detached dz), record its hits under ``pos``, then move to the layer bottom."""
+        for _, plane in self.yield_zordered_panels():
+            mu.propagate_dz(mu.z - plane.z.detach().to(mu.z.dtype))
+            mu.append_hits(plane.get_hits(mu, generator), self.pos)
+        mu.propagate_dz(mu.z - (self.z.to(mu.z.dtype) - self.size))
+
+    def get_cost(self) -> Tensor:
+        """Sum of the plane costs (0-d tensor)."""
+        return torch.stack([p.get_cost().reshape(()) for p in self.panels]).sum()
+
+    def conform_detector(self, generator: torch.Generator | None = None) -> None:
+        """Clamp every plane to the layer's box: xy in [0, lw], z in [z - size, z] (``clamp_params`` of the plane
+        type: panels keep a jitter margin < 1e-3 m and spans in [lw / 20, 10 lw])."""
+        low = torch.cat([torch.zeros(2, dtype=self.lw.dtype, device=self.lw.device), self.z - self.size])
+        high = torch.cat([self.lw, self.z])
+        for p in self.panels:
+            p.clamp_params(low, high, generator=generator)
+
+    def assign_budget(self, budget: Tensor | None = None) -> None:
+        """Give ``budget[k]`` to the k-th plane in decreasing-z order (``None``: no-op)."""
+        if budget is None:
+            return
+        budget = torch.as_tensor(budget).reshape(-1)
+        if len(budget) != self._n_costs:
+            raise ValueError(f"budget must have one entry per panel ({self._n_costs}), got {len(budget)}")
+        for k, (_, plane) in enumerate(self.yield_zordered_panels()):
+            plane.assign_budget(budget[k])
+
+
+class PanelDetectorLayer(PlaneDetectorLayer):
+    """A layer of ``DetectorPanel`` s (or subclasses), visited in order of decreasing z (:class:`PlaneDetectorLayer`).
 
     Args:
         pos: detector group name; lw: (2,) footprint [m]; z: top [m]; size: thickness [m].
@@ -74,6 +157,8 @@ class PanelDetectorLayer(AbsDetectorLayer):
     """
 
     type_label = "panel"
+    plane_type = DetectorPanel
+    panels: Sequence[DetectorPanel]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         """As TomOpt's ``PanelDetectorLayer`` accepts heat maps: given only ``DetectorHeatMap`` s as ``panels``, build
@@ -87,75 +172,9 @@ class PanelDetectorLayer(AbsDetectorLayer):
                 return HeatMapDetectorLayer(*args, **kwargs)
         return super().__new__(cls)
 
-    def __init__(
-        self,
-        pos: str,
-        *,
-        lw: Tensor | Sequence[float],
-        z: float,
-        size: float,
-        panels: Sequence[DetectorPanel] | nn.ModuleList,
-    ) -> None:
-        panels = cast("list[DetectorPanel]", list(panels)) if panels is not None else []
-        if not panels or not all(isinstance(p, DetectorPanel) for p in panels):
-            raise ValueError(f"panels must be a non-empty list of DetectorPanel objects, got {panels!r}")
-        device = self.get_device(cast("Iterable[DetectorPanel]", nn.ModuleList(panels)))
-        super().__init__(pos, lw=lw, z=z, size=size, device=device)
-        bottom, top = self.z_bottom, self.z_top
-        tol = 1e-6
-        for i, p in enumerate(panels):
-            pz = float(p.z.detach())
-            if not bottom - tol <= pz <= top + tol:
-                raise ValueError(f"panels[{i}] has z={pz:.6g} m outside its layer's z range [{bottom:.6g}, {top:.6g}] m")
-        self.panels = cast("Sequence[DetectorPanel]", nn.ModuleList(panels))  # registered submodules, typed by item
-        self._n_costs = len(panels)
-
-    @staticmethod
-    def get_device(panels: Iterable[DetectorPanel]) -> torch.device:
-        """The one device all ``panels`` live on; ``ValueError`` naming ``panels`` if they differ."""
-        devices = {p.xy.device for p in panels}
-        if len(devices) != 1:
-            raise ValueError(f"panels must all be on one device, got {sorted(str(d) for d in devices)}")
-        return devices.pop()
-
-    def get_panel_zorder(self) -> list[int]:
-        """Indices of the panels by decreasing z."""
-        zs = torch.cat([p.z.detach().reshape(1) for p in self.panels])
-        return torch.argsort(zs, descending=True, stable=True).tolist()
-
     def yield_zordered_panels(self) -> Iterator[tuple[int, DetectorPanel]]:
         """``(index, panel)`` pairs by decreasing panel z."""
-        for i in self.get_panel_zorder():
-            yield i, self.panels[i]
-
-    def forward(self, mu: MuonBatch, generator: torch.Generator | None = None) -> None:
-        """Propagate ``mu`` to each panel (detached dz), record its hits under ``pos``, then move to the layer bottom."""
-        for _, panel in self.yield_zordered_panels():
-            mu.propagate_dz(mu.z - panel.z.detach().to(mu.z.dtype))
-            mu.append_hits(panel.get_hits(mu, generator), self.pos)
-        mu.propagate_dz(mu.z - (self.z.to(mu.z.dtype) - self.size))
-
-    def get_cost(self) -> Tensor:
-        """Sum of the panel costs (0-d tensor)."""
-        return torch.stack([p.get_cost().reshape(()) for p in self.panels]).sum()
-
-    def conform_detector(self, generator: torch.Generator | None = None) -> None:
-        """Clamp every panel: centre xy in [0, lw], z inside the layer (with a jitter margin < 1e-3 m), span in
-        [lw / 20, 10 lw]."""
-        low = torch.cat([torch.zeros(2, dtype=self.lw.dtype, device=self.lw.device), self.z - self.size])
-        high = torch.cat([self.lw, self.z])
-        for p in self.panels:
-            p.clamp_params(low, high, generator=generator)
-
-    def assign_budget(self, budget: Tensor | None = None) -> None:
-        """Give ``budget[k]`` to the k-th panel in decreasing-z order (``None``: no-op)."""
-        if budget is None:
-            return
-        budget = torch.as_tensor(budget).reshape(-1)
-        if len(budget) != self._n_costs:
-            raise ValueError(f"budget must have one entry per panel ({self._n_costs}), got {len(budget)}")
-        for k, (_, panel) in enumerate(self.yield_zordered_panels()):
-            panel.assign_budget(budget[k])
+        return super().yield_zordered_panels()
 
 
 from .passive_layer import PassiveLayer  # noqa: E402  (re-exported for TomOpt-compatible imports)
