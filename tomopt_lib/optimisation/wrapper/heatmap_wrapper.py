@@ -70,15 +70,4 @@ class HeatMapVolumeWrapper(AbsVolumeWrapper):
         maps = self._heatmaps()
         if not maps:
             raise ValueError("volume: HeatMapVolumeWrapper needs a volume with DetectorHeatMap layers")
-        groups = {"mu_opt": "mu", "norm_opt": "norm", "sig_opt": "sig", "z_pos_opt": "z"}
-        for name, attr in groups.items():
-            partial_opt = kwargs.get(name)
-            if partial_opt is not None:
-                self.opts[name] = partial_opt([getattr(hm, attr) for hm in maps])
-        budget_opt = kwargs.get("budget_opt")
-        if budget_opt is not None:
-            if getattr(self.volume, "budget", None) is None or not hasattr(self.volume, "budget_weights"):
-                raise ValueError(
-                    "budget_opt: the volume has no budget (build it with Volume(..., budget=B) for fixed-budget mode)"
-                )
-            self.opts["budget_opt"] = budget_opt([self.volume.budget_weights])
+        self._add_opts(list(maps), {"mu_opt": "mu", "norm_opt": "norm", "sig_opt": "sig", "z_pos_opt": "z"}, kwargs)

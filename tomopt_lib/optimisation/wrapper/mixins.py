@@ -34,6 +34,22 @@ class OptimiserAccessMixin:
 
         def __init__(self, volume: Volume, **kwargs: Any) -> None: ...
 
+    def _add_opts(self, detectors: list[Any], groups: dict[str, str], partial_opts: dict[str, Any]) -> None:
+        """One optimiser per parameter group: ``groups`` maps an optimiser name (``xy_pos_opt``) to the attribute of
+        every detector in ``detectors`` it trains (``xy``); a group whose partial optimiser is None stays frozen.
+        ``budget_opt`` (if given) trains the volume's ``budget_weights`` (fixed-budget mode only)."""
+        for name, attr in groups.items():
+            partial_opt = partial_opts.get(name)
+            if partial_opt is not None:
+                self.opts[name] = partial_opt([getattr(d, attr) for d in detectors])
+        budget_opt = partial_opts.get("budget_opt")
+        if budget_opt is not None:
+            if getattr(self.volume, "budget", None) is None or not hasattr(self.volume, "budget_weights"):
+                raise ValueError(
+                    "budget_opt: the volume has no budget (build it with Volume(..., budget=B) for fixed-budget mode)"
+                )
+            self.opts["budget_opt"] = budget_opt([self.volume.budget_weights])
+
     def _check_opt(self, opt: str) -> torch.optim.Optimizer:
         if opt not in self.opts:
             raise ValueError(f"opt={opt!r} is not an optimiser of this wrapper; available: {sorted(self.opts)}")

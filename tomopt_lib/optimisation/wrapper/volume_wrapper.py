@@ -59,18 +59,7 @@ class PanelVolumeWrapper(AbsVolumeWrapper):
         panels = self._panels()
         if not panels:
             raise ValueError("volume: PanelVolumeWrapper needs a volume with PanelDetectorLayer panels")
-        groups = {"xy_pos_opt": "xy", "z_pos_opt": "z", "xy_span_opt": "xy_span"}
-        for name, attr in groups.items():
-            partial_opt = kwargs.get(name)
-            if partial_opt is not None:
-                self.opts[name] = partial_opt([getattr(p, attr) for p in panels])
-        budget_opt = kwargs.get("budget_opt")
-        if budget_opt is not None:
-            if getattr(self.volume, "budget", None) is None or not hasattr(self.volume, "budget_weights"):
-                raise ValueError(
-                    "budget_opt: the volume has no budget (build it with Volume(..., budget=B) for fixed-budget mode)"
-                )
-            self.opts["budget_opt"] = budget_opt([self.volume.budget_weights])
+        self._add_opts(list(panels), {"xy_pos_opt": "xy", "z_pos_opt": "z", "xy_span_opt": "xy_span"}, kwargs)
 
 
 class ArbVolumeWrapper(AbsVolumeWrapper):
