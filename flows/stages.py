@@ -9,6 +9,7 @@ dependencies to paste into ``dvc.yaml``. This module imports neither prefect nor
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -172,8 +173,18 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(path: Path, module: str) -> Iterable[str]:
-    """Every module name an import statement in ``path`` (module ``module``) can load, function-local ones included."""
+def _imports(path: Path, module: str) -> tuple[str, ...]:
+    """Every module name an import statement in ``path`` (module ``module``) can load, function-local ones included
+    (parsed once per file version: the stages share most of their files)."""
+    return _parse_imports(path, module, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_imports(path: Path, module: str, mtime_ns: int) -> tuple[str, ...]:
+    return tuple(_walk_imports(path, module))
+
+
+def _walk_imports(path: Path, module: str) -> Iterable[str]:
     is_pkg = path.name == "__init__.py"
     package = module if is_pkg else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):

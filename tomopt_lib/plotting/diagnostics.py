@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .appearance import LEG_SZ, PathLike, _colour, _finish, _style
+from .appearance import LBL_SZ, LEG_SZ, PathLike, _colour, _finish, _map_grid, _style
 
 __all__ = ["plot_scatter_density", "plot_hit_density", "plot_poca_density_per_layer", "plot_scatter_angle_hist"]
 
@@ -93,8 +93,8 @@ def plot_poca_density_per_layer(
     p = p[np.isfinite(p).all(1)]
     n_col = min(3, n_layers)
     n_row = int(np.ceil(n_layers / n_col))
-    fig = Figure(figsize=(6.5 * n_col + 1.5, 5.5 * n_row), layout="constrained")
-    axes = np.asarray(fig.subplots(n_row, n_col, squeeze=False)).reshape(-1)
+    fig, grid, cax = _map_grid(n_row, n_col, panel=3.2)
+    axes = grid.reshape(-1)
     ex = np.linspace(0, lw[0], int(round(lw[0] / size)) * bins_per_voxel + 1)
     ey = np.linspace(0, lw[1], int(round(lw[1] / size)) * bins_per_voxel + 1)
     hists = []
@@ -103,16 +103,21 @@ def plot_poca_density_per_layer(
         sel = p[(p[:, 2] >= lo) & (p[:, 2] < lo + size)]
         hists.append((lo, np.histogram2d(sel[:, 0], sel[:, 1], bins=(ex, ey))[0]))
     vmax = max([h.max() for _, h in hists] + [1.0])
-    im = None
-    for ax, (lo, h) in zip(axes, hists):
-        im = ax.pcolormesh(ex, ey, h.T, vmin=0, vmax=vmax, cmap="viridis")
-        _style(ax, "x [m]", "y [m]", f"z in [{lo:.2f}, {lo + size:.2f}) m")
+    meshes = []
+    for i, (ax, (lo, h)) in enumerate(zip(axes, hists)):
+        meshes.append(ax.pcolormesh(ex, ey, h.T, vmin=0, vmax=vmax, cmap="viridis"))
+        ax.set_title(f"z in [{lo:.2f}, {lo + size:.2f}) m", fontsize=LBL_SZ - 6)
         ax.set_aspect("equal")
+        if i % n_col == 0:
+            ax.set_ylabel("y [m]", fontsize=LBL_SZ - 6)
+        if i + n_col >= n_layers:  # the lowest panel of its column
+            ax.set_xlabel("x [m]", fontsize=LBL_SZ - 6)
+            ax.xaxis.set_tick_params(labelbottom=True)
     for ax in axes[n_layers:]:
         ax.set_visible(False)
-    if im is not None:
-        fig.colorbar(im, ax=axes[:n_layers].tolist(), label="PoCA count")
-    return _finish(fig, savename)
+    fig.colorbar(meshes[0], cax=cax).set_label("PoCA count", fontsize=LBL_SZ - 6)
+    fig.suptitle("PoCA counts per passive layer (top layer first)", fontsize=LBL_SZ - 4)
+    return _finish(fig, savename, tight=False)  # the fixed grid is the layout
 
 
 def plot_scatter_angle_hist(
