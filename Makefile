@@ -57,6 +57,7 @@ bench: setup
 	$(PY) benchmarks/bench_epoch.py
 	$(PY) benchmarks/bench_lumi_model.py
 	$(PY) benchmarks/bench_lumi_inversion.py
+	$(PY) benchmarks/bench_layouts.py
 
 ## bench-lumi-grid: the reference's full "last example" grid, 1600 inversions (about 10 min on 1 thread)
 bench-lumi-grid: setup
