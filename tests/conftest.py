@@ -255,55 +255,10 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``prefect server start`` (UI on) on a free port with its own PREFECT_HOME, for the tests of what users
     run: ``python -m flows`` processes reporting to a server (crash/resume) and the UI monitoring acceptance test.
     Yields the API URL; always terminated. Not starting within 180 s is a failure, not a skip."""
-    import signal
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    import httpx
-
     home = tmp_path_factory.mktemp("prefect_server_home")
     prefect_template.seed_home(home)  # a migrated database: ~10 s of CPU less than a fresh one
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = dict(
-        os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", PREFECT_UI_ENABLED="true"
-    )
-    env.pop("PREFECT_API_URL", None)
-    with open(home / "server.log", "wb") as log:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    api = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"prefect server did not start (exit {proc.poll()}): "
-                    f"{(home / 'server.log').read_text(errors='replace')[-2000:]}"
-                )
-            time.sleep(0.5)
+    with prefect_template.server_process(home, ui=True) as api:  # RuntimeError (a test error) if it does not start
         yield api
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 @pytest.fixture(scope="session")

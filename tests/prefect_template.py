@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
-__all__ = ["DB_NAME", "MEMO_NAME", "ensure_template", "seed_home", "start_in_background"]
+__all__ = ["DB_NAME", "MEMO_NAME", "ensure_template", "seed_home", "server_process", "start_in_background"]
 
 DB_NAME = "prefect.db"
 """The server database's file name in a Prefect home (the default ``PREFECT_SERVER_DATABASE_CONNECTION_URL``)."""
@@ -58,41 +58,54 @@ def _server_env(home: Path) -> dict[str, str]:
     return env
 
 
-def _make(dst: Path, timeout: float = 300.0) -> None:
-    """Start ``prefect server start`` on an empty home, wait until it is healthy, stop it cleanly (SIGINT: the
-    SQLite write-ahead log is checkpointed into the database file), keep its database and memo."""
+@contextlib.contextmanager
+def server_process(home: Path, *, ui: bool = False, timeout: float = 180.0, stop_signal: int = signal.SIGTERM) -> Iterator[str]:
+    """A ``prefect server start`` on a free localhost port with Prefect home ``home`` (log: ``home/server.log``), in
+    its own process group; yields the API URL once healthy; always stopped (``stop_signal``, then SIGKILL after 30 s).
+    Not healthy within ``timeout`` s: RuntimeError with the end of the log."""
     import httpx
 
-    work = Path(tempfile.mkdtemp(prefix="tomoflow-prefect-template-"))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    prefect = Path(sys.executable).parent / "prefect"
-    with open(work / "server.log", "wb") as log:
+    env = _server_env(home)
+    env["PREFECT_UI_ENABLED"] = "true" if ui else "false"
+    with open(home / "server.log", "wb") as log:
         proc = subprocess.Popen(
-            [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=_server_env(work),
+            [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    api = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + timeout
         while True:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server did not start: {(work / 'server.log').read_text(errors='replace')[-2000:]}")
+                log_tail = (home / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"prefect server did not start (exit {proc.poll()}): {log_tail}")
             time.sleep(0.3)
+        yield api
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
+            os.killpg(proc.pid, stop_signal)
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def _make(dst: Path) -> None:
+    """Start a server on an empty home until it is healthy, stop it cleanly (SIGINT: the SQLite write-ahead log is
+    checkpointed into the database file), keep its database and memo."""
+    work = Path(tempfile.mkdtemp(prefix="tomoflow-prefect-template-"))
+    with server_process(work, timeout=300, stop_signal=signal.SIGINT):
+        pass
     if (work / f"{DB_NAME}-wal").exists() and (work / f"{DB_NAME}-wal").stat().st_size:
         raise RuntimeError("the template database still has a write-ahead log after the server stopped")
     staging = dst.with_name(f"{dst.name}.{os.getpid()}.tmp")
