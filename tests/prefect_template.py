@@ -51,7 +51,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _server_env(home: Path) -> dict[str, str]:
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_UI_ENABLED="false", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     env["DO_NOT_TRACK"] = "1"
     for key in ("PREFECT_API_URL", "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):
         env.pop(key, None)

@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +28,7 @@ import pytest
 import torch
 import yaml
 from conftest import prefect_api, tiny_params
+from stage_process import kill_after_flow_began, leftover_temporaries, stage_env, start_stage
 
 from flows.naming import run_name
 from flows.params import load_params
@@ -48,29 +48,6 @@ CRASH: dict[str, Any] = {"optimise": {"n_epochs": 4}, "irradiate": {"n_muons_per
 def _write_params(path: Path) -> Path:
     path.write_text(yaml.safe_dump(tiny_params(**CRASH)))
     return path
-
-
-def _env(tmp: Path, api: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PREFECT_API_URL": api,
-        "PREFECT_HOME": str(tmp / "prefect-home"),
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "MPLBACKEND": "Agg",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-    }
-
-
-def _start(stage: str, params: Path, workdir: Path, env: dict[str, str]) -> subprocess.Popen:
-    with open(workdir / f"{stage}-{time.time_ns()}.log", "w") as log:  # the child keeps its own handle
-        return subprocess.Popen(
-            [sys.executable, "-m", "flows", stage, "--params", str(params), "--workdir", str(workdir)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
 
 
 def _reference(stage: str, params: Path, workdir: Path, api: str) -> Future:
@@ -133,10 +110,6 @@ def _rerun_here(stage: str, params: Path, workdir: Path, api: str) -> str:
     return "\n".join(lines)
 
 
-def _logs(workdir: Path) -> list[str]:
-    return [p.read_text() for p in sorted(workdir.glob("*.log"), key=lambda p: p.stat().st_mtime)]
-
-
 def _no_partial_outputs(paths: PipelinePaths) -> None:
     """Final outputs are either absent or complete; interrupted atomic writes leave only ``.<name>.*.tmp`` files."""
     outs = paths.optimise_outputs
@@ -149,9 +122,9 @@ def test_optimise_killed_resumes_bitwise(prefect_server: str, tmp_path: Path) ->
     killed, ref = tmp_path / "killed", tmp_path / "ref"
     killed.mkdir(), ref.mkdir()
     params = _write_params(tmp_path / "params.yaml")
-    env = _env(tmp_path, prefect_server)
+    env = stage_env(prefect_server, tmp_path / "prefect-home")
     reference = _reference("optimise", params, ref, prefect_server)
-    proc = _start("optimise", params, killed, env)
+    proc = start_stage("optimise", params, killed, env)
     paths = PipelinePaths.at(killed)
     _kill_when(proc, lambda: (paths.checkpoints / "epoch_0002.pt").exists())
     _no_partial_outputs(paths)
@@ -193,7 +166,7 @@ def test_irradiate_killed_resumes_from_cached_chunks(prefect_server: str, tmp_pa
     killed, ref = tmp_path / "killed", tmp_path / "ref"
     killed.mkdir(), ref.mkdir()
     params = _write_params(tmp_path / "params.yaml")
-    env = _env(tmp_path, prefect_server)
+    env = stage_env(prefect_server, tmp_path / "prefect-home")
     p = load_params(params)
     generate_passives.fn(str(PipelinePaths.at(ref).passives), p.passives.n_volumes, p.volume, p.passives, p.seed)
     (killed / "data").mkdir()
@@ -201,7 +174,7 @@ def test_irradiate_killed_resumes_from_cached_chunks(prefect_server: str, tmp_pa
     n_chunks = p.passives.n_volumes * len(chunk_sizes(p.irradiate.n_muons_per_volume, p.irradiate.chunk_size))
     assert n_chunks == 12
     reference = _reference("irradiate", params, ref, prefect_server)
-    proc = _start("irradiate", params, killed, env)
+    proc = start_stage("irradiate", params, killed, env)
     records = killed / ".work" / "irradiate" / "records"
     _kill_when(proc, lambda: records.is_dir() and len(list(records.iterdir())) >= 2)
     out = PipelinePaths.at(killed).irradiated
@@ -225,14 +198,6 @@ def test_irradiate_killed_resumes_from_cached_chunks(prefect_server: str, tmp_pa
                 np.testing.assert_array_equal(a[vid].hits[g][v], b[vid].hits[g][v])
 
 
-def _family(pid: int) -> list[Any]:
-    """``pid`` and every process below it (psutil handles, which remember their start time: no PID-reuse mix-ups)."""
-    import psutil
-
-    me = psutil.Process(pid)
-    return [me, *me.children(recursive=True)]
-
-
 def test_lumi_scan_killed_leaves_no_processes(prefect_server: str, tmp_path: Path) -> None:
     """``python -m flows lumi_scan`` run alone (no ``PREFECT_API_URL``: it starts its own local Prefect server, a
     child process) is SIGKILLed at a seeded random point of its flow: no process of its family survives it (the
@@ -241,38 +206,23 @@ def test_lumi_scan_killed_leaves_no_processes(prefect_server: str, tmp_path: Pat
     import random
 
     import pandas as pd
-    import psutil
 
     killed, ref = tmp_path / "killed", tmp_path / "ref"
     killed.mkdir(), ref.mkdir()
     params = tmp_path / "params.yaml"  # 12 inversions in 4 chunks: a few seconds of flow to be killed in
     params.write_text(yaml.safe_dump(tiny_params({"lumi_scan.n_inversions": 12, "lumi_scan.chunk_size": 3})))
-    alone = {k: v for k, v in _env(tmp_path, prefect_server).items() if k != "PREFECT_API_URL"}
+    alone = stage_env(None, tmp_path / "prefect-home")  # no API: the stage starts its own server
     prefect_template.seed_home(Path(alone["PREFECT_HOME"]))  # its own server starts on a migrated database copy
     reference = _reference("lumi_scan", params, ref, prefect_server)
-    proc = _start("lumi_scan", params, killed, alone)
-    t0 = time.monotonic()
-    while not any("Beginning flow run" in text for text in _logs(killed)):
-        assert proc.poll() is None, _logs(killed)[-1][-3000:]
-        assert time.monotonic() - t0 < 240, "the flow never began"
-        time.sleep(0.05)
-    time.sleep(random.Random(2026).uniform(0.2, 1.2))  # seeded: the same kill point on every run of the test
-    family = _family(proc.pid)
-    assert any("uvicorn" in " ".join(p.cmdline()) for p in family[1:]), "the stage's own server child is running"
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(30) == -signal.SIGKILL, "killed while the stage was running"
-    _, alive = psutil.wait_procs(family[1:], timeout=30)
-    assert not alive, [(p.pid, p.cmdline()) for p in alive]
+    proc = start_stage("lumi_scan", params, killed, alone)
+    # seeded: the same kill point on every run of the test; the server child dies with the stage (parent-death signal)
+    kill_after_flow_began(proc, killed, random.Random(2026).uniform(0.2, 1.2), own_server=True)
     reference.result(timeout=300)
-    from flows.pipeline import run_stage
-
-    with prefect_api(prefect_server):  # the rerun in this process (the CLI path is covered above): saves imports
-        run_stage("lumi_scan", load_params(params), str(killed))
+    _rerun_here("lumi_scan", params, killed, prefect_server)
     out, ref_out = PipelinePaths.at(killed).lumi_scan, PipelinePaths.at(ref).lumi_scan
     a, b = pd.read_parquet(out), pd.read_parquet(ref_out)
     timing = [c for c in a.columns if "time" in c or c.endswith("_s")]  # wall-clock columns, if any, may differ
     pd.testing.assert_frame_equal(a.drop(columns=timing), b.drop(columns=timing))
     if not timing:
         assert out.read_bytes() == ref_out.read_bytes()
-    leftovers = [p for p in killed.rglob("*") if p.name.endswith(".tmp") or p.name.startswith("chunk")]
-    assert not leftovers, leftovers
+    assert not leftover_temporaries(killed)

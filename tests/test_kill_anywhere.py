@@ -10,27 +10,20 @@ the CLI ends), which spares a second interpreter start. ``evaluate``'s reference
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
 from conftest import PipelineRun, tiny_params
+from stage_process import kill_after_flow_began, leftover_temporaries, stage_env, start_stage
 
 from flows.params import load_params
 from flows.pipeline import run_stage
 from flows.stages import STAGES
 
 pytestmark = [pytest.mark.flow, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _stage_files(stage: str, workdir: Path) -> dict[str, bytes]:
@@ -55,44 +48,13 @@ def _remove_outputs(stage: str, workdir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _kill_at_random_point(stage: str, params: Path, workdir: Path, rng: random.Random, window_s: tuple[float, float]) -> None:
-    """Start the stage as users do, SIGKILL it ``uniform(*window_s)`` seconds after its flow began; assert it was still
-    running and that no process of its family is left."""
+def _kill_at_random_point(stage: str, params: Path, workdir: Path, delay_s: float) -> None:
+    """Start the stage as users do, reporting to the session's test server (no server of its own), and SIGKILL it
+    ``delay_s`` seconds after its flow began."""
     from prefect.settings import PREFECT_API_URL
 
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": "1",
-        "MPLBACKEND": "Agg",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-    }
-    log_path = workdir.parent / f"{stage}-killed.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flows", stage, "--params", str(params), "--workdir", str(workdir)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    t0 = time.monotonic()
-    while "Beginning flow run" not in log_path.read_text():
-        assert proc.poll() is None, log_path.read_text()[-3000:]
-        assert time.monotonic() - t0 < 180, "the flow never began"
-        time.sleep(0.05)
-    time.sleep(rng.uniform(*window_s))
-    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    os.kill(proc.pid, signal.SIGKILL)
-    assert proc.wait(30) == -signal.SIGKILL, f"the stage ended before the kill point: {log_path.read_text()[-2000:]}"
-    _, alive = psutil.wait_procs(family[1:], timeout=30)
-    assert not alive, [(p.pid, p.cmdline()) for p in alive]
-
-
-def _no_temporaries(workdir: Path) -> None:
-    leftovers = [p for p in workdir.rglob("*") if p.name.endswith(".tmp") or ".tmp." in p.name or p.name.startswith("chunk")]
-    assert not leftovers, leftovers
+    env = stage_env(str(PREFECT_API_URL.value()), workdir.parent / "prefect-home")
+    kill_after_flow_began(start_stage(stage, params, workdir, env), workdir, delay_s, timeout=180)
 
 
 def test_generate_passives_killed_anywhere(prefect_harness: None, tmp_path: Path) -> None:
@@ -101,14 +63,14 @@ def test_generate_passives_killed_anywhere(prefect_harness: None, tmp_path: Path
     params.write_text(yaml.safe_dump(tiny_params({"passives.n_volumes": 200})))
     killed, ref = tmp_path / "killed", tmp_path / "ref"
     killed.mkdir(), ref.mkdir()
-    _kill_at_random_point("generate_passives", params, killed, random.Random(14), (0.1, 1.5))
+    _kill_at_random_point("generate_passives", params, killed, random.Random(14).uniform(0.1, 1.5))
     p = load_params(params)
     run_stage("generate_passives", p, str(killed))
     run_stage("generate_passives", p, str(ref))
     got, want = _stage_files("generate_passives", killed), _stage_files("generate_passives", ref)
     assert got.keys() == want.keys() == {"data/passives.h5"}
     assert got == want
-    _no_temporaries(killed)
+    assert not leftover_temporaries(killed)
 
 
 def test_evaluate_killed_anywhere(prefect_harness: None, tiny_pipeline: PipelineRun, tmp_path: Path) -> None:
@@ -118,10 +80,10 @@ def test_evaluate_killed_anywhere(prefect_harness: None, tiny_pipeline: Pipeline
     _remove_outputs("evaluate", work)
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_pipeline.params))
-    _kill_at_random_point("evaluate", params, work, random.Random(2027), (0.2, 4.0))
+    _kill_at_random_point("evaluate", params, work, random.Random(2027).uniform(0.2, 4.0))
     run_stage("evaluate", load_params(params), str(work))
     got, want = _stage_files("evaluate", work), _stage_files("evaluate", tiny_pipeline.workdir)
     assert any(k.endswith(".png") for k in want) and "metrics/evaluate.json" in want
     assert got.keys() == want.keys()
     assert [k for k in want if got[k] != want[k]] == []
-    _no_temporaries(work)
+    assert not leftover_temporaries(work)
