@@ -83,3 +83,25 @@ def test_low_momentum_scatters_more_with_energy_loss():
     p_out = float(lost.mom.mean())
     assert ratio == pytest.approx(math.sqrt(1.0 / p_out), rel=0.05)  # theta0^2 ~ 1 / (p_in p_out)
     assert 1.1 < ratio < 1.4
+
+
+def test_hits_above_keep_gradients_when_muons_stop_below() -> None:
+    """Muons that stop in the passive block (energy loss) are dropped inside the no-grad passive step; the hits they
+    and the surviving muons left in the detector above must still carry gradients to its panels."""
+    from tomopt_lib.volume.builders import build_panel_volume
+
+    torch.manual_seed(3)
+    vol = build_panel_volume(passive_n_layers=6, energy_loss=True)
+    vol.load_rad_length(lambda *, z, lw, size: torch.full((10, 10), X0["lead"]))
+    xy_p_theta_phi = torch.stack(
+        [torch.rand(200), torch.rand(200), torch.linspace(0.3, 5.0, 200), torch.full((200,), 0.1), torch.zeros(200)], 1
+    )
+    mu = MuonBatch(xy_p_theta_phi, init_z=vol.h)
+    vol(mu)
+    assert 0 < len(mu) < 200  # some muons stopped in 0.6 m of lead
+    hits = mu.get_hits()
+    above = hits["above"]["reco_xyz"]
+    assert above.grad_fn is not None and hits["below"]["reco_xyz"].grad_fn is not None
+    hits["above"]["unc_xyz"].sum().backward()
+    first = vol.get_detectors()[0].panels[0]
+    assert first.xy_span.grad is not None and bool(torch.isfinite(first.xy_span.grad).all())

@@ -340,15 +340,20 @@ class MuonBatch:
 
     # ------------------------------------------------------------------ filtering
     def filter_muons(self, keep_mask: Tensor) -> None:
-        """Keep only muons with ``keep_mask`` True, together with their hits."""
+        """Keep only muons with ``keep_mask`` True, together with their hits.
+
+        The hits are indexed with autograd on even when called under ``torch.no_grad()`` (the passive layers step the
+        muons without gradients and drop stopped or upward muons there): the hits recorded upstream must keep their
+        graph to the detector parameters."""
         keep_mask = keep_mask.to(self.device).bool()
         self._keep_mask = keep_mask
         self._muons = self._muons[keep_mask]
         self._x0_traversed = self._x0_traversed[keep_mask]
         self._mom_in = self._mom_in[keep_mask]
-        for group in self._hits.values():
-            for var, hits in group.items():
-                group[var] = [h[keep_mask] for h in hits]
+        with torch.enable_grad():
+            for group in self._hits.values():
+                for var, hits in group.items():
+                    group[var] = [h[keep_mask] for h in hits]
 
     def remove_upwards_muons(self) -> None:
         """Drop muons with theta >= pi/2 or non-finite state (they cannot reach detectors below)."""
