@@ -22,6 +22,7 @@ from .sections import (
     RuntimeParams,
     VolumeParams,
 )
+from .studies import STUDY_NAMES, LadleFurnaceStudy, StudiesParams, StudyRates, ULorryStudy
 
 __all__ = [
     "ParamsError",
@@ -47,4 +48,9 @@ __all__ = [
     "LumiReportParams",
     "CronEntry",
     "SchedulesParams",
+    "STUDY_NAMES",
+    "StudiesParams",
+    "LadleFurnaceStudy",
+    "StudyRates",
+    "ULorryStudy",
 ]

@@ -1,6 +1,8 @@
-"""The root model ``PipelineParams``: one section per DVC stage plus ``seed``, ``runtime`` and ``volume``."""
+"""The root model ``PipelineParams``: one section per DVC stage plus ``seed``, ``runtime``, ``volume``, ``study``."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -9,6 +11,7 @@ from .lumi import LumiReportParams, LumiScanParams
 from .optimise import EvaluateParams, OptimiseParams
 from .schedules import SchedulesParams
 from .sections import IrradiateParams, PassiveParams, ReconstructParams, ReportParams, RuntimeParams, VolumeParams
+from .studies import StudiesParams
 
 __all__ = ["PipelineParams"]
 
@@ -28,6 +31,22 @@ class PipelineParams(ParamsModel):
     optimise: OptimiseParams = Field(default_factory=OptimiseParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     schedules: SchedulesParams = Field(default_factory=SchedulesParams)
+    study: Literal["default", "ladle_furnace", "u_lorry"] = Field(
+        "default", description="benchmark study of the study stage (default: none; the main stages are the default study)"
+    )
+    studies: StudiesParams = Field(default_factory=StudiesParams)
+
+    @model_validator(mode="after")
+    def _u_block_fits(self) -> PipelineParams:
+        if self.study != "u_lorry":  # only the selected study's settings must fit the geometry
+            return self
+        n = self.studies.u_lorry.u_volume / self.volume.voxel_size**3
+        if abs(n - round(n)) > 1e-6 * max(1.0, n) or round(n) < 1:
+            raise ValueError(
+                f"studies.u_lorry.u_volume={self.studies.u_lorry.u_volume} m^3 must be a whole number (>= 1) of voxels "
+                f"of volume.voxel_size={self.volume.voxel_size} m ({self.volume.voxel_size**3:g} m^3 each)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _block_fits(self) -> PipelineParams:

@@ -148,6 +148,31 @@ def estimate_stage(p: PipelineParams, stage: str) -> StageEstimate:
             f"lumi_scan.n_inversions={s.n_inversions} x {n_res} residuals (lumi_scan.plan), "
             f"{batch} inversions per solve (chunk_size / solver_batch) x runtime.task_workers={w}",
         )
+    if stage == "study":
+        if p.study == "default":
+            return StageEstimate(stage, BASE_PROCESS_BYTES, 1e5, 1.0, "study=default (placeholders only)")
+        if p.study == "u_lorry":
+            u = p.studies.u_lorry
+            muons = (u.n_epochs * u.n_train + 3 * u.n_test) * u.n_mu_per_volume
+            return StageEstimate(
+                stage,
+                BASE_PROCESS_BYTES + u.passive_bs * u.n_mu_per_volume * (2000 + 25 * vox),
+                (u.n_train + u.n_test) * vox * 8 + u.n_epochs * 1e5,
+                muons * 5e-4,
+                f"study=u_lorry: n_epochs={u.n_epochs} x n_train={u.n_train} + 3 detectors x n_test={u.n_test} loads, "
+                f"x n_mu_per_volume={u.n_mu_per_volume} muons",
+            )
+        c = p.studies.ladle_furnace
+        n_trn, n_tst = 8 * c.n_train_per_height, 8 * c.n_test_per_height
+        muons = (c.n_epochs * n_trn + 4 * (n_trn + n_tst)) * c.n_mu_per_volume
+        return StageEstimate(
+            stage,
+            BASE_PROCESS_BYTES + c.mu_bs * 100 * 16 * 8 * 4 + c.passive_bs * c.n_mu_per_volume * 20_000,
+            (n_trn + n_tst) * 1e4 + c.n_epochs * 1e5,
+            muons * 5e-4,
+            f"study=ladle_furnace: n_epochs={c.n_epochs} x {n_trn} training layouts + 4 detectors x "
+            f"{n_trn + n_tst} layouts, x n_mu_per_volume={c.n_mu_per_volume} muons",
+        )
     raise ValueError(f"no resource estimate for stage {stage!r}")
 
 

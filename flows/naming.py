@@ -71,10 +71,13 @@ def _slug(text: str) -> str:
 
 
 def study(stage: str, p: PipelineParams, env: Mapping[str, str] | None = None) -> str:
-    """``TOMOFLOW_STUDY``, else the passive generator (tomography) or the luminosity plan (preset, else mode)."""
+    """``TOMOFLOW_STUDY``, else the benchmark study (stage ``study``), the passive generator (tomography) or the
+    luminosity plan (preset, else mode)."""
     named = (os.environ if env is None else env).get(STUDY_ENV)
     if named:
         return _slug(named)
+    if stage == "study":
+        return _slug(p.study)
     if stage in LUMI_STAGES:
         return _slug(p.lumi_scan.preset or p.lumi_scan.mode)
     return _slug(p.passives.generator)

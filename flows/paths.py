@@ -115,7 +115,7 @@ class PipelinePaths:
         """The short DVC metrics of each stage with metrics (``metrics/summary/<stage>.json``, what ``dvc metrics
         show`` prints; the full metrics JSONs are plain outputs)."""
         d = self.root / "metrics" / "summary"
-        return {stage: d / f"{stage}.json" for stage in ("report", "optimise", "evaluate", "lumi_report")}
+        return {stage: d / f"{stage}.json" for stage in ("report", "optimise", "evaluate", "lumi_report", "study")}
 
     @property
     def timings_dir(self) -> Path:
@@ -138,3 +138,23 @@ class PipelinePaths:
             "curve_csv": self.root / "metrics" / "evaluate_per_volume.csv",
             "plots_dir": self.root / "plots" / "evaluate",
         }
+
+    # ------------------------------------------------------------------------------------ benchmark studies
+    @property
+    def study_outputs(self) -> dict[str, Path]:
+        """What the ``study`` stage writes (the selected study's layouts, detector, metrics and plots)."""
+        m = self.root / "metrics"
+        return {
+            "data_dir": self.data_dir / "study",
+            "detector_pt": self.models_dir / "study" / "detector.pt",
+            "detector_json": self.models_dir / "study" / "detector.json",
+            "metrics": m / "study.json",
+            "history_csv": self.data_dir / "study" / "train_history.csv",
+            "plots_dir": self.root / "plots" / "study",
+            "summary": m / "summary" / "study.json",
+        }
+
+    @property
+    def study_checkpoints(self) -> Path:
+        """Checkpoints of the study's training (not a DVC output: they survive a killed run for resumption)."""
+        return self.models_dir / "study_checkpoints"

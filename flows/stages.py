@@ -129,6 +129,16 @@ STAGES: dict[str, StageSpec] = {
             description="trained vs start and hand-designed detectors on held-out passives -> metrics/evaluate.json",
         ),
         StageSpec(
+            "study",
+            "flows.study",
+            "study_flow",
+            ("seed", "runtime.device", "volume", "study", "studies"),
+            outs=("data/study", "models/study", "metrics/study.json"),
+            metrics=("metrics/summary/study.json",),
+            plots=("plots/study",),
+            description="the benchmark study named by `study` (ladle_furnace; default: idle) -> metrics/study.json",
+        ),
+        StageSpec(
             "lumi_scan",
             "flows.lumi_scan",
             "lumi_scan_flow",

@@ -24,6 +24,7 @@ __all__ = [
     "optimise_summary",
     "evaluate_summary",
     "lumi_summary",
+    "study_summary",
     "stage_summary",
     "write_summary",
     "evaluate_table",
@@ -83,6 +84,29 @@ def evaluate_summary(m: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def study_summary(m: Mapping[str, Any]) -> dict[str, Any]:
+    """``study``: the study's name and (ladle furnace) the de-biased fill-height MSE [m^2] of each detector and the
+    trained / baseline-1 MSE ratio (< 1: trained better); (U-lorry) the ROC AUC of each detector and the lower end of
+    the 95 % interval of the trained - reference AUC difference (> 0: trained significantly better)."""
+    name = str(m.get("study", "default"))
+    if name == "default":
+        return {"study": "default"}
+    out: dict[str, Any] = {"study": name}
+    if name == "u_lorry":
+        for det in ("trained", "start", "reference"):
+            v = _get(m, f"detectors.{det}.auc")
+            out[f"auc_{det}"] = None if v is None else round(float(v), 4)
+        d = _get(m, "trained_vs_reference.auc_difference_ci95")
+        out["auc_diff_lo95"] = None if d is None else round(float(d[0]), 4)
+        return out
+    for det in ("trained", "initial", "baseline_1", "baseline_2"):
+        v = _get(m, f"detectors.{det}.mse")
+        out[f"mse_{det}"] = None if v is None else round(float(v), 6)
+    ratio = _get(m, "trained_vs_baseline_1.mse_ratio")
+    out["ratio_vs_bl1"] = None if ratio is None else round(float(ratio), 4)
+    return out
+
+
 def lumi_summary(m: Mapping[str, Any]) -> dict[str, Any]:
     """``lumi_report``: convergence rate, mean and max |relative error| over the components, pooled pull width,
     outlier fraction."""
@@ -103,6 +127,7 @@ SUMMARY_STAGES: dict[str, Callable[[Mapping[str, Any]], dict[str, Any]]] = {
     "optimise": optimise_summary,
     "evaluate": evaluate_summary,
     "lumi_report": lumi_summary,
+    "study": study_summary,
 }
 """Stage -> the function that shortens its full metrics into its DVC summary."""
 

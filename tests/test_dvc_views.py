@@ -160,7 +160,13 @@ def test_dvc_metrics_are_short_per_stage_summaries() -> None:
     for name in with_metrics:
         entries = [next(iter(e)) if isinstance(e, dict) else e for e in DVC["stages"][name]["metrics"]]
         assert entries == [paths.summaries[name].as_posix()] == [f"metrics/summary/{name}.json"]
-    full = {"report": "report.json", "optimise": "train.json", "evaluate": "evaluate.json", "lumi_report": "lumi.json"}
+    full = {
+        "report": "report.json",
+        "optimise": "train.json",
+        "evaluate": "evaluate.json",
+        "lumi_report": "lumi.json",
+        "study": "study.json",
+    }
     for stage, f in full.items():  # the full JSONs stay tracked, as plain outs
         assert f"metrics/{f}" in STAGES[stage].outs
 
@@ -168,11 +174,20 @@ def test_dvc_metrics_are_short_per_stage_summaries() -> None:
 @pytest.mark.parametrize("stage", sorted(SUMMARY_STAGES))
 def test_summaries_of_the_committed_metrics_are_short_and_flat(stage: str) -> None:
     """On the repository's full metrics: few, short keys, scalar values, nothing timed."""
-    full = {"report": "report.json", "optimise": "train.json", "evaluate": "evaluate.json", "lumi_report": "lumi.json"}
+    full = {
+        "report": "report.json",
+        "optimise": "train.json",
+        "evaluate": "evaluate.json",
+        "lumi_report": "lumi.json",
+        "study": "study.json",
+    }
     f = ROOT / "metrics" / full[stage]
     if not f.is_file():
         pytest.skip(f"{f} not produced here")
     s = stage_summary(stage, json.loads(f.read_text()))
+    if stage == "study" and s.get("study") == "default":  # no benchmark study selected: the summary says so only
+        assert s == {"study": "default"}
+        return
     assert 3 <= len(s) <= MAX_KEYS and all(len(k) <= MAX_KEY_LEN and "." not in k for k in s), s
     assert all(v is None or isinstance(v, (int, float, bool, str)) for v in s.values()), s
     assert sum(v is not None for v in s.values()) >= 3 and _timing_keys(s) == []
@@ -186,7 +201,10 @@ def test_every_dvc_plot_is_a_png_or_a_png_folder() -> None:
         for entry in st.get("plots", []):
             path, opts = next(iter(entry.items())) if isinstance(entry, dict) else (entry, None)
             assert not vega_keys & set(opts or {}), (name, path)
-            assert path.endswith(".png") or (path == "plots/evaluate"), (name, path)
+            assert path.endswith(".png") or path in ("plots/evaluate", "plots/study"), (name, path)
+            folder = ROOT / path
+            if not path.endswith(".png") and folder.is_dir():  # a folder of PNGs only
+                assert all(f.suffix == ".png" for f in folder.iterdir()), sorted(folder.iterdir())
             assert path in STAGES[name].plots
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "MRAD",
     "paired_bootstrap_ratio",
     "bootstrap_mean",
+    "roc_auc",
     "material_of",
     "calibration",
     "volume_scores",
@@ -43,6 +44,20 @@ def paired_bootstrap_ratio(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int)
     idx = rng.integers(0, len(a), size=(n_boot, len(a)))
     ratios = a[idx].mean(1) / np.maximum(b[idx].mean(1), 1e-300)
     return float(a.mean() / b.mean()), [float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))]
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels`` (1 = positive): the Mann-Whitney probability that a
+    positive outscores a negative, ties counting one half, AUC = (R_pos - n_pos (n_pos + 1) / 2) / (n_pos n_neg) with
+    R_pos the sum of the positives' mid-ranks. NaN without both classes."""
+    from scipy.stats import rankdata
+
+    s, y = np.asarray(scores, dtype=float).reshape(-1), np.asarray(labels).reshape(-1) > 0.5
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def bootstrap_mean(a: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:

@@ -127,10 +127,14 @@ class CrossingMomentum:
         return out.to(p_in.dtype)
 
     def momentum_at(self, p_in: Tensor, p_out: Tensor, frac: Tensor) -> Tensor:
-        """(N, S) momentum [GeV] after a fraction ``frac`` (S,) of each crossing (by residual range)."""
+        """Momentum [GeV] after a fraction ``frac`` of each crossing (by residual range): (N, S) for ``frac`` (S,)
+        (the same fractions for every muon), or ``frac``'s shape for ``frac`` (N, ...) (per muon)."""
         r_in, _ = self._at(p_in)
         r_out, _ = self._at(p_out)
-        r = r_in[:, None] - frac.to(torch.float64)[None, :] * (r_in - r_out)[:, None]
+        f = frac.to(torch.float64)
+        f = f[None, :] if f.dim() == 1 else f
+        shape = (-1,) + (1,) * (f.dim() - 1)
+        r = r_in.reshape(shape) - f * (r_in - r_out).reshape(shape)
         ln_t = self._interp(r.reshape(-1), self.r, self.ln_t).reshape(r.shape)
         t = torch.exp(ln_t)
         return torch.sqrt(t * (t + 2 * MUON_MASS)).to(p_in.dtype)

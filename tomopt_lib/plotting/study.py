@@ -27,6 +27,7 @@ __all__ = [
     "plot_error_per_volume",
     "plot_loss_history",
     "plot_panels_per_epoch",
+    "plot_roc_curves",
 ]
 
 
@@ -157,3 +158,26 @@ def plot_panels_per_epoch(panels: pd.DataFrame) -> Figure:
         fig.legend(handles, labels, loc="outside right upper", fontsize=7)
     fig.suptitle("Panel positions and spans per epoch")
     return fig
+
+
+def plot_roc_curves(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *, title: str = "ROC", savename: PathLike | None = None
+) -> Figure:
+    """ROC curve (true- vs false-positive rate) per detector: ``curves[name] = (scores, labels)``, labels 1 =
+    positive; the legend gives each AUC."""
+    from ..metrics import roc_auc
+
+    fig = Figure(figsize=(7, 6.5), layout="constrained")
+    ax = fig.subplots()
+    for i, (name, (scores, labels)) in enumerate(curves.items()):
+        s, y = np.asarray(scores, dtype=float), np.asarray(labels) > 0.5
+        cuts = np.r_[np.inf, np.unique(s)[::-1]]
+        tpr = np.array([(s[y] >= c).mean() if y.any() else np.nan for c in cuts])
+        fpr = np.array([(s[~y] >= c).mean() if (~y).any() else np.nan for c in cuts])
+        ax.step(fpr, tpr, where="post", color=_colour(i), lw=2, label=f"{name}: AUC {roc_auc(s, y):.3f}")
+    ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    _style(ax, "false-positive rate", "true-positive rate", title)
+    ax.legend(fontsize=LEG_SZ * 0.75, loc="lower right")
+    return _finish(fig, savename)
