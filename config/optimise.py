@@ -76,7 +76,7 @@ class OptimiseParams(ParamsModel):
     optimiser: Literal["adam", "sgd"] = "adam"
     lr: LearningRates = Field(default_factory=LearningRates)
     budget: float | None = Field(
-        None,
+        8.0,
         gt=0,
         le=1e6,
         description="fixed total detector cost (panel area x m2_cost) "

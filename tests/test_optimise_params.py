@@ -30,7 +30,7 @@ def _err(data: dict[str, Any]) -> str:
         ({"optimise": {"start": {"xy_offset": [0.1]}}}, "optimise.start.xy_offset = [0.1]", "a list of 2 items"),
         ({"optimise": {"passive_bs": 20, "n_volumes": 4}}, "optimise.passive_bs=20 exceeds optimise.n_volumes=4", ""),
         (
-            {"optimise": {"lr": {"xy": None, "z": None, "xy_span": None}}},
+            {"optimise": {"budget": None, "lr": {"xy": None, "z": None, "xy_span": None}}},
             "optimise.lr.xy, optimise.lr.z and optimise.lr.xy_span are all null",
             "",
         ),
