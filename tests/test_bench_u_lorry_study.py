@@ -84,3 +84,30 @@ def test_u_lorry_study_flow(prefect_harness: None, tmp_path: Path) -> None:
     assert all(v["total_cost"] == pytest.approx(4.0, rel=1e-4) for v in m["detectors"].values())
     assert {f.name for f in o["plots_dir"].glob("*.png")} >= {"roc.png", "auc.png", "layouts.png"}
     assert len(pd.read_csv(Path(o["data_dir"]) / "pred_trained.csv")) == 8
+
+
+def test_block_log_statistic() -> None:
+    """``statistic="block_log"``: r = -(mean ln X0 of the k lowest voxels), independent of the background mixture."""
+    import torch
+
+    from tomopt_lib.inference import DenseBlockClassifierFromX0s
+    from tomopt_lib.volume.builders import build_panel_volume
+
+    vol = build_panel_volume()
+
+    def score(cube: torch.Tensor, **kw: object) -> float:
+        clf = DenseBlockClassifierFromX0s(4, "poca", vol, use_avgpool=False, ratio_offset=0.0, ratio_coef=1.0, **kw)
+        clf.x0_inferrer.get_prediction = lambda: cube  # type: ignore[method-assign]
+        return float(clf.get_prediction().reshape(()))
+
+    iron = torch.full((6, 10, 10), 0.0176)
+    airy = iron.clone()
+    airy[3:] = 300.0  # half the cargo air: the background changes, the densest voxels do not
+    with_u = iron.clone()
+    with_u[1, 2:4, 2:4] = 0.0032
+    expected = float(torch.sigmoid(torch.tensor(-float(torch.log(torch.tensor(0.0176))))))
+    assert score(iron, statistic="block_log") == pytest.approx(expected, rel=1e-4)
+    assert score(airy, statistic="block_log") == pytest.approx(expected, rel=1e-4)
+    assert score(with_u, statistic="block_log") > score(iron, statistic="block_log")
+    with pytest.raises(ValueError, match="statistic"):
+        DenseBlockClassifierFromX0s(4, "poca", vol, statistic="max")

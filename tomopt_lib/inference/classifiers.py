@@ -64,9 +64,15 @@ class DenseBlockClassifierFromX0s(_FromX0):
     r = 2 (mean_bkg - mean_blk) / (mean_bkg + mean_blk) with weighted means, and the output is
     sigmoid(ratio_coef (r + ratio_offset)) of shape (1, 1).
 
+    With ``statistic="block_log"`` (ours, for cluttered backgrounds) the voxels are read as ln X0 (X0 clamped at
+    1e-4 m; the pooling then averages logs) and r = -(weighted mean of ln X0 over the block voxels), in e-folds: the
+    background's own mixture (e.g. air and iron cargo) no longer enters, so the score ranks layouts by how dense their
+    densest k voxels are; choose ``ratio_offset`` ~ ln of the X0 at the decision point (e.g. -3.6 for ~0.027 m).
+
     Args:
         n_block_voxels: expected number of voxels of the dense block, 1 <= n < number of voxels.
         partial_x0_inferrer: X0 inferrer class / partial (called with ``volume=``) or registry name.
+        statistic: ``"ratio"`` (TomOpt's) or ``"block_log"``.
     """
 
     def __init__(
@@ -78,8 +84,12 @@ class DenseBlockClassifierFromX0s(_FromX0):
         cut_coef: float = 1e4,
         ratio_offset: float = -1.0,
         ratio_coef: float = 1.0,
+        statistic: str = "ratio",
     ) -> None:
         super().__init__(partial_x0_inferrer, volume)
+        if statistic not in ("ratio", "block_log"):
+            raise ValueError(f"statistic must be 'ratio' or 'block_log', got {statistic!r}")
+        self.statistic = statistic
         n = self.n_vox
         if isinstance(n_block_voxels, bool) or not (1 <= float(n_block_voxels) < n) or int(n_block_voxels) != n_block_voxels:
             raise ValueError(f"n_block_voxels must be an integer number of voxels in [1, {n - 1}], got {n_block_voxels!r}")
@@ -91,6 +101,8 @@ class DenseBlockClassifierFromX0s(_FromX0):
     def get_prediction(self) -> Tensor:
         """(1, 1) probability that a dense block is present."""
         vox = self.x0_inferrer.get_prediction()
+        if self.statistic == "block_log":
+            vox = torch.log(vox.clamp_min(1e-4))
         if self.use_avgpool:
             vox = neighbourhood_mean(vox)
         flat = vox.reshape(-1)
@@ -101,7 +113,7 @@ class DenseBlockClassifierFromX0s(_FromX0):
         w_bkg = 1.0 - w_blk
         blk = (w_blk * flat).sum() / w_blk.sum().clamp_min(1e-12)
         bkg = (w_bkg * flat).sum() / w_bkg.sum().clamp_min(1e-12)
-        r = 2 * (bkg - blk) / (bkg + blk)
+        r = -blk if self.statistic == "block_log" else 2 * (bkg - blk) / (bkg + blk)
         return torch.sigmoid(self.ratio_coef * (r + self.ratio_offset)).reshape(1, 1)
 
 
