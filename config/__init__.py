@@ -22,7 +22,7 @@ from .sections import (
     RuntimeParams,
     VolumeParams,
 )
-from .studies import STUDY_NAMES, LadleFurnaceStudy, StudiesParams, StudyRates, ULorryStudy
+from .studies import STUDY_NAMES, LadleFurnaceStudy, SmallWallsStudy, StudiesParams, StudyRates, ULorryStudy
 
 __all__ = [
     "ParamsError",
@@ -53,4 +53,5 @@ __all__ = [
     "LadleFurnaceStudy",
     "StudyRates",
     "ULorryStudy",
+    "SmallWallsStudy",
 ]

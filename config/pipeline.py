@@ -31,7 +31,7 @@ class PipelineParams(ParamsModel):
     optimise: OptimiseParams = Field(default_factory=OptimiseParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     schedules: SchedulesParams = Field(default_factory=SchedulesParams)
-    study: Literal["default", "ladle_furnace", "u_lorry"] = Field(
+    study: Literal["default", "ladle_furnace", "u_lorry", "small_walls"] = Field(
         "default", description="benchmark study of the study stage (default: none; the main stages are the default study)"
     )
     studies: StudiesParams = Field(default_factory=StudiesParams)

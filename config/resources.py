@@ -151,6 +151,17 @@ def estimate_stage(p: PipelineParams, stage: str) -> StageEstimate:
     if stage == "study":
         if p.study == "default":
             return StageEstimate(stage, BASE_PROCESS_BYTES, 1e5, 1.0, "study=default (placeholders only)")
+        if p.study == "small_walls":
+            sw = p.studies.small_walls
+            muons = (sw.n_epochs * sw.n_train + 3 * sw.n_test) * sw.n_mu_per_volume
+            return StageEstimate(
+                stage,
+                BASE_PROCESS_BYTES + sw.passive_bs * sw.n_mu_per_volume * 30_000,
+                (sw.n_train + sw.n_test) * 8e3 + sw.n_epochs * 1e5,
+                muons * 2e-4,
+                f"study=small_walls: n_epochs={sw.n_epochs} x n_train={sw.n_train} + 3 detectors x n_test={sw.n_test} "
+                f"volumes, x n_mu_per_volume={sw.n_mu_per_volume} muons",
+            )
         if p.study == "u_lorry":
             u = p.studies.u_lorry
             muons = (u.n_epochs * u.n_train + 3 * u.n_test) * u.n_mu_per_volume

@@ -12,9 +12,9 @@ from pydantic import Field, model_validator
 
 from .base import ParamsModel
 
-__all__ = ["STUDY_NAMES", "StudyRates", "LadleFurnaceStudy", "ULorryStudy", "StudiesParams"]
+__all__ = ["STUDY_NAMES", "StudyRates", "LadleFurnaceStudy", "ULorryStudy", "SmallWallsStudy", "StudiesParams"]
 
-STUDY_NAMES = ("default", "ladle_furnace", "u_lorry")
+STUDY_NAMES = ("default", "ladle_furnace", "u_lorry", "small_walls")
 """Values of ``study``: ``default`` (the main stages) or a benchmark study run by the ``study`` stage."""
 
 
@@ -110,8 +110,38 @@ class ULorryStudy(ParamsModel):
         return self
 
 
+def _walls_rates() -> StudyRates:
+    return StudyRates(xy=0.3, z=0.05, xy_span=None, budget=0.05)
+
+
+class SmallWallsStudy(ParamsModel):
+    """TomOpt's small walls: stone walls in 10 x 10 x 10 m of soil (1 m voxels), 1 GeV muons, constant momentum; the
+    wall-mask IoU of the trained, start and hand-designed detectors at the hand design's cost."""
+
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="seed of walls and muons; null = derived from seed")
+    n_train: int = Field(12, ge=1, le=100000)
+    n_test: int = Field(20, ge=2, le=100000)
+    n_mu_per_volume: int = Field(3000, ge=10, le=10_000_000)
+    mu_bs: int = Field(3000, ge=10, le=1_000_000)
+    hand_span: float = Field(1.0, gt=0, le=10, description="panel width of the hand design, x the footprint (TomOpt: 4)")
+    start_offset: float = Field(3.0, ge=-10, le=10, description="shift of the start's panel centres in x and y [m]")
+    passive_bs: int = Field(2, ge=1, le=1000)
+    n_epochs: int = Field(6, ge=1, le=10000)
+    lr: StudyRates = Field(default_factory=_walls_rates)
+    n_bootstrap: int = Field(2000, ge=100, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _fits(self) -> SmallWallsStudy:
+        if self.passive_bs > self.n_train:
+            raise ValueError(
+                f"studies.small_walls.passive_bs={self.passive_bs} exceeds studies.small_walls.n_train={self.n_train}"
+            )
+        return self
+
+
 class StudiesParams(ParamsModel):
     """Settings of every benchmark study (only the one named by ``study`` is used)."""
 
     ladle_furnace: LadleFurnaceStudy = Field(default_factory=LadleFurnaceStudy)
     u_lorry: ULorryStudy = Field(default_factory=ULorryStudy)
+    small_walls: SmallWallsStudy = Field(default_factory=SmallWallsStudy)

@@ -30,6 +30,15 @@ from tasks.study_ladle import (
     prepare_ladle,
     run_ladle_epoch,
 )
+from tasks.study_small_walls import (
+    WALLS_DETECTORS,
+    compare_walls,
+    finalise_walls,
+    predict_walls,
+    prepare_walls,
+    run_walls_epoch,
+    walls_volume,
+)
 from tasks.study_u_lorry import (
     U_LORRY_DETECTORS,
     compare_u_lorry,
@@ -246,9 +255,73 @@ def _u_lorry(params: PipelineParams, paths: PipelinePaths) -> Mapping[str, Any]:
     return summary
 
 
+def _small_walls(params: PipelineParams, paths: PipelinePaths) -> Mapping[str, Any]:
+    import pandas as pd
+
+    from tasks.detector import load_detector
+    from tomopt_lib.plotting.study import plot_layouts_overlay, plot_metric_intervals
+
+    log = get_run_logger()
+    cfg, dev = params.studies.small_walls, params.runtime.device
+    outs = paths.study_outputs
+    data, ckpt = str(outs["data_dir"]), str(paths.study_checkpoints / "small_walls")
+    Path(data).mkdir(parents=True, exist_ok=True)
+    n = cfg.n_epochs
+    progress = Progress("study-progress", n + len(WALLS_DETECTORS), "study small_walls: epochs and detectors done [%]")
+    timings: dict[str, Any] = {"epoch_seconds": {}}
+    t0 = time.perf_counter()
+    with hold_lock(paths.models_dir / "study_checkpoints.lock", "the checkpoints of stage 'study'"):
+        prep = prepare_walls(ckpt, data, params.seed, cfg, dev)
+        previous: State | None = None
+        for epoch in range(prep["last_epoch"] + 1, n + 1):
+            state = run_walls_epoch(
+                ckpt, data, epoch, cfg, prep["fingerprint"], dev, wait_for=[previous] if previous else None, return_state=True
+            )
+            timings["epoch_seconds"][epoch] = state.result()["seconds"]
+            previous = state
+            progress.set(epoch)
+        res = finalise_walls(ckpt, n, prep["fingerprint"], cfg, str(outs["detector_pt"]), str(outs["detector_json"]))
+    csvs = {name: str(Path(data) / f"pred_{name}.csv") for name in WALLS_DETECTORS}
+    futures = {
+        name: predict_walls.submit(name, data, csvs[name], params.seed, cfg, str(outs["detector_pt"]), dev)
+        for name in WALLS_DETECTORS
+    }
+    costs = {}
+    for i, (name, fut) in enumerate(futures.items(), 1):
+        costs[name] = fut.result()["total_cost"]
+        progress.set(n + i)
+    timings["train_and_predict_s"] = round(time.perf_counter() - t0, 2)
+    write_json(timings, paths.timings_dir / "study.json")
+    metrics = compare_walls(csvs, costs, cfg.n_bootstrap, params.seed)
+    metrics["training"] = {"epochs": n, "history": res["history"]}
+    write_json(metrics, outs["metrics"])
+    summary = write_summary("study", metrics, outs["summary"])
+    plots = Path(outs["plots_dir"])
+    det = metrics["detectors"]
+    intervals = {k: (d["mean_iou"], *d["mean_iou_ci95"]) for k, d in det.items()}
+    save_png(
+        plot_metric_intervals(intervals, label="mean wall-mask IoU (higher is better)", title="Small walls, 95 % intervals"),
+        plots / "iou.png",
+    )
+    vols = {name: walls_volume(name, cfg) for name in ("start", "hand")}
+    vols["trained"] = load_detector(walls_volume("trained", cfg), str(outs["detector_pt"]))
+    save_png(plot_layouts_overlay(vols), plots / "layouts.png")
+    save_csv(pd.DataFrame(res["history"]), outs["history_csv"])
+    progress.finish()
+    publish_images({f.stem: f for f in sorted(plots.glob("*.png"))}, key="tomoflow-study-images", title="Small-walls study")
+    lines = ["# Small-walls study: wall-mask IoU", "", "| detector | mean IoU | 95 % interval |", "| --- | --- | --- |"]
+    lines += [
+        f"| {k} | {d['mean_iou']:.3f} | [{d['mean_iou_ci95'][0]:.3f}, {d['mean_iou_ci95'][1]:.3f}] |" for k, d in det.items()
+    ]
+    create_markdown_artifact(markdown="\n".join(lines), key="tomoflow-study", description="Small-walls study")
+    log.info("small walls: mean IoU %s", {k: round(d["mean_iou"], 3) for k, d in det.items()})
+    return summary
+
+
 _RUNNERS: dict[str, Callable[[PipelineParams, PipelinePaths], Mapping[str, Any]]] = {
     "ladle_furnace": _ladle,
     "u_lorry": _u_lorry,
+    "small_walls": _small_walls,
 }
 """Study name -> its runner (``study: default`` never reaches one)."""
 

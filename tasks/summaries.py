@@ -92,6 +92,13 @@ def study_summary(m: Mapping[str, Any]) -> dict[str, Any]:
     if name == "default":
         return {"study": "default"}
     out: dict[str, Any] = {"study": name}
+    if name == "small_walls":
+        for det in ("trained", "start", "hand"):
+            v = _get(m, f"detectors.{det}.mean_iou")
+            out[f"iou_{det}"] = None if v is None else round(float(v), 4)
+        d = _get(m, "trained_vs_hand.iou_difference_ci95")
+        out["iou_diff_lo95"] = None if d is None else round(float(d[0]), 4)
+        return out
     if name == "u_lorry":
         for det in ("trained", "start", "reference"):
             v = _get(m, f"detectors.{det}.auc")
