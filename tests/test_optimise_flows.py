@@ -82,7 +82,7 @@ def test_checkpoint_resume_is_bitwise_identical_to_straight_run(two_epochs: tupl
     ckpt = str(two_epochs[0])
     resumed = load_checkpoint(checkpoint_path(ckpt, 2))
     vol, pas, opt = _cfgs(p)
-    vw = make_wrapper(build_start_volume(vol, opt.start), opt, seed=derive_seed(train_seed(p.seed, opt), 3))
+    vw = make_wrapper(build_start_volume(vol, opt.start, budget=opt.budget), opt, seed=derive_seed(train_seed(p.seed, opt), 3))
     trn, _ = passive_layouts(str(Path(ckpt) / "train_passives.h5"), vw.volume)
     val, _ = passive_layouts(str(Path(ckpt) / "val_passives.h5"), vw.volume)
     for _ in range(2):  # no checkpoint in between
