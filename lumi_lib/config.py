@@ -12,11 +12,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from .constants import DTYPE, PROTON_MASS_GEV
 
-__all__ = ["IPConfig", "Scalar", "field_names"]
+__all__ = ["IPConfig", "Scalar", "field_names", "broadcast_shapes"]
 
 Scalar = float | torch.Tensor
 
@@ -24,6 +25,12 @@ Scalar = float | torch.Tensor
 _POSITIVE = ("f_rev", "n_bunches", "n1", "n2", "beta_x1", "beta_y1", "beta_x2", "beta_y2", "sigma_z1", "sigma_z2")
 _NON_NEGATIVE = ("dpp1", "dpp2")
 _ABOVE_MASS = ("energy1", "energy2")
+
+
+def broadcast_shapes(*shapes: Iterable[int]) -> torch.Size:
+    """Broadcast shape of ``shapes`` (NumPy's rule, as torch's): ``torch.broadcast_shapes`` imports sympy (for symbolic
+    shapes) on its first call, ~0.3 s of every fresh process's first luminosity evaluation."""
+    return torch.Size(np.broadcast_shapes(*(tuple(s) for s in shapes)))
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -123,7 +130,7 @@ class IPConfig:
         if not configs:
             raise ValueError("IPConfig.stack: need at least one configuration")
         shapes = [c.batch_shape for c in configs]
-        shape = torch.broadcast_shapes(*shapes)
+        shape = broadcast_shapes(*shapes)
         out = {}
         for name in field_names():
             vals = [torch.as_tensor(getattr(c, name), dtype=DTYPE, device=device).expand(shape) for c in configs]
@@ -149,7 +156,7 @@ class IPConfig:
     def batch_shape(self) -> torch.Size:
         """Broadcast shape of the tensor fields (``torch.Size([])`` for an all-float configuration)."""
         shapes = [v.shape for v in self.as_dict().values() if isinstance(v, torch.Tensor)]
-        return torch.broadcast_shapes(*shapes) if shapes else torch.Size([])
+        return broadcast_shapes(*shapes) if shapes else torch.Size([])
 
     def to_tensors(self, *, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
         """Field name -> float64 tensor on ``device`` (floats become 0-d tensors; tensors keep their graph)."""

@@ -38,7 +38,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .config import IPConfig
+from .config import IPConfig, broadcast_shapes
 from .constants import DTYPE, M2_TO_CM2, PROTON_MASS_GEV
 
 __all__ = ["luminosity", "gauss_legendre", "QuadratureSpec", "DEFAULT_QUADRATURE", "beam_factors", "sigma_coefficients"]
@@ -203,7 +203,7 @@ def luminosity(
     zr, wr, *edges = _window(c, p, a, quadrature)
     coeffs = [c["x0"], c["x1"], c["x2"], c["y0"], c["y1"], c["y2"], p["sep_x"], p["cross_x"], p["sep_y"], p["cross_y"]]
     coeffs += [-0.5 * a, zr, 0.5 * wr]
-    shape = torch.broadcast_shapes(*(t.shape for t in coeffs), edges[0].shape)
+    shape = broadcast_shapes(*(t.shape for t in coeffs), edges[0].shape)
     flat = [t.expand(shape).reshape(-1, 1) for t in coeffs]
     flat.append(torch.stack([e.expand(shape) for e in edges], dim=-1).reshape(-1, 4))
     t_mat, w_mat = _panel_matrices(quadrature.n_tail, quadrature.n_core)

@@ -181,3 +181,29 @@ def test_bad_input_errors(designs, gen):
             target=torch.ones(1, 2, dtype=torch.float64),
             sigma=torch.zeros(1, 2, dtype=torch.float64),
         )
+
+
+def test_design_labels_are_formatted_on_access() -> None:
+    from lumi_lib.design import ScanLabels
+
+    d = preset_design("xy12_last")
+    labels = d.labels
+    assert isinstance(labels, ScanLabels) and len(labels) == d.n_configs == 9604
+    assert labels[0] == "ip0:sep_x=+0,sep_y=+0,cross_x=+0,cross_y=+0"
+    assert labels[-1] == labels[9603] and labels[-1].startswith("ip3:")
+    off = d.offsets[1].tolist()
+    assert labels[1] == "ip0:" + ",".join(f"{n}={v:+.4g}" for n, v in zip(d.parameters, off))
+    assert labels[:2] == (labels[0], labels[1]) and list(labels)[5] == labels[5]
+    with pytest.raises(IndexError):
+        labels[9604]
+
+
+def test_broadcast_shapes_matches_torch() -> None:
+    import torch
+
+    from lumi_lib.config import broadcast_shapes
+
+    for shapes in [((3, 1), (1, 4)), ((5,), (2, 1, 5), ()), ((),)]:
+        assert broadcast_shapes(*shapes) == torch.broadcast_shapes(*shapes)
+    with pytest.raises(ValueError):
+        broadcast_shapes((3,), (4,))
