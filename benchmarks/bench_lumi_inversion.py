@@ -1,7 +1,7 @@
 """Inversion benchmarks (prints and merges into ``bench_out/lumi_inversion.json``).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_lumi_inversion.py                 # single + landscape
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_lumi_inversion.py --sections grid --threads 2
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_lumi_inversion.py --sections grid --processes 2
 
 Sections:
 * ``single``: the reference's last example (4 bases x 7^4 shifts = 9604 residuals, 4 unknowns, 0.1 % noise) for one
@@ -104,16 +104,46 @@ def bench_landscape(n: int) -> dict:
     return out
 
 
-def bench_grid(leaves: int, per_leaf: int, chunk: int) -> dict:
+_WORKER_DESIGN: Any = None
+
+
+def _grid_worker_init() -> None:
+    global _WORKER_DESIGN
+    torch.set_num_threads(1)
+    _WORKER_DESIGN = preset_design("xy12_last")
+
+
+def _grid_chunk(item: tuple[int, torch.Tensor]) -> Any:
+    """Invert one chunk; its noise comes from a generator seeded by (2024, chunk index), so any split of the chunks
+    over processes gives the same numbers."""
+    index, truth = item
+    design = _WORKER_DESIGN if _WORKER_DESIGN is not None else preset_design("xy12_last")
+    gen = torch.Generator().manual_seed(2024 * 100_003 + index)
+    return invert("xy12", truth, design=design, rel_noise=1e-3, generator=gen, chunk_size=len(truth))
+
+
+def bench_grid(leaves: int, per_leaf: int, chunk: int, processes: int = 1) -> dict:
     design = preset_design("xy12_last")
     truth = torch.cat([leaf_draws(i, per_leaf) for i in range(leaves)])
-    noise_gen = torch.Generator().manual_seed(2024)
+    items = [(i, truth[s : s + chunk]) for i, s in enumerate(range(0, truth.shape[0], chunk))]
     t0 = time.perf_counter()
     parts: list = []
-    for s in range(0, truth.shape[0], chunk):
-        parts.append(invert("xy12", truth[s : s + chunk], design=design, rel_noise=1e-3, generator=noise_gen, chunk_size=chunk))
-        done = s + parts[-1].estimate.shape[0]
-        print(f"[grid] {done}/{truth.shape[0]} inversions, {time.perf_counter() - t0:.1f} s", flush=True)
+    if processes > 1:  # one single-threaded worker process per core (scales better than intra-op threads)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=processes, mp_context=ctx, initializer=_grid_worker_init) as pool:
+            for res in pool.map(_grid_chunk, items):
+                parts.append(res)
+                done = sum(p.estimate.shape[0] for p in parts)
+                if done % 100 < chunk:
+                    print(f"[grid] {done}/{truth.shape[0]} inversions, {time.perf_counter() - t0:.1f} s", flush=True)
+    else:
+        for item in items:
+            parts.append(_grid_chunk(item))
+            done = sum(p.estimate.shape[0] for p in parts)
+            print(f"[grid] {done}/{truth.shape[0]} inversions, {time.perf_counter() - t0:.1f} s", flush=True)
     wall = time.perf_counter() - t0
     rel = torch.cat([p.rel_error for p in parts])
     conv = torch.cat([p.converged for p in parts])
@@ -125,7 +155,8 @@ def bench_grid(leaves: int, per_leaf: int, chunk: int) -> dict:
         "residuals": design.n_configs,
         "wall_s": wall,
         "per_inversion_s": wall / truth.shape[0],
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads() if processes <= 1 else 1,
+        "processes": processes,
         "chunk": chunk,
         "mean_abs_rel_error": rel.abs().mean(0).tolist(),
         "max_abs_rel_error": rel.abs().max(0).values.tolist(),
@@ -139,7 +170,7 @@ def bench_grid(leaves: int, per_leaf: int, chunk: int) -> dict:
     }
     print(
         f"[grid] {out['inversions']} inversions in {wall:.1f} s ({out['per_inversion_s']:.3f} s each, "
-        f"{out['threads']} threads); mean |rel err| {[f'{e:.2e}' for e in out['mean_abs_rel_error']]}, "
+        f"{out['processes']} processes x {out['threads']} threads); mean |rel err| {[f'{e:.2e}' for e in out['mean_abs_rel_error']]}, "
         f"max {[f'{e:.2e}' for e in out['max_abs_rel_error']]}, converged {out['convergence_rate']:.4f}"
     )
     return out
@@ -154,6 +185,7 @@ def main() -> None:
     ap.add_argument("--leaves", type=int, default=16)
     ap.add_argument("--per-leaf", type=int, default=100)
     ap.add_argument("--chunk", type=int, default=4)
+    ap.add_argument("--processes", type=int, default=1, help="grid: worker processes (1 thread each)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     results = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -164,7 +196,7 @@ def main() -> None:
         elif sec == "landscape":
             results["penalty_landscape"] = bench_landscape(args.landscape_n)
         elif sec == "grid":
-            results["last_example_grid"] = bench_grid(args.leaves, args.per_leaf, args.chunk)
+            results["last_example_grid"] = bench_grid(args.leaves, args.per_leaf, args.chunk, args.processes)
         else:
             raise SystemExit(f"unknown section {sec!r}; valid: single, landscape, grid")
         results.setdefault("meta", {})["torch"] = torch.__version__
