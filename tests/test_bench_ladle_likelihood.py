@@ -195,3 +195,19 @@ def test_fill_layer_probabilities_and_int_class_loss() -> None:
     assert float(loss) == pytest.approx(expected, rel=1e-4)
     loss.backward()
     assert any(p.xy.grad is not None and float(p.xy.grad.abs().sum()) > 0 for p in inf.volume.get_detectors()[0].panels)
+
+
+def test_study_names_agree_everywhere() -> None:
+    """The `study` literal, config.STUDY_NAMES, the flow's runners, the sections of `studies` and params.yaml agree."""
+    import typing
+
+    import yaml
+
+    from config import STUDY_NAMES, PipelineParams, StudiesParams
+    from flows.stages import ROOT
+    from flows.study import _RUNNERS
+
+    assert typing.get_args(PipelineParams.model_fields["study"].annotation) == STUDY_NAMES
+    assert {"default", *_RUNNERS} == set(STUDY_NAMES)
+    assert set(StudiesParams.model_fields) == set(_RUNNERS)
+    assert set(yaml.safe_load((ROOT / "params.yaml").read_text())["studies"]) == set(_RUNNERS)
