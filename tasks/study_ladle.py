@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -39,18 +38,18 @@ from tomopt_lib.benchmarks.ladle_furnace import (
 )
 from tomopt_lib.benchmarks.ladle_furnace.inference import fit_linear_correction
 from tomopt_lib.benchmarks.ladle_furnace.likelihood import LikelihoodLadleFurnaceFillLevelInferrer
-from tomopt_lib.io import PassiveRecord, read_json, read_passives, write_json, write_passives
+from tomopt_lib.io import PassiveRecord, write_passives
 from tomopt_lib.metrics import bootstrap_mean, paired_bootstrap_ratio
 from tomopt_lib.optimisation import PanelVolumeWrapper, PassiveYielder, VolumeMSELoss
 from tomopt_lib.optimisation.callbacks import Callback, NoMoreNaNs
 from tomopt_lib.optimisation.callbacks.pred_callbacks import VolumeTargetPredHandler
 from tomopt_lib.runtime import resolve_device
 from tomopt_lib.volume import Volume
-from tomopt_lib.volume.builders import rad_length_func_from_cube
 
 from .common import derive_seed, task_logger
 from .detector import describe_detector, load_detector, panel_rows, write_detector
 from .optimisation import LossRecorder, checkpoint_path, code_hash, load_checkpoint
+from .study_common import OPTIMISER_GROUPS, save_study_checkpoint, set_epoch_rates, start_or_resume, study_layouts
 
 __all__ = [
     "LADLE_STUDY_KEY",
@@ -130,17 +129,6 @@ def write_layouts(path: str, cfg: LadleFurnaceStudy, n_per_height: int, seed: in
     return len(records)
 
 
-def _layouts(path: str, vol: Volume) -> list[tuple[Any, torch.Tensor]]:
-    bottom = float(vol.get_passive_z_range()[0].reshape(-1)[0])
-    return [
-        (
-            rad_length_func_from_cube(r.x0, z_bottom=bottom, size=vol.passive_size),
-            torch.tensor([r.target], dtype=torch.float32),
-        )
-        for r in read_passives(path)
-    ]
-
-
 def _inferrer(cfg: LadleFurnaceStudy, training: bool) -> Any:
     if cfg.inferrer == "pocaz":
         return PocaZLadleFurnaceFillLevelInferrer
@@ -170,17 +158,10 @@ def _wrapper(vol: Volume, cfg: LadleFurnaceStudy, seed: int) -> PanelVolumeWrapp
     )
 
 
-def _peak_rates(cfg: LadleFurnaceStudy) -> dict[str, float | None]:
-    return {"xy_pos_opt": cfg.lr.xy, "z_pos_opt": cfg.lr.z, "xy_span_opt": cfg.lr.xy_span, "budget_opt": cfg.lr.budget}
-
-
 def _set_rates(vw: PanelVolumeWrapper, cfg: LadleFurnaceStudy, epoch: int) -> float:
     factor, z_only = lr_factors(epoch, cfg)
-    for name, peak in _peak_rates(cfg).items():
-        if name in vw.opts and peak is not None:
-            rate = 0.0 if z_only and name != "z_pos_opt" else peak * factor
-            for g in vw.opts[name].param_groups:
-                g["lr"] = rate
+    peaks = dict(zip(OPTIMISER_GROUPS, (cfg.lr.xy, cfg.lr.z, cfg.lr.xy_span, cfg.lr.budget)))
+    set_epoch_rates(vw, peaks, factor, "z_pos_opt" if z_only else None)
     return factor
 
 
@@ -188,42 +169,14 @@ def _set_rates(vw: PanelVolumeWrapper, cfg: LadleFurnaceStudy, epoch: int) -> fl
 def prepare_ladle(ckpt_dir: str, data_dir: str, seed: int, cfg: LadleFurnaceStudy, device: str | None = "cpu") -> dict[str, Any]:
     """Training and test layouts into ``data_dir``; start or resume the run in ``ckpt_dir`` (epoch 0 = the initial
     detector). Returns ``{"fingerprint", "last_epoch", "n_train", "n_test"}``."""
-    log, d = task_logger(), Path(ckpt_dir)
     s = study_seed(seed, cfg)
     n_trn = write_layouts(str(Path(data_dir) / "train_layouts.h5"), cfg, cfg.n_train_per_height, derive_seed(s, 1))
     n_tst = write_layouts(str(Path(data_dir) / "test_layouts.h5"), cfg, cfg.n_test_per_height, derive_seed(s, 2))
     fp = ladle_fingerprint(seed, cfg)
-    meta = d / "run.json"
-    if d.exists() and (not meta.is_file() or read_json(meta).get("fingerprint") != fp):
-        log.info("checkpoints in %s belong to other parameters or code; starting afresh", d)
-        shutil.rmtree(d)
-    d.mkdir(parents=True, exist_ok=True)
-    if not meta.is_file():
-        vw = _wrapper(ladle_volume("trained", cfg, device), cfg, derive_seed(s, 3))
-        _save(vw, checkpoint_path(ckpt_dir, 0), 0, fp, [], panel_rows(vw.volume, 0))
-        write_json({"fingerprint": fp, "seed": s}, meta)
-    last = 0
-    while last < cfg.n_epochs and checkpoint_path(ckpt_dir, last + 1).is_file():
-        try:
-            load_checkpoint(checkpoint_path(ckpt_dir, last + 1), fp)
-        except ValueError as err:
-            log.warning("ignoring %s", err)
-            break
-        last += 1
-    if last:
-        log.info("resuming the ladle-furnace training after epoch %d", last)
-    return {"fingerprint": fp, "last_epoch": last, "n_train": n_trn, "n_test": n_tst}
-
-
-def _save(
-    vw: PanelVolumeWrapper, path: Path, epoch: int, fp: str, history: list[dict[str, Any]], panels: list[dict[str, Any]]
-) -> None:
-    from tomopt_lib.io import save_torch
-
-    save_torch(
-        {"schema_version": 1, "fingerprint": fp, "epoch": epoch, **vw.training_state(), "history": history, "panels": panels},
-        path,
+    last = start_or_resume(
+        ckpt_dir, fp, s, cfg.n_epochs, lambda: _wrapper(ladle_volume("trained", cfg, device), cfg, derive_seed(s, 3))
     )
+    return {"fingerprint": fp, "last_epoch": last, "n_train": n_trn, "n_test": n_tst}
 
 
 class _Targets(Callback):
@@ -253,7 +206,7 @@ def run_ladle_epoch(
     vw = _wrapper(ladle_volume("trained", cfg, device), cfg, 0)
     vw.load_training_state(state)
     factor = _set_rates(vw, cfg, epoch)
-    trn = _layouts(str(Path(data_dir) / "train_layouts.h5"), vw.volume)
+    trn = study_layouts(str(Path(data_dir) / "train_layouts.h5"), vw.volume)
     rec, tg = LossRecorder(), _Targets()
     cbs: list[Callback] = [NoMoreNaNs(), rec, tg]
     if cfg.inferrer == "pocaz":
@@ -268,7 +221,7 @@ def run_ladle_epoch(
         "train_mse_raw": float(np.mean((p - t) ** 2)) if len(p) else float("nan"),
         "n_updates": int(vw.fit_params.n_updates),
     }
-    _save(
+    save_study_checkpoint(
         vw,
         checkpoint_path(ckpt_dir, epoch),
         epoch,
@@ -301,7 +254,7 @@ def predict_ladle(
         load_detector(vol, detector_pt)
     rows: list[dict[str, Any]] = []
     for part in ("train", "test"):
-        layouts = _layouts(str(Path(data_dir) / f"{part}_layouts.h5"), vol)
+        layouts = study_layouts(str(Path(data_dir) / f"{part}_layouts.h5"), vol)
         vw = _wrapper(vol, cfg, derive_seed(study_seed(seed, cfg), 4, 0 if part == "train" else 1))
         vw.partial_volume_inferrer = _inferrer(cfg, False)
         uncs = _Uncertainties()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -33,18 +32,18 @@ from config import SmallWallsStudy
 from tomopt_lib.benchmarks.small_walls import SmallWallsPassiveGenerator, get_small_walls_volume
 from tomopt_lib.inference.momentum import MomentumModel
 from tomopt_lib.inference.volume import get_volume_inferrer
-from tomopt_lib.io import PassiveRecord, read_json, read_passives, save_torch, write_json, write_passives
+from tomopt_lib.io import PassiveRecord, read_passives, write_passives
 from tomopt_lib.muon.generation import MuonGenerator2016
 from tomopt_lib.optimisation import PanelVolumeWrapper, PassiveYielder, VoxelLogX0Loss
 from tomopt_lib.optimisation.callbacks import NoMoreNaNs
 from tomopt_lib.runtime import resolve_device
 from tomopt_lib.volume import Volume
-from tomopt_lib.volume.builders import rad_length_func_from_cube
 
 from .common import derive_seed, task_logger
 from .detector import describe_detector, load_detector, panel_rows, write_detector
 from .optimisation import LossRecorder, checkpoint_path, code_hash, load_checkpoint
 from .outputs import save_csv
+from .study_common import OPTIMISER_GROUPS, save_study_checkpoint, set_epoch_rates, start_or_resume, study_layouts
 
 __all__ = [
     "SMALL_WALLS_STUDY_KEY",
@@ -122,11 +121,6 @@ def _write_walls(path: str, cfg: SmallWallsStudy, n: int, seed: int) -> int:
     return len(records)
 
 
-def _layouts(path: str, vol: Volume) -> list[tuple[Any, None]]:
-    bottom = float(vol.get_passive_z_range()[0].reshape(-1)[0])
-    return [(rad_length_func_from_cube(r.x0, z_bottom=bottom, size=vol.passive_size), None) for r in read_passives(path)]
-
-
 def _wrapper(vol: Volume, cfg: SmallWallsStudy, seed: int) -> PanelVolumeWrapper:
     def opt(rate: float | None) -> Any:
         return partial(torch.optim.Adam, lr=float(rate)) if rate is not None else None
@@ -144,40 +138,16 @@ def _wrapper(vol: Volume, cfg: SmallWallsStudy, seed: int) -> PanelVolumeWrapper
     )
 
 
-def _save(
-    vw: PanelVolumeWrapper, path: Path, epoch: int, fp: str, history: list[dict[str, Any]], panels: list[dict[str, Any]]
-) -> None:
-    save_torch(
-        {"schema_version": 1, "fingerprint": fp, "epoch": epoch, **vw.training_state(), "history": history, "panels": panels},
-        path,
-    )
-
-
 @task(name="study-walls-prepare", cache_policy=NO_CACHE, persist_result=False)
 def prepare_walls(ckpt_dir: str, data_dir: str, seed: int, cfg: SmallWallsStudy, device: str | None = "cpu") -> dict[str, Any]:
     """Training and test walls into ``data_dir``; start or resume the run in ``ckpt_dir`` (epoch 0 = the start)."""
-    log, d = task_logger(), Path(ckpt_dir)
     s = _seed(seed, cfg)
     _write_walls(str(Path(data_dir) / "train_layouts.h5"), cfg, cfg.n_train, derive_seed(s, 1))
     _write_walls(str(Path(data_dir) / "test_layouts.h5"), cfg, cfg.n_test, derive_seed(s, 2))
     fp = _fingerprint(seed, cfg)
-    meta = d / "run.json"
-    if d.exists() and (not meta.is_file() or read_json(meta).get("fingerprint") != fp):
-        log.info("checkpoints in %s belong to other parameters or code; starting afresh", d)
-        shutil.rmtree(d)
-    d.mkdir(parents=True, exist_ok=True)
-    if not meta.is_file():
-        vw = _wrapper(walls_volume("trained", cfg, device), cfg, derive_seed(s, 3))
-        _save(vw, checkpoint_path(ckpt_dir, 0), 0, fp, [], panel_rows(vw.volume, 0))
-        write_json({"fingerprint": fp, "seed": s}, meta)
-    last = 0
-    while last < cfg.n_epochs and checkpoint_path(ckpt_dir, last + 1).is_file():
-        try:
-            load_checkpoint(checkpoint_path(ckpt_dir, last + 1), fp)
-        except ValueError as err:
-            log.warning("ignoring %s", err)
-            break
-        last += 1
+    last = start_or_resume(
+        ckpt_dir, fp, s, cfg.n_epochs, lambda: _wrapper(walls_volume("trained", cfg, device), cfg, derive_seed(s, 3))
+    )
     return {"fingerprint": fp, "last_epoch": last}
 
 
@@ -191,13 +161,9 @@ def run_walls_epoch(
     vw = _wrapper(walls_volume("trained", cfg, device), cfg, 0)
     vw.load_training_state(state)
     factor = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / cfg.n_epochs))
-    peaks = {"xy_pos_opt": cfg.lr.xy, "z_pos_opt": cfg.lr.z, "xy_span_opt": cfg.lr.xy_span, "budget_opt": cfg.lr.budget}
-    for name, peak in peaks.items():
-        if name in vw.opts and peak is not None:
-            for g in vw.opts[name].param_groups:
-                g["lr"] = peak * factor
+    set_epoch_rates(vw, dict(zip(OPTIMISER_GROUPS, (cfg.lr.xy, cfg.lr.z, cfg.lr.xy_span, cfg.lr.budget))), factor)
     rec = LossRecorder()
-    trn = _layouts(str(Path(data_dir) / "train_layouts.h5"), vw.volume)
+    trn = study_layouts(str(Path(data_dir) / "train_layouts.h5"), vw.volume, with_target=False)
     vw.fit(
         1,
         cfg.passive_bs,
@@ -213,7 +179,7 @@ def run_walls_epoch(
         "train_loss": rec.mean("train"),
         "n_updates": int(vw.fit_params.n_updates),
     }
-    _save(
+    save_study_checkpoint(
         vw,
         checkpoint_path(ckpt_dir, epoch),
         epoch,
@@ -247,7 +213,9 @@ def predict_walls(
     recs = read_passives(str(Path(data_dir) / "test_layouts.h5"))
     vw = _wrapper(vol, cfg, derive_seed(_seed(seed, cfg), 4))
     got = vw.predict(
-        PassiveYielder(_layouts(str(Path(data_dir) / "test_layouts.h5"), vol), shuffle=False), cfg.n_mu_per_volume, cfg.mu_bs
+        PassiveYielder(study_layouts(str(Path(data_dir) / "test_layouts.h5"), vol, with_target=False), shuffle=False),
+        cfg.n_mu_per_volume,
+        cfg.mu_bs,
     )
     rows = []
     for i, ((pred, _), rec) in enumerate(zip(got, recs)):

@@ -33,19 +33,19 @@ from tomopt_lib.benchmarks.u_lorry import ULorryPassiveGenerator
 from tomopt_lib.inference import DenseBlockClassifierFromX0s
 from tomopt_lib.inference.momentum import MomentumModel
 from tomopt_lib.inference.volume import get_volume_inferrer
-from tomopt_lib.io import PassiveRecord, read_json, read_passives, save_torch, write_json, write_passives
+from tomopt_lib.io import PassiveRecord, write_passives
 from tomopt_lib.metrics import roc_auc
 from tomopt_lib.optimisation import PanelVolumeWrapper, PassiveYielder, VolumeClassLoss
 from tomopt_lib.optimisation.callbacks import NoMoreNaNs
 from tomopt_lib.optimisation.callbacks.pred_callbacks import VolumeTargetPredHandler
 from tomopt_lib.runtime import resolve_device
 from tomopt_lib.volume import Volume
-from tomopt_lib.volume.builders import rad_length_func_from_cube
 
 from .common import derive_seed, task_logger
 from .detector import build_reference_volume, build_start_volume, describe_detector, load_detector, panel_rows
 from .optimisation import LossRecorder, checkpoint_path, code_hash, load_checkpoint
 from .outputs import save_csv
+from .study_common import OPTIMISER_GROUPS, save_study_checkpoint, set_epoch_rates, start_or_resume, study_layouts
 
 __all__ = [
     "U_LORRY_STUDY_KEY",
@@ -108,14 +108,6 @@ def write_lorry_layouts(path: str, volume_cfg: VolumeParams, cfg: ULorryStudy, n
     return len(records)
 
 
-def _layouts(path: str, vol: Volume) -> list[tuple[Any, torch.Tensor]]:
-    bottom = float(vol.get_passive_z_range()[0].reshape(-1)[0])
-    return [
-        (rad_length_func_from_cube(r.x0, z_bottom=bottom, size=vol.passive_size), torch.tensor([r.target]))
-        for r in read_passives(path)
-    ]
-
-
 def _wrapper(vol: Volume, cfg: ULorryStudy, seed: int) -> PanelVolumeWrapper:
     def opt(rate: float | None) -> Any:
         return partial(torch.optim.Adam, lr=float(rate)) if rate is not None else None
@@ -147,40 +139,18 @@ def prepare_u_lorry(
     ckpt_dir: str, data_dir: str, seed: int, volume_cfg: VolumeParams, cfg: ULorryStudy, device: str | None = "cpu"
 ) -> dict[str, Any]:
     """Training and test loads into ``data_dir``; start or resume the run in ``ckpt_dir`` (epoch 0 = the start)."""
-    log, d = task_logger(), Path(ckpt_dir)
     s = _seed(seed, cfg)
     write_lorry_layouts(str(Path(data_dir) / "train_layouts.h5"), volume_cfg, cfg, cfg.n_train, derive_seed(s, 1))
     write_lorry_layouts(str(Path(data_dir) / "test_layouts.h5"), volume_cfg, cfg, cfg.n_test, derive_seed(s, 2))
     fp = _fingerprint(seed, volume_cfg, cfg)
-    meta = d / "run.json"
-    if d.exists() and (not meta.is_file() or read_json(meta).get("fingerprint") != fp):
-        log.info("checkpoints in %s belong to other parameters or code; starting afresh", d)
-        import shutil
-
-        shutil.rmtree(d)
-    d.mkdir(parents=True, exist_ok=True)
-    if not meta.is_file():
-        vw = _wrapper(u_lorry_volume("trained", volume_cfg, cfg, device), cfg, derive_seed(s, 3))
-        _save(vw, checkpoint_path(ckpt_dir, 0), 0, fp, [], panel_rows(vw.volume, 0))
-        write_json({"fingerprint": fp, "seed": s}, meta)
-    last = 0
-    while last < cfg.n_epochs and checkpoint_path(ckpt_dir, last + 1).is_file():
-        try:
-            load_checkpoint(checkpoint_path(ckpt_dir, last + 1), fp)
-        except ValueError as err:
-            log.warning("ignoring %s", err)
-            break
-        last += 1
-    return {"fingerprint": fp, "last_epoch": last}
-
-
-def _save(
-    vw: PanelVolumeWrapper, path: Path, epoch: int, fp: str, history: list[dict[str, Any]], panels: list[dict[str, Any]]
-) -> None:
-    save_torch(
-        {"schema_version": 1, "fingerprint": fp, "epoch": epoch, **vw.training_state(), "history": history, "panels": panels},
-        path,
+    last = start_or_resume(
+        ckpt_dir,
+        fp,
+        s,
+        cfg.n_epochs,
+        lambda: _wrapper(u_lorry_volume("trained", volume_cfg, cfg, device), cfg, derive_seed(s, 3)),
     )
+    return {"fingerprint": fp, "last_epoch": last}
 
 
 @task(name="study-u-lorry-epoch", task_run_name="u-lorry-epoch-{epoch}", cache_policy=NO_CACHE, persist_result=False)
@@ -200,16 +170,8 @@ def run_u_lorry_epoch(
     vw = _wrapper(u_lorry_volume("trained", volume_cfg, cfg, device), cfg, 0)
     vw.load_training_state(state)
     factor = u_lorry_rate(epoch, cfg)
-    for name, peak in {
-        "xy_pos_opt": cfg.lr.xy,
-        "z_pos_opt": cfg.lr.z,
-        "xy_span_opt": cfg.lr.xy_span,
-        "budget_opt": cfg.lr.budget,
-    }.items():
-        if name in vw.opts and peak is not None:
-            for g in vw.opts[name].param_groups:
-                g["lr"] = peak * factor
-    trn = _layouts(str(Path(data_dir) / "train_layouts.h5"), vw.volume)
+    set_epoch_rates(vw, dict(zip(OPTIMISER_GROUPS, (cfg.lr.xy, cfg.lr.z, cfg.lr.xy_span, cfg.lr.budget))), factor)
+    trn = study_layouts(str(Path(data_dir) / "train_layouts.h5"), vw.volume)
     rec = LossRecorder()
     vw.fit(
         1,
@@ -226,7 +188,7 @@ def run_u_lorry_epoch(
         "train_loss": rec.mean("train"),
         "n_updates": int(vw.fit_params.n_updates),
     }
-    _save(
+    save_study_checkpoint(
         vw,
         checkpoint_path(ckpt_dir, epoch),
         epoch,
@@ -269,7 +231,7 @@ def predict_u_lorry(
         load_detector(vol, detector_pt)
     vw = _wrapper(vol, cfg, derive_seed(_seed(seed, cfg), 4))
     got = vw.predict(
-        PassiveYielder(_layouts(str(Path(data_dir) / "test_layouts.h5"), vol), shuffle=False),
+        PassiveYielder(study_layouts(str(Path(data_dir) / "test_layouts.h5"), vol), shuffle=False),
         cfg.n_mu_per_volume,
         cfg.mu_bs,
         pred_cb=VolumeTargetPredHandler(),

@@ -1,0 +1,86 @@
+"""Plumbing shared by the benchmark studies' tasks: checkpoints, start-or-resume, layout files, per-epoch rates.
+
+A study's checkpoint ``<ckpt_dir>/epoch_NNNN.pt`` holds the wrapper's training state, the history rows and the panel
+rows (written atomically); ``run.json`` holds the fingerprint of the parameters and code that shaped the epochs: a
+mismatch starts the run afresh, a match resumes after the last readable epoch.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tomopt_lib.io import read_json, read_passives, save_torch, write_json
+from tomopt_lib.optimisation.wrapper import PanelVolumeWrapper
+from tomopt_lib.volume import Volume
+from tomopt_lib.volume.builders import rad_length_func_from_cube
+
+from .common import task_logger
+from .detector import panel_rows
+from .optimisation import checkpoint_path, load_checkpoint
+
+__all__ = ["save_study_checkpoint", "start_or_resume", "study_layouts", "set_epoch_rates", "OPTIMISER_GROUPS"]
+
+OPTIMISER_GROUPS = ("xy_pos_opt", "z_pos_opt", "xy_span_opt", "budget_opt")
+"""The wrapper's optimiser names, in the order of a ``StudyRates`` (xy, z, xy_span, budget)."""
+
+
+def save_study_checkpoint(
+    vw: PanelVolumeWrapper, path: Path, epoch: int, fingerprint: str, history: list[dict[str, Any]], panels: list[dict[str, Any]]
+) -> None:
+    """Atomically write the wrapper's training state with the run's history and panel rows."""
+    state = {"schema_version": 1, "fingerprint": fingerprint, "epoch": epoch, **vw.training_state()}
+    save_torch({**state, "history": history, "panels": panels}, path)
+
+
+def start_or_resume(ckpt_dir: str, fingerprint: str, seed: int, n_epochs: int, start: Callable[[], PanelVolumeWrapper]) -> int:
+    """Checkpoints of another fingerprint are removed; without ``run.json`` the epoch-0 checkpoint of ``start()`` (the
+    untrained wrapper) is written. Returns the last consecutive readable epoch (<= ``n_epochs``)."""
+    log, d = task_logger(), Path(ckpt_dir)
+    meta = d / "run.json"
+    if d.exists() and (not meta.is_file() or read_json(meta).get("fingerprint") != fingerprint):
+        log.info("checkpoints in %s belong to other parameters or code; starting afresh", d)
+        shutil.rmtree(d)
+    d.mkdir(parents=True, exist_ok=True)
+    if not meta.is_file():
+        vw = start()
+        save_study_checkpoint(vw, checkpoint_path(ckpt_dir, 0), 0, fingerprint, [], panel_rows(vw.volume, 0))
+        write_json({"fingerprint": fingerprint, "seed": seed}, meta)
+    last = 0
+    while last < n_epochs and checkpoint_path(ckpt_dir, last + 1).is_file():
+        try:
+            load_checkpoint(checkpoint_path(ckpt_dir, last + 1), fingerprint)
+        except ValueError as err:
+            log.warning("ignoring %s", err)
+            break
+        last += 1
+    if last:
+        log.info("resuming the training in %s after epoch %d", d, last)
+    return last
+
+
+def study_layouts(path: str, vol: Volume, *, with_target: bool = True) -> list[tuple[Any, torch.Tensor | None]]:
+    """``(layout function, target)`` pairs of a layouts file for ``PassiveYielder`` (target: the record's scalar as a
+    (1,) tensor, or None)."""
+    bottom = float(vol.get_passive_z_range()[0].reshape(-1)[0])
+    return [
+        (
+            rad_length_func_from_cube(r.x0, z_bottom=bottom, size=vol.passive_size),
+            torch.tensor([r.target], dtype=torch.float32) if with_target else None,
+        )
+        for r in read_passives(path)
+    ]
+
+
+def set_epoch_rates(vw: PanelVolumeWrapper, peaks: Mapping[str, float | None], factor: float, only: str | None = None) -> None:
+    """Set each optimiser's rate to ``peak x factor`` (plain floats: they are stored in the checkpoints); with ``only``
+    every other optimiser gets rate 0 (a stage in which only that group moves)."""
+    for name, peak in peaks.items():
+        if name in vw.opts and peak is not None:
+            rate = 0.0 if only is not None and name != only else float(peak) * float(factor)
+            for g in vw.opts[name].param_groups:
+                g["lr"] = rate
