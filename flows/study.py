@@ -10,12 +10,14 @@ parallel on the task runner), the comparison with bootstrap intervals, plots and
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import PrefectFuture
 
 from config import PipelineParams
 from tasks.artifacts import Progress, publish_images, publish_table
@@ -82,92 +84,128 @@ def ladle_markdown(m: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ladle_plots(params: PipelineParams, paths: PipelinePaths, history: list[dict[str, Any]]) -> None:
+@dataclass(frozen=True)
+class _Trained:
+    """What the shared train-and-predict part hands to a study's comparison: the history, costs, prediction files."""
+
+    history: list[dict[str, Any]]
+    costs: dict[str, float]
+    csvs: dict[str, str]
+    progress: Progress
+
+
+def _train_and_predict(
+    paths: PipelinePaths,
+    study: str,
+    n_epochs: int,
+    detectors: Sequence[str],
+    *,
+    prepare: Callable[[str, str], Mapping[str, Any]],
+    run_epoch: Callable[[str, str, int, str, list[State] | None], State],
+    finalise: Callable[[str, str], Mapping[str, Any]],
+    predict: Callable[[str, str, str], PrefectFuture[Any]],
+) -> _Trained:
+    """Layouts and the epoch-0 checkpoint (``prepare(ckpt, data)``), one chained checkpointed task per remaining epoch
+    (``run_epoch(ckpt, data, epoch, fingerprint, wait_for)``), the trained detector (``finalise(ckpt, fingerprint)``),
+    then one prediction task per detector in parallel (``predict(name, data, csv)``); wall times to timings/."""
+    outs = paths.study_outputs
+    data, ckpt = str(outs["data_dir"]), str(paths.study_checkpoints / study)
+    Path(data).mkdir(parents=True, exist_ok=True)
+    progress = Progress("study-progress", n_epochs + len(detectors), f"study {study}: epochs and detectors done [%]")
+    timings: dict[str, Any] = {"epoch_seconds": {}}
+    t0 = time.perf_counter()
+    with hold_lock(paths.models_dir / "study_checkpoints.lock", "the checkpoints of stage 'study'"):
+        prep = prepare(ckpt, data)
+        previous: State | None = None
+        for epoch in range(int(prep["last_epoch"]) + 1, n_epochs + 1):
+            state = run_epoch(ckpt, data, epoch, str(prep["fingerprint"]), [previous] if previous else None)
+            timings["epoch_seconds"][epoch] = state.result()["seconds"]
+            previous = state
+            progress.set(epoch)
+        res = finalise(ckpt, str(prep["fingerprint"]))
+    csvs = {name: str(Path(data) / f"pred_{name}.csv") for name in detectors}
+    futures = {name: predict(name, data, csvs[name]) for name in detectors}
+    costs = {}
+    for i, (name, fut) in enumerate(futures.items(), 1):
+        costs[name] = float(fut.result()["total_cost"])
+        progress.set(n_epochs + i)
+    timings["train_and_predict_s"] = round(time.perf_counter() - t0, 2)
+    write_json(timings, paths.timings_dir / "study.json")
+    return _Trained(list(res["history"]), costs, csvs, progress)
+
+
+def _publish(paths: PipelinePaths, metrics: dict[str, Any], run: _Trained, title: str, markdown: str) -> Mapping[str, Any]:
+    """Full metrics (with the training history), DVC summary, history CSV, PNG and markdown artifacts."""
     import pandas as pd
 
+    outs = paths.study_outputs
+    metrics["training"] = {"epochs": len(run.history), "history": run.history}
+    write_json(metrics, outs["metrics"])
+    summary = write_summary("study", metrics, outs["summary"])
+    save_csv(pd.DataFrame(run.history), outs["history_csv"])
+    run.progress.finish()
+    pngs = sorted(Path(outs["plots_dir"]).glob("*.png"))
+    publish_images({f.stem: f for f in pngs}, key="tomoflow-study-images", title=title)
+    create_markdown_artifact(markdown=markdown, key="tomoflow-study", description=title)
+    return summary
+
+
+def _layouts_png(paths: PipelinePaths, vols: dict[str, Any], trained: Any) -> None:
     from tasks.detector import load_detector
-    from tomopt_lib.benchmarks.ladle_furnace import compare_init_to_optimised, compare_optimised_to_baselines
     from tomopt_lib.plotting.study import plot_layouts_overlay
 
-    outs = paths.study_outputs
-    plots, data = Path(outs["plots_dir"]), Path(outs["data_dir"])
-    cfg = params.studies.ladle_furnace
-    frames = {n: pd.read_csv(data / f"pred_{n}.csv") for n in DETECTORS}
-    test = {n: f[f["set"] == "test"] for n, f in frames.items()}
-    plots.mkdir(parents=True, exist_ok=True)
+    vols["trained"] = load_detector(trained, str(paths.study_outputs["detector_pt"]))
+    save_png(plot_layouts_overlay(vols), Path(paths.study_outputs["plots_dir"]) / "layouts.png")
+
+
+def _intervals_png(
+    paths: PipelinePaths, values: dict[str, tuple[float, float, float]], label: str, title: str, name: str
+) -> None:
+    from tomopt_lib.plotting.study import plot_metric_intervals
+
+    save_png(plot_metric_intervals(values, label=label, title=title), Path(paths.study_outputs["plots_dir"]) / name)
+
+
+def _ladle(params: PipelineParams, paths: PipelinePaths) -> Mapping[str, Any]:
+    import pandas as pd
+
+    from tomopt_lib.benchmarks.ladle_furnace import compare_init_to_optimised, compare_optimised_to_baselines
+
+    cfg, dev, pt = params.studies.ladle_furnace, params.runtime.device, str(paths.study_outputs["detector_pt"])
+    run = _train_and_predict(
+        paths,
+        "ladle_furnace",
+        cfg.n_epochs,
+        DETECTORS,
+        prepare=lambda ckpt, data: prepare_ladle(ckpt, data, params.seed, cfg, dev),
+        run_epoch=lambda ckpt, data, e, fp, wait: run_ladle_epoch(ckpt, data, e, cfg, fp, dev, wait_for=wait, return_state=True),
+        finalise=lambda ckpt, fp: finalise_ladle(ckpt, cfg.n_epochs, fp, cfg, pt, str(paths.study_outputs["detector_json"])),
+        predict=lambda name, data, csv: predict_ladle.submit(name, data, csv, params.seed, cfg, pt, dev),
+    )
+    data = Path(paths.study_outputs["data_dir"])
+    metrics = compare_ladle(run.csvs, run.costs, cfg.n_bootstrap, params.seed, str(data / "per_volume.csv"))
+    plots = Path(paths.study_outputs["plots_dir"])
+    test = {n: (f := pd.read_csv(p))[f["set"] == "test"] for n, p in run.csvs.items()}
     save_png(
         compare_optimised_to_baselines(test["baseline_1"], test["baseline_2"], test["trained"], None), plots / "baselines.png"
     )
     save_png(compare_init_to_optimised(test["initial"], test["trained"], None), plots / "initial_vs_trained.png")
-    vols = {n: ladle_volume(n, cfg) for n in ("initial", "baseline_1", "baseline_2")}
-    vols["trained"] = load_detector(ladle_volume("trained", cfg), str(outs["detector_pt"]))
-    save_png(plot_layouts_overlay(vols), plots / "layouts.png")
-    from tomopt_lib.plotting.study import plot_metric_intervals
-
-    m = __import__("json").loads(Path(outs["metrics"]).read_text())
-    intervals = {n: (d["mse"], *d["mse_ci95"]) for n, d in m["detectors"].items()}
-    save_png(
-        plot_metric_intervals(intervals, label="fill-height MSE after de-biasing [m$^2$]", title="Ladle furnace, 95 % intervals"),
-        plots / "mse.png",
-    )
-    save_csv(pd.DataFrame(history), outs["history_csv"])
-
-
-def _ladle(params: PipelineParams, paths: PipelinePaths) -> Mapping[str, Any]:
-    log = get_run_logger()
-    cfg, dev = params.studies.ladle_furnace, params.runtime.device
-    outs = paths.study_outputs
-    data, ckpt = str(outs["data_dir"]), str(paths.study_checkpoints / "ladle_furnace")
-    Path(data).mkdir(parents=True, exist_ok=True)
-    n = cfg.n_epochs
-    progress = Progress("study-progress", n + len(DETECTORS), "study ladle_furnace: epochs and detectors done [%]")
-    with hold_lock(paths.models_dir / "study_checkpoints.lock", "the checkpoints of stage 'study'"):
-        prep = prepare_ladle(ckpt, data, params.seed, cfg, dev)
-        previous: State | None = None
-        timings: dict[str, Any] = {"epoch_seconds": {}}
-        t0 = time.perf_counter()
-        for epoch in range(prep["last_epoch"] + 1, n + 1):
-            state = run_ladle_epoch(
-                ckpt, data, epoch, cfg, prep["fingerprint"], dev, wait_for=[previous] if previous else None, return_state=True
-            )
-            timings["epoch_seconds"][epoch] = state.result()["seconds"]
-            previous = state
-            progress.set(epoch)
-        res = finalise_ladle(ckpt, n, prep["fingerprint"], cfg, str(outs["detector_pt"]), str(outs["detector_json"]))
-    futures = {
-        name: predict_ladle.submit(
-            name, data, str(Path(data) / f"pred_{name}.csv"), params.seed, cfg, str(outs["detector_pt"]), dev
-        )
-        for name in DETECTORS
-    }
-    costs = {}
-    for i, (name, fut) in enumerate(futures.items(), 1):
-        costs[name] = fut.result()["total_cost"]
-        progress.set(n + i)
-    timings["train_and_predict_s"] = round(time.perf_counter() - t0, 2)
-    write_json(timings, paths.timings_dir / "study.json")
-    metrics = compare_ladle(
-        {name: str(Path(data) / f"pred_{name}.csv") for name in DETECTORS},
-        costs,
-        cfg.n_bootstrap,
-        params.seed,
-        str(Path(data) / "per_volume.csv"),
-    )
-    metrics["training"] = {"epochs": n, "history": res["history"]}
-    write_json(metrics, outs["metrics"])
     det = metrics["detectors"]
-    summary = write_summary("study", metrics, outs["summary"])
-    _ladle_plots(params, paths, res["history"])
-    progress.finish()
-    pngs = sorted(Path(outs["plots_dir"]).glob("*.png"))
-    publish_images({f.stem: f for f in pngs}, key="tomoflow-study-images", title="Ladle-furnace study")
-    create_markdown_artifact(markdown=ladle_markdown(metrics), key="tomoflow-study", description="Ladle-furnace study")
+    _intervals_png(
+        paths,
+        {n: (d["mse"], *d["mse_ci95"]) for n, d in det.items()},
+        "fill-height MSE after de-biasing [m$^2$]",
+        "Ladle furnace, 95 % intervals",
+        "mse.png",
+    )
+    _layouts_png(paths, {n: ladle_volume(n, cfg) for n in ("initial", "baseline_1", "baseline_2")}, ladle_volume("trained", cfg))
+    summary = _publish(paths, metrics, run, "Ladle-furnace study", ladle_markdown(metrics))
     publish_table(
         [{"detector": k, **{kk: vv for kk, vv in v.items() if not isinstance(vv, list)}} for k, v in det.items()],
         key="tomoflow-study-table",
         description="Ladle-furnace study per detector",
     )
-    log.info(
+    get_run_logger().info(
         "ladle furnace: de-biased fill-height MSE trained %.5f, initial %.5f, baselines %.5f / %.5f m^2",
         det["trained"]["mse"],
         det["initial"]["mse"],
@@ -180,69 +218,39 @@ def _ladle(params: PipelineParams, paths: PipelinePaths) -> Mapping[str, Any]:
 def _u_lorry(params: PipelineParams, paths: PipelinePaths) -> Mapping[str, Any]:
     import pandas as pd
 
-    from tasks.detector import load_detector
-    from tomopt_lib.plotting.study import plot_layouts_overlay, plot_metric_intervals, plot_roc_curves
+    from tomopt_lib.plotting.study import plot_roc_curves
 
-    log = get_run_logger()
     cfg, vol_cfg, dev = params.studies.u_lorry, params.volume, params.runtime.device
-    outs = paths.study_outputs
-    data, ckpt = str(outs["data_dir"]), str(paths.study_checkpoints / "u_lorry")
-    Path(data).mkdir(parents=True, exist_ok=True)
-    n = cfg.n_epochs
-    progress = Progress("study-progress", n + len(U_LORRY_DETECTORS), "study u_lorry: epochs and detectors done [%]")
-    timings: dict[str, Any] = {"epoch_seconds": {}}
-    t0 = time.perf_counter()
-    with hold_lock(paths.models_dir / "study_checkpoints.lock", "the checkpoints of stage 'study'"):
-        prep = prepare_u_lorry(ckpt, data, params.seed, vol_cfg, cfg, dev)
-        previous: State | None = None
-        for epoch in range(prep["last_epoch"] + 1, n + 1):
-            state = run_u_lorry_epoch(
-                ckpt,
-                data,
-                epoch,
-                vol_cfg,
-                cfg,
-                prep["fingerprint"],
-                dev,
-                wait_for=[previous] if previous else None,
-                return_state=True,
-            )
-            timings["epoch_seconds"][epoch] = state.result()["seconds"]
-            previous = state
-            progress.set(epoch)
-        res = finalise_u_lorry(ckpt, n, prep["fingerprint"], vol_cfg, cfg, str(outs["detector_pt"]), str(outs["detector_json"]))
-    csvs = {name: str(Path(data) / f"pred_{name}.csv") for name in U_LORRY_DETECTORS}
-    futures = {
-        name: predict_u_lorry.submit(name, data, csvs[name], params.seed, vol_cfg, cfg, str(outs["detector_pt"]), dev)
-        for name in U_LORRY_DETECTORS
-    }
-    costs = {}
-    for i, (name, fut) in enumerate(futures.items(), 1):
-        costs[name] = fut.result()["total_cost"]
-        progress.set(n + i)
-    timings["train_and_predict_s"] = round(time.perf_counter() - t0, 2)
-    write_json(timings, paths.timings_dir / "study.json")
-    metrics = compare_u_lorry(csvs, costs, cfg.n_bootstrap, params.seed)
-    metrics["training"] = {"epochs": n, "history": res["history"]}
-    write_json(metrics, outs["metrics"])
-    summary = write_summary("study", metrics, outs["summary"])
-    plots = Path(outs["plots_dir"])
-    frames = {name: pd.read_csv(p) for name, p in csvs.items()}
-    save_png(
-        plot_roc_curves({k: (f["score"].to_numpy(), f["target"].to_numpy()) for k, f in frames.items()}, title="U-lorry"),
-        plots / "roc.png",
+    pt = str(paths.study_outputs["detector_pt"])
+    run = _train_and_predict(
+        paths,
+        "u_lorry",
+        cfg.n_epochs,
+        U_LORRY_DETECTORS,
+        prepare=lambda ckpt, data: prepare_u_lorry(ckpt, data, params.seed, vol_cfg, cfg, dev),
+        run_epoch=lambda ckpt, data, e, fp, wait: run_u_lorry_epoch(
+            ckpt, data, e, vol_cfg, cfg, fp, dev, wait_for=wait, return_state=True
+        ),
+        finalise=lambda ckpt, fp: finalise_u_lorry(
+            ckpt, cfg.n_epochs, fp, vol_cfg, cfg, pt, str(paths.study_outputs["detector_json"])
+        ),
+        predict=lambda name, data, csv: predict_u_lorry.submit(name, data, csv, params.seed, vol_cfg, cfg, pt, dev),
     )
+    metrics = compare_u_lorry(run.csvs, run.costs, cfg.n_bootstrap, params.seed)
+    frames = {name: pd.read_csv(p) for name, p in run.csvs.items()}
+    curves = {k: (f["score"].to_numpy(), f["target"].to_numpy()) for k, f in frames.items()}
+    save_png(plot_roc_curves(curves, title="U-lorry"), Path(paths.study_outputs["plots_dir"]) / "roc.png")
     det = metrics["detectors"]
-    intervals = {k: (d["auc"], *d["auc_ci95"]) for k, d in det.items()}
-    save_png(
-        plot_metric_intervals(intervals, label="ROC AUC (higher is better)", title="U-lorry, 95 % intervals"), plots / "auc.png"
+    _intervals_png(
+        paths,
+        {k: (d["auc"], *d["auc_ci95"]) for k, d in det.items()},
+        "ROC AUC (higher is better)",
+        "U-lorry, 95 % intervals",
+        "auc.png",
     )
-    vols = {name: u_lorry_volume(name, vol_cfg, cfg) for name in ("start", "reference")}
-    vols["trained"] = load_detector(u_lorry_volume("trained", vol_cfg, cfg), str(outs["detector_pt"]))
-    save_png(plot_layouts_overlay(vols), plots / "layouts.png")
-    save_csv(pd.DataFrame(res["history"]), outs["history_csv"])
-    progress.finish()
-    publish_images({f.stem: f for f in sorted(plots.glob("*.png"))}, key="tomoflow-study-images", title="U-lorry study")
+    _layouts_png(
+        paths, {n: u_lorry_volume(n, vol_cfg, cfg) for n in ("start", "reference")}, u_lorry_volume("trained", vol_cfg, cfg)
+    )
     lines = [
         "# U-lorry study: ROC AUC of the uranium-block probability",
         "",
@@ -250,71 +258,39 @@ def _u_lorry(params: PipelineParams, paths: PipelinePaths) -> Mapping[str, Any]:
         "| --- | --- | --- |",
     ]
     lines += [f"| {k} | {d['auc']:.3f} | [{d['auc_ci95'][0]:.3f}, {d['auc_ci95'][1]:.3f}] |" for k, d in det.items()]
-    create_markdown_artifact(markdown="\n".join(lines), key="tomoflow-study", description="U-lorry study")
-    log.info("u-lorry: ROC AUC %s", {k: round(d["auc"], 3) for k, d in det.items()})
+    summary = _publish(paths, metrics, run, "U-lorry study", "\n".join(lines))
+    get_run_logger().info("u-lorry: ROC AUC %s", {k: round(d["auc"], 3) for k, d in det.items()})
     return summary
 
 
 def _small_walls(params: PipelineParams, paths: PipelinePaths) -> Mapping[str, Any]:
-    import pandas as pd
-
-    from tasks.detector import load_detector
-    from tomopt_lib.plotting.study import plot_layouts_overlay, plot_metric_intervals
-
-    log = get_run_logger()
-    cfg, dev = params.studies.small_walls, params.runtime.device
-    outs = paths.study_outputs
-    data, ckpt = str(outs["data_dir"]), str(paths.study_checkpoints / "small_walls")
-    Path(data).mkdir(parents=True, exist_ok=True)
-    n = cfg.n_epochs
-    progress = Progress("study-progress", n + len(WALLS_DETECTORS), "study small_walls: epochs and detectors done [%]")
-    timings: dict[str, Any] = {"epoch_seconds": {}}
-    t0 = time.perf_counter()
-    with hold_lock(paths.models_dir / "study_checkpoints.lock", "the checkpoints of stage 'study'"):
-        prep = prepare_walls(ckpt, data, params.seed, cfg, dev)
-        previous: State | None = None
-        for epoch in range(prep["last_epoch"] + 1, n + 1):
-            state = run_walls_epoch(
-                ckpt, data, epoch, cfg, prep["fingerprint"], dev, wait_for=[previous] if previous else None, return_state=True
-            )
-            timings["epoch_seconds"][epoch] = state.result()["seconds"]
-            previous = state
-            progress.set(epoch)
-        res = finalise_walls(ckpt, n, prep["fingerprint"], cfg, str(outs["detector_pt"]), str(outs["detector_json"]))
-    csvs = {name: str(Path(data) / f"pred_{name}.csv") for name in WALLS_DETECTORS}
-    futures = {
-        name: predict_walls.submit(name, data, csvs[name], params.seed, cfg, str(outs["detector_pt"]), dev)
-        for name in WALLS_DETECTORS
-    }
-    costs = {}
-    for i, (name, fut) in enumerate(futures.items(), 1):
-        costs[name] = fut.result()["total_cost"]
-        progress.set(n + i)
-    timings["train_and_predict_s"] = round(time.perf_counter() - t0, 2)
-    write_json(timings, paths.timings_dir / "study.json")
-    metrics = compare_walls(csvs, costs, cfg.n_bootstrap, params.seed)
-    metrics["training"] = {"epochs": n, "history": res["history"]}
-    write_json(metrics, outs["metrics"])
-    summary = write_summary("study", metrics, outs["summary"])
-    plots = Path(outs["plots_dir"])
-    det = metrics["detectors"]
-    intervals = {k: (d["mean_iou"], *d["mean_iou_ci95"]) for k, d in det.items()}
-    save_png(
-        plot_metric_intervals(intervals, label="mean wall-mask IoU (higher is better)", title="Small walls, 95 % intervals"),
-        plots / "iou.png",
+    cfg, dev, pt = params.studies.small_walls, params.runtime.device, str(paths.study_outputs["detector_pt"])
+    run = _train_and_predict(
+        paths,
+        "small_walls",
+        cfg.n_epochs,
+        WALLS_DETECTORS,
+        prepare=lambda ckpt, data: prepare_walls(ckpt, data, params.seed, cfg, dev),
+        run_epoch=lambda ckpt, data, e, fp, wait: run_walls_epoch(ckpt, data, e, cfg, fp, dev, wait_for=wait, return_state=True),
+        finalise=lambda ckpt, fp: finalise_walls(ckpt, cfg.n_epochs, fp, cfg, pt, str(paths.study_outputs["detector_json"])),
+        predict=lambda name, data, csv: predict_walls.submit(name, data, csv, params.seed, cfg, pt, dev),
     )
-    vols = {name: walls_volume(name, cfg) for name in ("start", "hand")}
-    vols["trained"] = load_detector(walls_volume("trained", cfg), str(outs["detector_pt"]))
-    save_png(plot_layouts_overlay(vols), plots / "layouts.png")
-    save_csv(pd.DataFrame(res["history"]), outs["history_csv"])
-    progress.finish()
-    publish_images({f.stem: f for f in sorted(plots.glob("*.png"))}, key="tomoflow-study-images", title="Small-walls study")
+    metrics = compare_walls(run.csvs, run.costs, cfg.n_bootstrap, params.seed)
+    det = metrics["detectors"]
+    _intervals_png(
+        paths,
+        {k: (d["mean_iou"], *d["mean_iou_ci95"]) for k, d in det.items()},
+        "mean wall-mask IoU (higher is better)",
+        "Small walls, 95 % intervals",
+        "iou.png",
+    )
+    _layouts_png(paths, {n: walls_volume(n, cfg) for n in ("start", "hand")}, walls_volume("trained", cfg))
     lines = ["# Small-walls study: wall-mask IoU", "", "| detector | mean IoU | 95 % interval |", "| --- | --- | --- |"]
     lines += [
         f"| {k} | {d['mean_iou']:.3f} | [{d['mean_iou_ci95'][0]:.3f}, {d['mean_iou_ci95'][1]:.3f}] |" for k, d in det.items()
     ]
-    create_markdown_artifact(markdown="\n".join(lines), key="tomoflow-study", description="Small-walls study")
-    log.info("small walls: mean IoU %s", {k: round(d["mean_iou"], 3) for k, d in det.items()})
+    summary = _publish(paths, metrics, run, "Small-walls study", "\n".join(lines))
+    get_run_logger().info("small walls: mean IoU %s", {k: round(d["mean_iou"], 3) for k, d in det.items()})
     return summary
 
 
