@@ -8,22 +8,32 @@ mismatch starts the run afresh, a match resumes after the last readable epoch.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tomopt_lib.io import read_json, read_passives, save_torch, write_json
+from tomopt_lib.optimisation.callbacks import Callback, NoMoreNaNs
+from tomopt_lib.optimisation.data import PassiveYielder
 from tomopt_lib.optimisation.wrapper import PanelVolumeWrapper
 from tomopt_lib.volume import Volume
 from tomopt_lib.volume.builders import rad_length_func_from_cube
 
 from .common import task_logger
 from .detector import panel_rows
-from .optimisation import checkpoint_path, load_checkpoint
+from .optimisation import LossRecorder, checkpoint_path, load_checkpoint
 
-__all__ = ["save_study_checkpoint", "start_or_resume", "study_layouts", "set_epoch_rates", "OPTIMISER_GROUPS"]
+__all__ = [
+    "save_study_checkpoint",
+    "start_or_resume",
+    "study_layouts",
+    "set_epoch_rates",
+    "train_study_epoch",
+    "OPTIMISER_GROUPS",
+]
 
 OPTIMISER_GROUPS = ("xy_pos_opt", "z_pos_opt", "xy_span_opt", "budget_opt")
 """The wrapper's optimiser names, in the order of a ``StudyRates`` (xy, z, xy_span, budget)."""
@@ -84,3 +94,46 @@ def set_epoch_rates(vw: PanelVolumeWrapper, peaks: Mapping[str, float | None], f
             rate = 0.0 if only is not None and name != only else float(peak) * float(factor)
             for g in vw.opts[name].param_groups:
                 g["lr"] = rate
+
+
+def train_study_epoch(
+    ckpt_dir: str,
+    epoch: int,
+    fingerprint: str,
+    wrapper: PanelVolumeWrapper,
+    *,
+    set_rates: Callable[[PanelVolumeWrapper], float],
+    layouts_path: str,
+    with_target: bool,
+    fit_sizes: tuple[int, int, int],
+    cbs_before: Sequence[Callback] = (),
+    cbs_after: Sequence[Callback] = (),
+    extra_row: Callable[[], Mapping[str, Any]] | None = None,
+    label: str = "study",
+) -> dict[str, Any]:
+    """One epoch of a study: ``wrapper`` (freshly built) takes the state of the checkpoint of ``epoch - 1``, gets its
+    rates from ``set_rates`` (which returns the rate factor), fits one epoch on the layouts file (``fit_sizes`` =
+    passive_bs, n_mu_per_volume, mu_bs), and the checkpoint of ``epoch`` is written with the history row
+    (epoch, rate factor, mean train loss, updates, ``extra_row()``). Returns the row plus its wall time ``seconds``
+    (which stays out of the versioned history)."""
+    t0 = time.perf_counter()
+    state = load_checkpoint(checkpoint_path(ckpt_dir, epoch - 1), fingerprint)
+    wrapper.load_training_state(state)
+    factor = set_rates(wrapper)
+    trn = study_layouts(layouts_path, wrapper.volume, with_target=with_target)
+    rec = LossRecorder()
+    passive_bs, n_mu, mu_bs = fit_sizes
+    cbs = [*cbs_before, NoMoreNaNs(), rec, *cbs_after]
+    wrapper.fit(1, passive_bs, n_mu, mu_bs, PassiveYielder(trn, shuffle=True), cbs=cbs, cb_savepath=ckpt_dir)
+    row = {
+        "epoch": epoch,
+        "rate_factor": round(float(factor), 6),
+        "train_loss": rec.mean("train"),
+        "n_updates": int(wrapper.fit_params.n_updates),
+        **(dict(extra_row()) if extra_row is not None else {}),
+    }
+    history, panels = [*state["history"], row], [*state["panels"], *panel_rows(wrapper.volume, epoch)]
+    save_study_checkpoint(wrapper, checkpoint_path(ckpt_dir, epoch), epoch, fingerprint, history, panels)
+    seconds = time.perf_counter() - t0
+    task_logger().info("%s epoch %d: train loss %.4g (rates x %.3g), %.1f s", label, epoch, row["train_loss"], factor, seconds)
+    return {**row, "seconds": round(seconds, 3)}

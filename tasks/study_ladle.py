@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,15 +40,21 @@ from tomopt_lib.benchmarks.ladle_furnace.likelihood import LikelihoodLadleFurnac
 from tomopt_lib.io import PassiveRecord, write_passives
 from tomopt_lib.metrics import bootstrap_mean, paired_bootstrap_ratio
 from tomopt_lib.optimisation import PanelVolumeWrapper, PassiveYielder, VolumeMSELoss
-from tomopt_lib.optimisation.callbacks import Callback, NoMoreNaNs
+from tomopt_lib.optimisation.callbacks import Callback
 from tomopt_lib.optimisation.callbacks.pred_callbacks import VolumeTargetPredHandler
 from tomopt_lib.runtime import resolve_device
 from tomopt_lib.volume import Volume
 
 from .common import derive_seed, task_logger
-from .detector import describe_detector, load_detector, panel_rows, write_detector
-from .optimisation import LossRecorder, checkpoint_path, code_hash, load_checkpoint
-from .study_common import OPTIMISER_GROUPS, save_study_checkpoint, set_epoch_rates, start_or_resume, study_layouts
+from .detector import describe_detector, load_detector, write_detector
+from .optimisation import checkpoint_path, code_hash, load_checkpoint
+from .study_common import (
+    OPTIMISER_GROUPS,
+    set_epoch_rates,
+    start_or_resume,
+    study_layouts,
+    train_study_epoch,
+)
 
 __all__ = [
     "LADLE_STUDY_KEY",
@@ -201,37 +206,26 @@ def run_ladle_epoch(
 ) -> dict[str, Any]:
     """Train epoch ``epoch`` from the checkpoint of ``epoch - 1`` (rates of :func:`lr_factors`); write its checkpoint.
     Returns the epoch's history row plus its wall time ``seconds`` (not stored in the checkpoint's history)."""
-    t0 = time.perf_counter()
-    state = load_checkpoint(checkpoint_path(ckpt_dir, epoch - 1), fingerprint)
-    vw = _wrapper(ladle_volume("trained", cfg, device), cfg, 0)
-    vw.load_training_state(state)
-    factor = _set_rates(vw, cfg, epoch)
-    trn = study_layouts(str(Path(data_dir) / "train_layouts.h5"), vw.volume)
-    rec, tg = LossRecorder(), _Targets()
-    cbs: list[Callback] = [NoMoreNaNs(), rec, tg]
-    if cfg.inferrer == "pocaz":
-        cbs.insert(0, LinearCorrectionCallback())
-    vw.fit(1, cfg.passive_bs, cfg.n_mu_per_volume, cfg.mu_bs, PassiveYielder(trn, shuffle=True), cbs=cbs, cb_savepath=ckpt_dir)
-    p, t = (np.array(v) for v in zip(*tg.pairs)) if tg.pairs else (np.zeros(0), np.zeros(0))
-    row = {
-        "epoch": epoch,
-        "rate_factor": round(factor, 6),
-        "z_only": lr_factors(epoch, cfg)[1],
-        "train_loss": rec.mean("train"),
-        "train_mse_raw": float(np.mean((p - t) ** 2)) if len(p) else float("nan"),
-        "n_updates": int(vw.fit_params.n_updates),
-    }
-    save_study_checkpoint(
-        vw,
-        checkpoint_path(ckpt_dir, epoch),
+    tg = _Targets()
+
+    def mse_raw() -> dict[str, Any]:
+        p, t = (np.array(v) for v in zip(*tg.pairs)) if tg.pairs else (np.zeros(0), np.zeros(0))
+        return {"z_only": lr_factors(epoch, cfg)[1], "train_mse_raw": float(np.mean((p - t) ** 2)) if len(p) else float("nan")}
+
+    return train_study_epoch(
+        ckpt_dir,
         epoch,
         fingerprint,
-        [*state["history"], row],
-        [*state["panels"], *panel_rows(vw.volume, epoch)],
+        _wrapper(ladle_volume("trained", cfg, device), cfg, 0),
+        set_rates=lambda vw: _set_rates(vw, cfg, epoch),
+        layouts_path=str(Path(data_dir) / "train_layouts.h5"),
+        with_target=True,
+        fit_sizes=(cfg.passive_bs, cfg.n_mu_per_volume, cfg.mu_bs),
+        cbs_before=[LinearCorrectionCallback()] if cfg.inferrer == "pocaz" else [],
+        cbs_after=[tg],
+        extra_row=mse_raw,
+        label="ladle",
     )
-    seconds = time.perf_counter() - t0
-    task_logger().info("ladle epoch %d: train loss %.4g (rates x %.3g), %.1f s", epoch, row["train_loss"], factor, seconds)
-    return {**row, "seconds": round(seconds, 3)}  # the wall time goes to timings/, never into the versioned history
 
 
 def finalise_ladle(ckpt_dir: str, n_epochs: int, fingerprint: str, cfg: LadleFurnaceStudy, pt: str, js: str) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,15 +34,14 @@ from tomopt_lib.inference.volume import get_volume_inferrer
 from tomopt_lib.io import PassiveRecord, read_passives, write_passives
 from tomopt_lib.muon.generation import MuonGenerator2016
 from tomopt_lib.optimisation import PanelVolumeWrapper, PassiveYielder, VoxelLogX0Loss
-from tomopt_lib.optimisation.callbacks import NoMoreNaNs
 from tomopt_lib.runtime import resolve_device
 from tomopt_lib.volume import Volume
 
-from .common import derive_seed, task_logger
-from .detector import describe_detector, load_detector, panel_rows, write_detector
-from .optimisation import LossRecorder, checkpoint_path, code_hash, load_checkpoint
+from .common import derive_seed
+from .detector import describe_detector, load_detector, write_detector
+from .optimisation import checkpoint_path, code_hash, load_checkpoint
 from .outputs import save_csv
-from .study_common import OPTIMISER_GROUPS, save_study_checkpoint, set_epoch_rates, start_or_resume, study_layouts
+from .study_common import OPTIMISER_GROUPS, set_epoch_rates, start_or_resume, study_layouts, train_study_epoch
 
 __all__ = [
     "SMALL_WALLS_STUDY_KEY",
@@ -156,40 +154,24 @@ def run_walls_epoch(
     ckpt_dir: str, data_dir: str, epoch: int, cfg: SmallWallsStudy, fingerprint: str, device: str | None = "cpu"
 ) -> dict[str, Any]:
     """Train epoch ``epoch`` from the checkpoint of ``epoch - 1`` (cosine-decayed rates); write its checkpoint."""
-    t0 = time.perf_counter()
-    state = load_checkpoint(checkpoint_path(ckpt_dir, epoch - 1), fingerprint)
-    vw = _wrapper(walls_volume("trained", cfg, device), cfg, 0)
-    vw.load_training_state(state)
     factor = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / cfg.n_epochs))
-    set_epoch_rates(vw, dict(zip(OPTIMISER_GROUPS, (cfg.lr.xy, cfg.lr.z, cfg.lr.xy_span, cfg.lr.budget))), factor)
-    rec = LossRecorder()
-    trn = study_layouts(str(Path(data_dir) / "train_layouts.h5"), vw.volume, with_target=False)
-    vw.fit(
-        1,
-        cfg.passive_bs,
-        cfg.n_mu_per_volume,
-        cfg.mu_bs,
-        PassiveYielder(trn, shuffle=True),
-        cbs=[NoMoreNaNs(), rec],
-        cb_savepath=ckpt_dir,
-    )
-    row = {
-        "epoch": epoch,
-        "rate_factor": round(factor, 6),
-        "train_loss": rec.mean("train"),
-        "n_updates": int(vw.fit_params.n_updates),
-    }
-    save_study_checkpoint(
-        vw,
-        checkpoint_path(ckpt_dir, epoch),
+    peaks = dict(zip(OPTIMISER_GROUPS, (cfg.lr.xy, cfg.lr.z, cfg.lr.xy_span, cfg.lr.budget)))
+
+    def rates(vw: PanelVolumeWrapper) -> float:
+        set_epoch_rates(vw, peaks, factor)
+        return factor
+
+    return train_study_epoch(
+        ckpt_dir,
         epoch,
         fingerprint,
-        [*state["history"], row],
-        [*state["panels"], *panel_rows(vw.volume, epoch)],
+        _wrapper(walls_volume("trained", cfg, device), cfg, 0),
+        set_rates=rates,
+        layouts_path=str(Path(data_dir) / "train_layouts.h5"),
+        with_target=False,
+        fit_sizes=(cfg.passive_bs, cfg.n_mu_per_volume, cfg.mu_bs),
+        label="walls",
     )
-    seconds = time.perf_counter() - t0
-    task_logger().info("walls epoch %d: train loss %.4g, %.1f s", epoch, row["train_loss"], seconds)
-    return {**row, "seconds": round(seconds, 3)}
 
 
 def finalise_walls(ckpt_dir: str, n_epochs: int, fingerprint: str, cfg: SmallWallsStudy, pt: str, js: str) -> dict[str, Any]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,16 +35,15 @@ from tomopt_lib.inference.volume import get_volume_inferrer
 from tomopt_lib.io import PassiveRecord, write_passives
 from tomopt_lib.metrics import roc_auc
 from tomopt_lib.optimisation import PanelVolumeWrapper, PassiveYielder, VolumeClassLoss
-from tomopt_lib.optimisation.callbacks import NoMoreNaNs
 from tomopt_lib.optimisation.callbacks.pred_callbacks import VolumeTargetPredHandler
 from tomopt_lib.runtime import resolve_device
 from tomopt_lib.volume import Volume
 
-from .common import derive_seed, task_logger
-from .detector import build_reference_volume, build_start_volume, describe_detector, load_detector, panel_rows
-from .optimisation import LossRecorder, checkpoint_path, code_hash, load_checkpoint
+from .common import derive_seed
+from .detector import build_reference_volume, build_start_volume, describe_detector, load_detector
+from .optimisation import checkpoint_path, code_hash, load_checkpoint
 from .outputs import save_csv
-from .study_common import OPTIMISER_GROUPS, save_study_checkpoint, set_epoch_rates, start_or_resume, study_layouts
+from .study_common import OPTIMISER_GROUPS, set_epoch_rates, start_or_resume, study_layouts, train_study_epoch
 
 __all__ = [
     "U_LORRY_STUDY_KEY",
@@ -165,40 +163,23 @@ def run_u_lorry_epoch(
 ) -> dict[str, Any]:
     """Train epoch ``epoch`` from the checkpoint of ``epoch - 1`` (cosine-decayed rates); write its checkpoint. Returns
     the history row plus its wall time ``seconds`` (kept out of the versioned history)."""
-    t0 = time.perf_counter()
-    state = load_checkpoint(checkpoint_path(ckpt_dir, epoch - 1), fingerprint)
-    vw = _wrapper(u_lorry_volume("trained", volume_cfg, cfg, device), cfg, 0)
-    vw.load_training_state(state)
-    factor = u_lorry_rate(epoch, cfg)
-    set_epoch_rates(vw, dict(zip(OPTIMISER_GROUPS, (cfg.lr.xy, cfg.lr.z, cfg.lr.xy_span, cfg.lr.budget))), factor)
-    trn = study_layouts(str(Path(data_dir) / "train_layouts.h5"), vw.volume)
-    rec = LossRecorder()
-    vw.fit(
-        1,
-        cfg.passive_bs,
-        cfg.n_mu_per_volume,
-        cfg.mu_bs,
-        PassiveYielder(trn, shuffle=True),
-        cbs=[NoMoreNaNs(), rec],
-        cb_savepath=ckpt_dir,
-    )
-    row = {
-        "epoch": epoch,
-        "rate_factor": round(float(factor), 6),
-        "train_loss": rec.mean("train"),
-        "n_updates": int(vw.fit_params.n_updates),
-    }
-    save_study_checkpoint(
-        vw,
-        checkpoint_path(ckpt_dir, epoch),
+    peaks = dict(zip(OPTIMISER_GROUPS, (cfg.lr.xy, cfg.lr.z, cfg.lr.xy_span, cfg.lr.budget)))
+
+    def rates(vw: PanelVolumeWrapper) -> float:
+        set_epoch_rates(vw, peaks, u_lorry_rate(epoch, cfg))
+        return u_lorry_rate(epoch, cfg)
+
+    return train_study_epoch(
+        ckpt_dir,
         epoch,
         fingerprint,
-        [*state["history"], row],
-        [*state["panels"], *panel_rows(vw.volume, epoch)],
+        _wrapper(u_lorry_volume("trained", volume_cfg, cfg, device), cfg, 0),
+        set_rates=rates,
+        layouts_path=str(Path(data_dir) / "train_layouts.h5"),
+        with_target=True,
+        fit_sizes=(cfg.passive_bs, cfg.n_mu_per_volume, cfg.mu_bs),
+        label="u-lorry",
     )
-    seconds = time.perf_counter() - t0
-    task_logger().info("u-lorry epoch %d: train loss %.4g, %.1f s", epoch, row["train_loss"], seconds)
-    return {**row, "seconds": round(seconds, 3)}
 
 
 def finalise_u_lorry(
