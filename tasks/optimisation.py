@@ -44,6 +44,7 @@ __all__ = [
     "prepare_optimisation",
     "run_epoch",
     "load_checkpoint",
+    "last_complete_epoch",
     "restore_wrapper",
     "LossRecorder",
 ]
@@ -208,17 +209,24 @@ def prepare_optimisation(
         vw = make_wrapper(start, opt, seed=derive_seed(s, 3))
         _save_checkpoint(vw, checkpoint_path(ckpt_dir, 0), 0, fp, [], panel_rows(vw.volume, 0))
         write_json({"fingerprint": fp, "seed": s}, meta)
-    last = 0
-    while checkpoint_path(ckpt_dir, last + 1).is_file():
-        try:
-            load_checkpoint(checkpoint_path(ckpt_dir, last + 1), fp)
-        except ValueError as err:
-            log.warning("ignoring %s", err)
-            break
-        last += 1
+    last = last_complete_epoch(ckpt_dir, fp)
     if last:
         log.info("resuming from the checkpoint of epoch %d in %s", last, d)
     return {"fingerprint": fp, "last_epoch": last}
+
+
+def last_complete_epoch(ckpt_dir: str, fingerprint: str, n_max: int | None = None) -> int:
+    """The newest epoch e such that the checkpoints of epochs 1 ... e all exist and belong to run ``fingerprint``
+    (0: none; at most ``n_max``); an unreadable or foreign checkpoint ends the chain with a warning."""
+    last = 0
+    while (n_max is None or last < n_max) and checkpoint_path(ckpt_dir, last + 1).is_file():
+        try:
+            load_checkpoint(checkpoint_path(ckpt_dir, last + 1), fingerprint)
+        except ValueError as err:
+            task_logger().warning("ignoring %s", err)
+            break
+        last += 1
+    return last
 
 
 @task(name="optimise-epoch", task_run_name="epoch-{epoch}", cache_policy=NO_CACHE, persist_result=False)

@@ -24,7 +24,7 @@ from tomopt_lib.volume.builders import rad_length_func_from_cube
 
 from .common import task_logger
 from .detector import panel_rows
-from .optimisation import LossRecorder, checkpoint_path, load_checkpoint
+from .optimisation import LossRecorder, checkpoint_path, last_complete_epoch, load_checkpoint
 
 __all__ = [
     "save_study_checkpoint",
@@ -60,14 +60,7 @@ def start_or_resume(ckpt_dir: str, fingerprint: str, seed: int, n_epochs: int, s
         vw = start()
         save_study_checkpoint(vw, checkpoint_path(ckpt_dir, 0), 0, fingerprint, [], panel_rows(vw.volume, 0))
         write_json({"fingerprint": fingerprint, "seed": seed}, meta)
-    last = 0
-    while last < n_epochs and checkpoint_path(ckpt_dir, last + 1).is_file():
-        try:
-            load_checkpoint(checkpoint_path(ckpt_dir, last + 1), fingerprint)
-        except ValueError as err:
-            log.warning("ignoring %s", err)
-            break
-        last += 1
+    last = last_complete_epoch(ckpt_dir, fingerprint, n_epochs)
     if last:
         log.info("resuming the training in %s after epoch %d", d, last)
     return last
