@@ -84,33 +84,49 @@ def evaluate_summary(m: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_STUDY_SUMMARY: dict[str, tuple[str, str, tuple[str, ...], int, tuple[str, str, int | None]]] = {
+    # study: (metric in detectors.<name>, key prefix, detectors, digits, (key, dotted path, index of a [lo, hi] pair))
+    "ladle_furnace": (
+        "mse",
+        "mse",
+        ("trained", "initial", "baseline_1", "baseline_2"),
+        6,
+        ("ratio_vs_bl1", "trained_vs_baseline_1.mse_ratio", None),
+    ),
+    "u_lorry": (
+        "auc",
+        "auc",
+        ("trained", "start", "reference"),
+        4,
+        ("auc_diff_lo95", "trained_vs_reference.auc_difference_ci95", 0),
+    ),
+    "small_walls": (
+        "mean_iou",
+        "iou",
+        ("trained", "start", "hand"),
+        4,
+        ("iou_diff_lo95", "trained_vs_hand.iou_difference_ci95", 0),
+    ),
+}
+
+
 def study_summary(m: Mapping[str, Any]) -> dict[str, Any]:
-    """``study``: the study's name and (ladle furnace) the de-biased fill-height MSE [m^2] of each detector and the
-    trained / baseline-1 MSE ratio (< 1: trained better); (U-lorry) the ROC AUC of each detector and the lower end of
-    the 95 % interval of the trained - reference AUC difference (> 0: trained significantly better)."""
+    """``study``: the study's name and its headline per detector: the de-biased fill-height MSE [m^2] (ladle furnace),
+    the ROC AUC (U-lorry) or the mean wall-mask IoU (small walls), plus the trained / baseline-1 MSE ratio (< 1:
+    trained better) or the lower end of the 95 % interval of the trained - hand-design difference (> 0: trained
+    significantly better)."""
     name = str(m.get("study", "default"))
-    if name == "default":
-        return {"study": "default"}
+    if name not in _STUDY_SUMMARY:
+        return {"study": name}
+    metric, prefix, detectors, digits, (key, path, index) = _STUDY_SUMMARY[name]
     out: dict[str, Any] = {"study": name}
-    if name == "small_walls":
-        for det in ("trained", "start", "hand"):
-            v = _get(m, f"detectors.{det}.mean_iou")
-            out[f"iou_{det}"] = None if v is None else round(float(v), 4)
-        d = _get(m, "trained_vs_hand.iou_difference_ci95")
-        out["iou_diff_lo95"] = None if d is None else round(float(d[0]), 4)
-        return out
-    if name == "u_lorry":
-        for det in ("trained", "start", "reference"):
-            v = _get(m, f"detectors.{det}.auc")
-            out[f"auc_{det}"] = None if v is None else round(float(v), 4)
-        d = _get(m, "trained_vs_reference.auc_difference_ci95")
-        out["auc_diff_lo95"] = None if d is None else round(float(d[0]), 4)
-        return out
-    for det in ("trained", "initial", "baseline_1", "baseline_2"):
-        v = _get(m, f"detectors.{det}.mse")
-        out[f"mse_{det}"] = None if v is None else round(float(v), 6)
-    ratio = _get(m, "trained_vs_baseline_1.mse_ratio")
-    out["ratio_vs_bl1"] = None if ratio is None else round(float(ratio), 4)
+    for det in detectors:
+        v = _get(m, f"detectors.{det}.{metric}")
+        out[f"{prefix}_{det}"] = None if v is None else round(float(v), digits)
+    v = _get(m, path)
+    if v is not None and index is not None:
+        v = v[index]
+    out[key] = None if v is None else round(float(v), 4)
     return out
 
 
