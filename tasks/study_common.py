@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tomopt_lib.io import read_json, read_passives, save_torch, write_json
@@ -32,6 +33,8 @@ __all__ = [
     "study_layouts",
     "set_epoch_rates",
     "train_study_epoch",
+    "ci95",
+    "trained_versus",
     "OPTIMISER_GROUPS",
 ]
 
@@ -130,3 +133,26 @@ def train_study_epoch(
     seconds = time.perf_counter() - t0
     task_logger().info("%s epoch %d: train loss %.4g (rates x %.3g), %.1f s", label, epoch, row["train_loss"], factor, seconds)
     return {**row, "seconds": round(seconds, 3)}
+
+
+def ci95(samples: np.ndarray) -> list[float]:
+    """[2.5 %, 97.5 %] percentile interval of the finite bootstrap ``samples``."""
+    x = np.asarray(samples, dtype=float)
+    x = x[np.isfinite(x)]
+    return [float(np.quantile(x, 0.025)), float(np.quantile(x, 0.975))]
+
+
+def trained_versus(point: Mapping[str, float], boot: Mapping[str, np.ndarray], key: str) -> dict[str, Any]:
+    """``trained_vs_<name>`` for every other detector: the difference of the statistic ``key`` (trained - other), the
+    interval of the paired bootstrap differences (the same resampled volumes in ``boot[name]``) and whether it
+    excludes 0."""
+    out: dict[str, Any] = {}
+    for name in point:
+        if name != "trained":
+            ci = ci95(boot["trained"] - boot[name])
+            out[f"trained_vs_{name}"] = {
+                f"{key}_difference": point["trained"] - point[name],
+                f"{key}_difference_ci95": ci,
+                "significant": bool(ci[0] > 0 or ci[1] < 0),
+            }
+    return out

@@ -41,7 +41,15 @@ from .common import derive_seed
 from .detector import describe_detector, load_detector, write_detector
 from .optimisation import checkpoint_path, code_hash, load_checkpoint
 from .outputs import save_csv
-from .study_common import OPTIMISER_GROUPS, set_epoch_rates, start_or_resume, study_layouts, train_study_epoch
+from .study_common import (
+    OPTIMISER_GROUPS,
+    ci95,
+    set_epoch_rates,
+    start_or_resume,
+    study_layouts,
+    train_study_epoch,
+    trained_versus,
+)
 
 __all__ = [
     "SMALL_WALLS_STUDY_KEY",
@@ -216,22 +224,11 @@ def compare_walls(pred_csvs: dict[str, str], costs: dict[str, float], n_bootstra
     iou = {n: pd.read_csv(p)["iou"].to_numpy() for n, p in pred_csvs.items()}
     n_vol = len(next(iter(iou.values())))
     idx = np.random.default_rng(seed).integers(0, n_vol, size=(n_bootstrap, n_vol))
+    boot = {n: v[idx].mean(1) for n, v in iou.items()}
     per: dict[str, dict[str, Any]] = {
-        n: {
-            "mean_iou": float(v.mean()),
-            "mean_iou_ci95": [float(np.quantile(v[idx].mean(1), 0.025)), float(np.quantile(v[idx].mean(1), 0.975))],
-            "total_cost": float(costs.get(n, float("nan"))),
-        }
+        n: {"mean_iou": float(v.mean()), "mean_iou_ci95": ci95(boot[n]), "total_cost": float(costs.get(n, float("nan")))}
         for n, v in iou.items()
     }
     out: dict[str, Any] = {"study": "small_walls", "n_test": n_vol, "detectors": per}
-    for n in iou:
-        if n != "trained":
-            d = (iou["trained"] - iou[n])[idx].mean(1)
-            ci = [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))]
-            out[f"trained_vs_{n}"] = {
-                "iou_difference": per["trained"]["mean_iou"] - per[n]["mean_iou"],
-                "iou_difference_ci95": ci,
-                "significant": bool(ci[0] > 0 or ci[1] < 0),
-            }
+    out.update(trained_versus({n: d["mean_iou"] for n, d in per.items()}, boot, "iou"))
     return out

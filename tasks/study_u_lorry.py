@@ -43,7 +43,15 @@ from .common import derive_seed
 from .detector import build_reference_volume, build_start_volume, describe_detector, load_detector
 from .optimisation import checkpoint_path, code_hash, load_checkpoint
 from .outputs import save_csv
-from .study_common import OPTIMISER_GROUPS, set_epoch_rates, start_or_resume, study_layouts, train_study_epoch
+from .study_common import (
+    OPTIMISER_GROUPS,
+    ci95,
+    set_epoch_rates,
+    start_or_resume,
+    study_layouts,
+    train_study_epoch,
+    trained_versus,
+)
 
 __all__ = [
     "U_LORRY_STUDY_KEY",
@@ -234,23 +242,10 @@ def compare_u_lorry(pred_csvs: dict[str, str], costs: dict[str, float], n_bootst
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(target), size=(n_bootstrap, len(target)))
     boot = {n: np.array([roc_auc(s[i], target[i]) for i in idx]) for n, s in scores.items()}
-    per: dict[str, Any] = {}
-    for n, s in scores.items():
-        b = boot[n][np.isfinite(boot[n])]
-        per[n] = {
-            "auc": roc_auc(s, target),
-            "auc_ci95": [float(np.quantile(b, 0.025)), float(np.quantile(b, 0.975))],
-            "total_cost": float(costs.get(n, float("nan"))),
-        }
+    per: dict[str, Any] = {
+        n: {"auc": roc_auc(s, target), "auc_ci95": ci95(boot[n]), "total_cost": float(costs.get(n, float("nan")))}
+        for n, s in scores.items()
+    }
     out: dict[str, Any] = {"study": "u_lorry", "n_test": len(target), "n_with_block": int(target.sum()), "detectors": per}
-    for n in scores:
-        if n != "trained":
-            diff = boot["trained"] - boot[n]
-            diff = diff[np.isfinite(diff)]
-            ci = [float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))]
-            out[f"trained_vs_{n}"] = {
-                "auc_difference": per["trained"]["auc"] - per[n]["auc"],
-                "auc_difference_ci95": ci,
-                "significant": bool(ci[0] > 0 or ci[1] < 0),
-            }
+    out.update(trained_versus({n: d["auc"] for n, d in per.items()}, boot, "auc"))
     return out

@@ -153,6 +153,16 @@ def test_images_are_embedded_at_full_resolution_or_as_a_larger_preview(tmp_path:
 
 
 # ------------------------------------------------------------------------------------------------ item 5: DVC views
+FULL_METRICS = {
+    "report": "report.json",
+    "optimise": "train.json",
+    "evaluate": "evaluate.json",
+    "lumi_report": "lumi.json",
+    "study": "study.json",
+}
+"""Stage -> its full metrics JSON under metrics/ (a plain DVC out beside the short summary)."""
+
+
 def test_dvc_metrics_are_short_per_stage_summaries() -> None:
     paths = PipelinePaths.at(".")
     with_metrics = {name for name, st in DVC["stages"].items() if st.get("metrics")}
@@ -160,28 +170,14 @@ def test_dvc_metrics_are_short_per_stage_summaries() -> None:
     for name in with_metrics:
         entries = [next(iter(e)) if isinstance(e, dict) else e for e in DVC["stages"][name]["metrics"]]
         assert entries == [paths.summaries[name].as_posix()] == [f"metrics/summary/{name}.json"]
-    full = {
-        "report": "report.json",
-        "optimise": "train.json",
-        "evaluate": "evaluate.json",
-        "lumi_report": "lumi.json",
-        "study": "study.json",
-    }
-    for stage, f in full.items():  # the full JSONs stay tracked, as plain outs
+    for stage, f in FULL_METRICS.items():  # the full JSONs stay tracked, as plain outs
         assert f"metrics/{f}" in STAGES[stage].outs
 
 
 @pytest.mark.parametrize("stage", sorted(SUMMARY_STAGES))
 def test_summaries_of_the_committed_metrics_are_short_and_flat(stage: str) -> None:
     """On the repository's full metrics: few, short keys, scalar values, nothing timed."""
-    full = {
-        "report": "report.json",
-        "optimise": "train.json",
-        "evaluate": "evaluate.json",
-        "lumi_report": "lumi.json",
-        "study": "study.json",
-    }
-    f = ROOT / "metrics" / full[stage]
+    f = ROOT / "metrics" / FULL_METRICS[stage]
     if not f.is_file():
         pytest.skip(f"{f} not produced here")
     s = stage_summary(stage, json.loads(f.read_text()))
