@@ -38,9 +38,9 @@ def finalise_optimisation(
     vol = build_start_volume(volume_cfg, opt.start, budget=opt.budget)
     vol.load_state_dict(state["volume"])
     hist = pd.DataFrame(state["history"][:n_epochs])
-    desc = write_detector(
-        vol, out["detector_pt"], out["detector_json"], extra={"trained_epochs": n_epochs, "fingerprint": fingerprint}
-    )
+    # no run fingerprint here: it hashes all of tomopt_lib/tasks (checkpoint safety), more than the stage's DVC deps,
+    # so a versioned output carrying it would change in a fresh clone after an unrelated code change
+    desc = write_detector(vol, out["detector_pt"], out["detector_json"], extra={"trained_epochs": n_epochs})
     save_csv(hist[["epoch", "train_loss", "valid_loss"]], out["loss_csv"])
     panels = pd.DataFrame([r for r in state["panels"] if r["epoch"] <= n_epochs])
     save_csv(panels, out["panels_csv"])

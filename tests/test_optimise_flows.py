@@ -70,6 +70,8 @@ def test_epoch_tasks_and_finalise(two_epochs: tuple[Path, dict[str, Any]], tmp_p
     assert m == json.loads(json.dumps(res["metrics"])) and m["epochs"] == 2 and m["updates"]["applied"] == 4
     desc = json.loads(Path(out["detector_json"]).read_text())
     assert desc["n_panels"] == 8 and set(desc["panels"][0]) >= {"xy", "z", "span", "res", "eff", "cost"}
+    # nothing that hashes code outside the stage's DVC deps (a fresh clone must reproduce the versioned bytes)
+    assert prep["fingerprint"] not in Path(out["detector_json"]).read_text()
     loss = pd.read_csv(out["loss_csv"])
     assert list(loss.columns) == ["epoch", "train_loss", "valid_loss"] and list(loss["epoch"]) == [1, 2]
     assert set(pd.read_csv(out["panels_csv"])["epoch"]) == {0, 1, 2}
