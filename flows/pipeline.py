@@ -5,6 +5,7 @@ that stage's code."""
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import shlex
 from collections.abc import Mapping
@@ -19,7 +20,14 @@ from config.sections import walltime_seconds
 from .naming import run_tags
 from .stages import STAGES
 
-__all__ = ["stage_flow", "skeleton_flow", "run_stage", "make_task_runner", "jobqueue_runner_kwargs"]
+__all__ = [
+    "stage_flow",
+    "skeleton_flow",
+    "run_stage",
+    "make_task_runner",
+    "jobqueue_runner_kwargs",
+    "quiet_dashboard_links",
+]
 
 
 def stage_flow(stage: str) -> Flow[..., Any]:
@@ -27,6 +35,26 @@ def stage_flow(stage: str) -> Flow[..., Any]:
     spec = STAGES[stage]
     flow_obj: Flow[..., Any] = getattr(importlib.import_module(spec.module), spec.flow)
     return flow_obj
+
+
+class _NoDashboardLink(logging.Filter):
+    """Drops the "dashboard at" / "The Dask dashboard is available at" lines of a cluster started without a dashboard:
+    distributed registers its scheduler's HTTP server (health checks; no bokeh, ``dashboard=False``) as service
+    "dashboard", so both lines would advertise a page that does not exist."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "dashboard" not in record.getMessage().lower()
+
+
+_DASHBOARD_LOGGERS = ("distributed.scheduler", "prefect.task_runner.dask")
+
+
+def quiet_dashboard_links() -> None:
+    """Install :class:`_NoDashboardLink` on the loggers that announce a dashboard (idempotent)."""
+    for name in _DASHBOARD_LOGGERS:
+        lg = logging.getLogger(name)
+        if not any(isinstance(f, _NoDashboardLink) for f in lg.filters):
+            lg.addFilter(_NoDashboardLink())
 
 
 def _thread_env(threads: int) -> dict[str, str]:
@@ -87,8 +115,10 @@ def make_task_runner(rt: RuntimeParams) -> Any:
     if rt.task_runner == "dask_address":
         return DaskTaskRunner(address=rt.dask_address)
     if rt.task_runner == "dask_jobqueue":
+        quiet_dashboard_links()
         return DaskTaskRunner(**jobqueue_runner_kwargs(rt.jobqueue, rt.threads))
     env = _thread_env(rt.threads)
+    quiet_dashboard_links()
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         cluster_kwargs={
