@@ -15,7 +15,7 @@ export OMP_NUM_THREADS ?= 1
 # every test module, compile from source: +8 s per pytest worker, +1-2 s per `python -m flows` subprocess)
 export PYTHONDONTWRITEBYTECODE :=
 
-.PHONY: help setup run lumi test lint bench bench-lumi-grid bench-ref server serve clean
+.PHONY: help setup run lumi test lint bench bench-lumi-grid bench-overhead bench-ref server serve clean
 
 PORT ?= 4200
 
@@ -58,6 +58,10 @@ bench: setup
 	$(PY) benchmarks/bench_lumi_model.py
 	$(PY) benchmarks/bench_lumi_inversion.py
 	$(PY) benchmarks/bench_layouts.py
+
+## bench-overhead: orchestration overhead of one stage process under one running Prefect server, as in make run (bench_out/stage_overhead.json)
+bench-overhead: setup
+	$(PY) benchmarks/bench_stage_overhead.py --repeats 3
 
 ## bench-lumi-grid: the reference's full "last example" grid, 1600 inversions, 2 single-threaded worker processes
 bench-lumi-grid: setup
