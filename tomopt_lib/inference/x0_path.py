@@ -257,12 +257,13 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         len_blk = lw.sum(1)
         a_lin = (k0 * fm * len_blk).detach()
         y_d, n0_d = y.detach(), n0.detach()
-        c_mom = self._get_muon_data()["mom_var"][:, 0].detach()  # E[u^2] / E[u]^2 of the momentum model (1 if known)
+        mom_var = self._get_muon_data()["mom_var"][:, 0]  # c_i = E[u^2] / E[u]^2 of the momentum model (1 if known)
         w_mm = eff.detach() / (n0_d + y_d.median()).clamp_min(_TINY).square()
         rho0 = (w_mm * (y_d - n0_d)).sum() / (w_mm * a_lin).sum().clamp_min(_TINY)
         for _ in range(_HOMOGENEOUS_ITERS):
-            a_i = a_lin * self._log_factor(rho0.clamp(rho_lo, rho_hi) * len_blk)
-            w_mm = eff.detach() * a_i / (c_mom * (n0_d + a_i * rho0.clamp(rho_lo, rho_hi)).square()).clamp_min(_TINY)
+            rho0 = rho0.clamp(rho_lo, rho_hi)
+            a_i = a_lin * self._log_factor(rho0 * len_blk)
+            w_mm = eff.detach() * a_i / (mom_var.detach() * (n0_d + a_i * rho0).square()).clamp_min(_TINY)
             rho0 = (w_mm * (y_d - n0_d)).sum() / (w_mm * a_i).sum().clamp_min(_TINY)
         obs_tot = (w_mm * (y - n0)).sum()  # the moment anchor's observed total (carries the gradients of y)
         rho0 = obs_tot / (w_mm * a_i).sum().clamp_min(_TINY)
@@ -311,7 +312,6 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         c11 = noise[..., 0] + kf * m0[:, None]  # variance of the slope change per projection
         # angle-only Fisher information of the slope change, reduced by the momentum model's spread: the shrinkage's
         # weights and the low-data flag
-        mom_var = self._get_muon_data()["mom_var"][:, 0]
         per_len2 = 0.5 * ((kf / c11.clamp_min(_TINY)).square()).sum(1) / mom_var
         seg = lw * self.n_samples  # path through the sample's layer (one-voxel approximation)
         per_sample = lw * seg * per_len2[:, None]
