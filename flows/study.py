@@ -166,6 +166,15 @@ def _intervals_png(
     save_png(plot_metric_intervals(values, label=label, title=title), Path(paths.study_outputs["plots_dir"]) / name)
 
 
+def _interval_markdown(title: str, column: str, detectors: Mapping[str, Mapping[str, Any]], key: str) -> str:
+    """Markdown table of one metric per detector, ``detectors[name][key]`` with its ``<key>_ci95`` interval."""
+    lines = [f"# {title}", "", f"| detector | {column} | 95 % interval |", "| --- | --- | --- |"]
+    for name, d in detectors.items():
+        lo, hi = d[f"{key}_ci95"]
+        lines.append(f"| {name} | {d[key]:.3f} | [{lo:.3f}, {hi:.3f}] |")
+    return "\n".join(lines)
+
+
 def _ladle(params: PipelineParams, paths: PipelinePaths) -> Mapping[str, Any]:
     import pandas as pd
 
@@ -251,14 +260,8 @@ def _u_lorry(params: PipelineParams, paths: PipelinePaths) -> Mapping[str, Any]:
     _layouts_png(
         paths, {n: u_lorry_volume(n, vol_cfg, cfg) for n in ("start", "reference")}, u_lorry_volume("trained", vol_cfg, cfg)
     )
-    lines = [
-        "# U-lorry study: ROC AUC of the uranium-block probability",
-        "",
-        "| detector | AUC | 95 % interval |",
-        "| --- | --- | --- |",
-    ]
-    lines += [f"| {k} | {d['auc']:.3f} | [{d['auc_ci95'][0]:.3f}, {d['auc_ci95'][1]:.3f}] |" for k, d in det.items()]
-    summary = _publish(paths, metrics, run, "U-lorry study", "\n".join(lines))
+    table = _interval_markdown("U-lorry study: ROC AUC of the uranium-block probability", "AUC", det, "auc")
+    summary = _publish(paths, metrics, run, "U-lorry study", table)
     get_run_logger().info("u-lorry: ROC AUC %s", {k: round(d["auc"], 3) for k, d in det.items()})
     return summary
 
@@ -285,11 +288,8 @@ def _small_walls(params: PipelineParams, paths: PipelinePaths) -> Mapping[str, A
         "iou.png",
     )
     _layouts_png(paths, {n: walls_volume(n, cfg) for n in ("start", "hand")}, walls_volume("trained", cfg))
-    lines = ["# Small-walls study: wall-mask IoU", "", "| detector | mean IoU | 95 % interval |", "| --- | --- | --- |"]
-    lines += [
-        f"| {k} | {d['mean_iou']:.3f} | [{d['mean_iou_ci95'][0]:.3f}, {d['mean_iou_ci95'][1]:.3f}] |" for k, d in det.items()
-    ]
-    summary = _publish(paths, metrics, run, "Small-walls study", "\n".join(lines))
+    table = _interval_markdown("Small-walls study: wall-mask IoU", "mean IoU", det, "mean_iou")
+    summary = _publish(paths, metrics, run, "Small-walls study", table)
     get_run_logger().info("small walls: mean IoU %s", {k: round(d["mean_iou"], 3) for k, d in det.items()})
     return summary
 

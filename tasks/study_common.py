@@ -24,7 +24,7 @@ from tomopt_lib.volume import Volume
 from tomopt_lib.volume.builders import rad_length_func_from_cube
 
 from .common import task_logger
-from .detector import panel_rows
+from .detector import panel_rows, write_detector
 from .optimisation import LossRecorder, checkpoint_path, last_complete_epoch, load_checkpoint
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "study_layouts",
     "set_epoch_rates",
     "train_study_epoch",
+    "finalise_study",
     "ci95",
     "trained_versus",
     "OPTIMISER_GROUPS",
@@ -133,6 +134,15 @@ def train_study_epoch(
     seconds = time.perf_counter() - t0
     task_logger().info("%s epoch %d: train loss %.4g (rates x %.3g), %.1f s", label, epoch, row["train_loss"], factor, seconds)
     return {**row, "seconds": round(seconds, 3)}
+
+
+def finalise_study(ckpt_dir: str, n_epochs: int, fingerprint: str, vol: Volume, study: str, pt: str, js: str) -> dict[str, Any]:
+    """Load the checkpoint of epoch ``n_epochs`` (of run ``fingerprint``) into ``vol`` (the study's trained layout),
+    write it as the study's detector (``pt``, ``js``) and return the checkpoint's state (history, panel rows)."""
+    state = load_checkpoint(checkpoint_path(ckpt_dir, n_epochs), fingerprint)
+    vol.load_state_dict(state["volume"])
+    write_detector(vol, pt, js, extra={"study": study, "epochs": n_epochs})
+    return state
 
 
 def ci95(samples: np.ndarray) -> list[float]:

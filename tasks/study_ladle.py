@@ -46,10 +46,11 @@ from tomopt_lib.runtime import resolve_device
 from tomopt_lib.volume import Volume
 
 from .common import derive_seed, task_logger
-from .detector import describe_detector, load_detector, write_detector
-from .optimisation import checkpoint_path, code_hash, load_checkpoint
+from .detector import describe_detector, load_detector
+from .optimisation import code_hash
 from .study_common import (
     OPTIMISER_GROUPS,
+    finalise_study,
     set_epoch_rates,
     start_or_resume,
     study_layouts,
@@ -230,10 +231,7 @@ def run_ladle_epoch(
 
 def finalise_ladle(ckpt_dir: str, n_epochs: int, fingerprint: str, cfg: LadleFurnaceStudy, pt: str, js: str) -> dict[str, Any]:
     """Write the trained detector of the last epoch; return the checkpoint's history and panel rows."""
-    state = load_checkpoint(checkpoint_path(ckpt_dir, n_epochs), fingerprint)
-    vol = ladle_volume("trained", cfg)
-    vol.load_state_dict(state["volume"])
-    write_detector(vol, pt, js, extra={"study": "ladle_furnace", "epochs": n_epochs})
+    state = finalise_study(ckpt_dir, n_epochs, fingerprint, ladle_volume("trained", cfg), "ladle_furnace", pt, js)
     return {"history": state["history"], "panels": state["panels"]}
 
 

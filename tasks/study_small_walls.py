@@ -38,12 +38,13 @@ from tomopt_lib.runtime import resolve_device
 from tomopt_lib.volume import Volume
 
 from .common import derive_seed
-from .detector import describe_detector, load_detector, write_detector
-from .optimisation import checkpoint_path, code_hash, load_checkpoint
+from .detector import describe_detector, load_detector
+from .optimisation import code_hash
 from .outputs import save_csv
 from .study_common import (
     OPTIMISER_GROUPS,
     ci95,
+    finalise_study,
     set_epoch_rates,
     start_or_resume,
     study_layouts,
@@ -184,10 +185,7 @@ def run_walls_epoch(
 
 def finalise_walls(ckpt_dir: str, n_epochs: int, fingerprint: str, cfg: SmallWallsStudy, pt: str, js: str) -> dict[str, Any]:
     """Write the trained detector of the last epoch; return the checkpoint's history."""
-    state = load_checkpoint(checkpoint_path(ckpt_dir, n_epochs), fingerprint)
-    vol = walls_volume("trained", cfg)
-    vol.load_state_dict(state["volume"])
-    write_detector(vol, pt, js, extra={"study": "small_walls", "epochs": n_epochs})
+    state = finalise_study(ckpt_dir, n_epochs, fingerprint, walls_volume("trained", cfg), "small_walls", pt, js)
     return {"history": state["history"]}
 
 

@@ -41,11 +41,12 @@ from tomopt_lib.volume import Volume
 
 from .common import derive_seed
 from .detector import build_reference_volume, build_start_volume, describe_detector, load_detector
-from .optimisation import checkpoint_path, code_hash, load_checkpoint
+from .optimisation import code_hash
 from .outputs import save_csv
 from .study_common import (
     OPTIMISER_GROUPS,
     ci95,
+    finalise_study,
     set_epoch_rates,
     start_or_resume,
     study_layouts,
@@ -194,12 +195,7 @@ def finalise_u_lorry(
     ckpt_dir: str, n_epochs: int, fingerprint: str, volume_cfg: VolumeParams, cfg: ULorryStudy, pt: str, js: str
 ) -> dict[str, Any]:
     """Write the trained detector of the last epoch; return the checkpoint's history."""
-    from .detector import write_detector
-
-    state = load_checkpoint(checkpoint_path(ckpt_dir, n_epochs), fingerprint)
-    vol = u_lorry_volume("trained", volume_cfg, cfg)
-    vol.load_state_dict(state["volume"])
-    write_detector(vol, pt, js, extra={"study": "u_lorry", "epochs": n_epochs})
+    state = finalise_study(ckpt_dir, n_epochs, fingerprint, u_lorry_volume("trained", volume_cfg, cfg), "u_lorry", pt, js)
     return {"history": state["history"]}
 
 
