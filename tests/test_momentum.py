@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from tomopt_lib.core import MUON_MASS
-from tomopt_lib.inference.momentum import MomentumModel, SpectrumMomentum, inv_beta_p2, muon_momentum_factor
+from tomopt_lib.inference.momentum import (
+    MomentumModel,
+    SpectrumMomentum,
+    inv_beta_p2,
+    muon_momentum_factor,
+)
 from tomopt_lib.muon.generation import MuonGenerator2015, MuonGenerator2016
 
 
@@ -89,3 +94,19 @@ def test_unknown_model_fixed_momentum_generator():
     mean, var = SpectrumMomentum(gen).lookup(torch.tensor([0.3]))
     assert float(mean) == pytest.approx(float(inv_beta_p2(torch.tensor(5.0))), rel=1e-6)
     assert float(var) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_prior_nodes_keep_the_spectrum_moments():
+    """The node representation of the unknown-momentum prior is normalised and keeps E[u] exactly, with and without an
+    energy loss (muons that would stop are left out, which lowers the mean of the survivors' path-averaged u)."""
+    spec = SpectrumMomentum(MuonGenerator2016(x_range=(0, 1), y_range=(0, 1)))
+    theta = torch.tensor([0.05, 0.5, 1.0], dtype=torch.float64)
+    for delta_e in (None, torch.tensor([0.0, 0.3, 1.5], dtype=torch.float64)):
+        u_k, p_k = spec.nodes(theta, delta_e)
+        assert u_k.shape == p_k.shape == (3, 24)
+        assert torch.allclose(p_k.sum(1), torch.ones(3, dtype=torch.float64))
+        mean = spec.lookup_after_loss(theta, delta_e)[0] if delta_e is not None else spec.lookup(theta)[0]
+        if delta_e is None:  # lookup() interpolates in theta, nodes() take the nearest bin: compare to bin means
+            mean = spec.lookup_after_loss(theta, torch.zeros(3, dtype=torch.float64))[0]
+        assert torch.allclose((p_k * u_k).sum(1), mean, rtol=1e-9)
+        assert bool((u_k > 0).all())

@@ -17,7 +17,9 @@ Models (``MomentumModel.kind``):
   u = q_in q_out is then unbiased (E[u] = the true u) and its relative variance is (1 + r^2)^2 - 1.
 - ``"unknown"``: no momentum measurement. u is the mean of 1 / (beta p)^2 over the generator's flux spectrum at the
   muon's measured incoming zenith angle (the generator and the reconstructed theta_in, never the hidden truth), and
-  the spread of u over the spectrum enters the uncertainties through ``var_factor`` = E[u^2] / E[u]^2.
+  the spread of u over the spectrum enters the uncertainties through ``var_factor`` = E[u^2] / E[u]^2. The whole
+  prior is also kept as nodes (``SpectrumMomentum.nodes``): the inferrers maximise the mixture likelihood over them
+  (EM: a muon's posterior over the nodes given its scatter), so a large scatter is read as a low momentum.
 
 ``var_factor`` (per muon, >= 1) is the factor by which the second moment of the squared scatter angle exceeds the
 known-momentum value; inferrers use it to weight muons and to fold the momentum spread into their uncertainties.
@@ -40,9 +42,18 @@ if TYPE_CHECKING:
     from ..muon.generation import AbsMuonGenerator
     from ..runtime import DeviceLike
 
-__all__ = ["MOMENTUM_MODELS", "MomentumModel", "inv_beta_p2", "SpectrumMomentum", "CrossingMomentum", "muon_momentum_factor"]
+__all__ = [
+    "MOMENTUM_MODELS",
+    "MomentumModel",
+    "inv_beta_p2",
+    "SpectrumMomentum",
+    "CrossingMomentum",
+    "muon_momentum_factor",
+]
 
 MOMENTUM_MODELS = ("true", "smeared", "unknown")
+N_U_NODES = 24
+"""Nodes of the discretised prior of u per muon (``SpectrumMomentum.nodes``): bins of ln u ~0.6 wide."""
 """Names of the momentum models (see the module docstring)."""
 
 
@@ -113,12 +124,15 @@ class CrossingMomentum:
         return fp[i - 1] + w * (fp[i] - fp[i - 1])
 
     def _at(self, p: Tensor) -> tuple[Tensor, Tensor]:
+        """R and U at momenta ``p`` [GeV] (any shape): linear in ln T on the uniform ln T grid (direct indexing)."""
         t = (torch.sqrt(p.to(torch.float64).square() + MUON_MASS2) - MUON_MASS).clamp_min(float(self.ln_t[0].exp()))
-        ln_t = torch.log(t)
-        return self._interp(ln_t, self.ln_t, self.r), self._interp(ln_t, self.ln_t, self.u_cum)
+        pos = (torch.log(t) - self.ln_t[0]) / (self.ln_t[1] - self.ln_t[0])
+        i = pos.floor().long().clamp(0, len(self.ln_t) - 2)
+        w = (pos - i).clamp(0.0, 1.0)
+        return self.r[i] + w * (self.r[i + 1] - self.r[i]), self.u_cum[i] + w * (self.u_cum[i + 1] - self.u_cum[i])
 
     def mean_u(self, p_in: Tensor, p_out: Tensor) -> Tensor:
-        """(N,) path-averaged 1 / (beta p)^2 [GeV^-2] of crossings from ``p_in`` to ``p_out`` [GeV]."""
+        """Path-averaged 1 / (beta p)^2 [GeV^-2] of crossings from ``p_in`` to ``p_out`` [GeV] (broadcast shapes)."""
         r_in, u_in = self._at(p_in)
         r_out, u_out = self._at(p_out)
         dr = r_in - r_out
@@ -172,23 +186,68 @@ class SpectrumMomentum:
         self.var_factor = (second / mean.square()).to(dev)
         self._w, self._mom = w.to(dev), mom.to(dev)  # (n_theta, n_energy) bin weights, (n_energy,) momenta
 
-    def lookup_after_loss(self, theta: Tensor, delta_e: Tensor) -> tuple[Tensor, Tensor]:
-        """``(E[u], E[u^2]/E[u]^2)`` of crossings that lose ``delta_e`` [GeV] (N,) at zenith angles ``theta`` (N,):
-        u is each energy bin's path-averaged 1/(beta p)^2 from p to p(E - delta_e) (:class:`CrossingMomentum`), and
-        muons that would stop (kinetic energy below 1 MeV at the exit) are left out: they are never observed."""
+    def _theta_bin(self, theta: Tensor) -> Tensor:
         tc = self.theta_centres
-        i = torch.bucketize(theta.detach().to(tc.dtype).contiguous(), 0.5 * (tc[1:] + tc[:-1]))
-        w = self._w[i]  # (N, n_energy)
-        p = self._mom[None, :].expand_as(w)
+        return torch.bucketize(theta.detach().to(tc.dtype).contiguous(), 0.5 * (tc[1:] + tc[:-1]))
+
+    def nodes(self, theta: Tensor, delta_e: Tensor | None = None, n_nodes: int = N_U_NODES) -> tuple[Tensor, Tensor]:
+        """The prior of u = 1 / (beta p)^2 [GeV^-2] of each muon as ``n_nodes`` weighted nodes, ``(u_k, P_k)``, both
+        (N, n_nodes) in ``theta``'s dtype: the spectrum at the muon's zenith angle ``theta`` (N,) [rad] (nearest
+        table bin), with an energy loss ``delta_e`` (N,) [GeV] as in :meth:`lookup_after_loss` (muons that would stop
+        are left out). The energy bins are grouped into ``n_nodes`` bins equally spaced in ln u over the batch's
+        range; node k carries the probability P_k of its bin and the probability-weighted mean u_k of its members, so
+        sum_k P_k u_k = E[u] exactly. Empty bins get P_k = 0."""
+        return self._group(*self._bins(theta, delta_e), n_nodes, theta.dtype)
+
+    def prior(self, theta: Tensor, delta_e: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(E[u], E[u^2]/E[u]^2, u_k, P_k)`` in one pass: :meth:`lookup_after_loss` (nearest theta bin; no loss
+        for ``delta_e=None``) and :meth:`nodes`."""
+        w, u = self._bins(theta, delta_e)
+        mean, second = (w * u).sum(1), (w * u.square()).sum(1)
+        u_k, p_k = self._group(w, u, N_U_NODES, theta.dtype)
+        var = second / mean.square().clamp_min(1e-300)
+        return mean.to(theta.dtype), var.to(theta.dtype), u_k, p_k
+
+    @staticmethod
+    def _group(w: Tensor, u: Tensor, n_nodes: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Group the (N, n_energy) bins (weights ``w``, values ``u``) into ``n_nodes`` ln-u bins (see :meth:`nodes`)."""
+        ln_u = torch.log(u.clamp_min(1e-300))
+        live = w > 0
+        lo = ln_u.masked_fill(~live, float("inf")).min()
+        hi = ln_u.masked_fill(~live, float("-inf")).max()
+        if not bool(torch.isfinite(lo)):
+            lo = hi = ln_u.new_zeros(())
+        edges = torch.linspace(float(lo), float(hi) + 1e-9, n_nodes + 1, dtype=ln_u.dtype, device=ln_u.device)
+        k = torch.bucketize(ln_u.contiguous(), edges[1:-1])  # (N, n_energy) node index
+        prob = w.new_zeros(w.shape[0], n_nodes).scatter_add_(1, k, w)
+        wu = w.new_zeros(w.shape[0], n_nodes).scatter_add_(1, k, w * u)
+        centre = torch.exp(0.5 * (edges[1:] + edges[:-1])).expand_as(prob)
+        u_k = torch.where(prob > 0, wu / prob.clamp_min(1e-300), centre)
+        prob = prob / prob.sum(1, keepdim=True).clamp_min(1e-300)
+        return u_k.to(dtype), prob.to(dtype)
+
+    def _bins(self, theta: Tensor, delta_e: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(w, u)``, both (N, n_energy): the normalised weights of the energy bins at ``theta`` (0 for muons that
+        would stop after losing ``delta_e`` [GeV]) and each bin's u (path-averaged over the crossing with a loss)."""
+        w = self._w[self._theta_bin(theta)]  # (N, n_energy)
+        p = self._mom[None, :]  # (1, n_energy)
+        if delta_e is None:
+            return w, inv_beta_p2(p).expand_as(w)
         e = torch.sqrt(p.square() + MUON_MASS2)
         e_out = e - delta_e.detach().to(p.dtype)[:, None].clamp_min(0.0)
         alive = e_out > MUON_MASS + 1e-3
         p_out = torch.sqrt((e_out.square() - MUON_MASS2).clamp_min(1e-12))
-        u = crossing_momentum().mean_u(p.reshape(-1), torch.where(alive, p_out, p).reshape(-1)).reshape(p.shape)
+        u = crossing_momentum().mean_u(p, torch.where(alive, p_out, p))  # (N, n_energy)
         w = w * alive.to(w.dtype)
-        norm = w.sum(1).clamp_min(1e-300)
-        mean = (w * u).sum(1) / norm
-        second = (w * u.square()).sum(1) / norm
+        return w / w.sum(1, keepdim=True).clamp_min(1e-300), u
+
+    def lookup_after_loss(self, theta: Tensor, delta_e: Tensor) -> tuple[Tensor, Tensor]:
+        """``(E[u], E[u^2]/E[u]^2)`` of crossings that lose ``delta_e`` [GeV] (N,) at zenith angles ``theta`` (N,):
+        u is each energy bin's path-averaged 1/(beta p)^2 from p to p(E - delta_e) (:class:`CrossingMomentum`), and
+        muons that would stop (kinetic energy below 1 MeV at the exit) are left out: they are never observed."""
+        w, u = self._bins(theta, delta_e)
+        mean = (w * u).sum(1)
+        second = (w * u.square()).sum(1)
         return mean.to(theta.dtype), (second / mean.square().clamp_min(1e-300)).to(theta.dtype)
 
     def lookup(self, theta: Tensor) -> tuple[Tensor, Tensor]:

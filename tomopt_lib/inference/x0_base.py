@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from ..volume.volume import Volume
     from .scattering import ScatterBatch
 
+_PATH_SAMPLES = 24  # samples along a straight track for the in-block path length
+
 __all__ = [
     "NoMuonsError",
     "AbsVolumeInferrer",
@@ -196,8 +198,12 @@ class AbsX0Inferrer(AbsVolumeInferrer):
                 theta_in=data["theta_in"][:, 0].detach(),
                 spectrum=spec,
             )
-            if spec is not None and self._volume_has_energy_loss():
-                u, var = self._unknown_with_energy_loss(spec, data, u)
+            if spec is not None:  # the prior of u per muon, as nodes for the inferrers' posterior (E-) steps
+                theta_in = data["theta_in"][:, 0].detach()
+                delta_e = self._unknown_energy_loss(data, u) if self._volume_has_energy_loss() else None
+                mean, var_loss, data["u_nodes"], data["u_prob"] = spec.prior(theta_in, delta_e)
+                if delta_e is not None:
+                    u, var = mean, var_loss
             data["inv_p2"], data["mom_var"] = u[:, None], var[:, None]
             data["p_in_known"], data["p_out_known"] = p_in[:, None], p_out[:, None]
             ok = self._keep_muons(data)
@@ -214,22 +220,51 @@ class AbsX0Inferrer(AbsVolumeInferrer):
         get = getattr(self.volume, "get_passives", None)
         return bool(callable(get) and any(getattr(layer, "energy_loss", False) for layer in get()))
 
-    def _unknown_with_energy_loss(self, spec: SpectrumMomentum, data: dict[str, Tensor], u: Tensor) -> tuple[Tensor, Tensor]:
-        """``"unknown"`` momentum with energy loss: a first homogeneous X0 of the block (mean squared scatter over
-        A^2 u L) names the material (:class:`~..volume.energy_loss.EnergyLossTable`), whose stopping power at 1 GeV
-        times each muon's straight path L_i = height / cos(theta_in) gives its energy loss; u and its spread are then
-        the spectrum's averages over crossings that lose that much and survive (``lookup_after_loss``)."""
+    def _block_path_length(self, data: dict[str, Tensor]) -> Tensor:
+        """(N,) straight-line path length [m] of each muon inside the passive block: from the in-track's point at the
+        top to the out-track's point at the bottom (``xyz_in`` / ``xyz_out`` when collected; else straight down the
+        in-track), counting only the part above the footprint (muons that leave through a side cross less)."""
+        theta_in = data["theta_in"][:, 0].detach()
+        height = self.z_top - self.z_bottom
+        if "xyz_in" not in data or "xyz_out" not in data:
+            return height / torch.cos(theta_in).clamp_min(0.2)
+        xy_in, xy_out = data["xyz_in"][:, :2].detach(), data["xyz_out"][:, :2].detach()
+        frac = (torch.arange(_PATH_SAMPLES, device=xy_in.device, dtype=xy_in.dtype) + 0.5) / _PATH_SAMPLES
+        xy = xy_in[:, None, :] + frac[None, :, None] * (xy_out - xy_in)[:, None, :]  # (N, S, 2) along the line
+        extent = xy.new_tensor([self.shp_zxy[1] * self.size, self.shp_zxy[2] * self.size])
+        inside = ((xy >= 0) & (xy <= extent)).all(-1).to(xy.dtype).mean(1)
+        length = torch.sqrt(height**2 + (xy_out - xy_in).square().sum(1))
+        return torch.nan_to_num(inside * length, nan=0.0)
+
+    def _unknown_energy_loss(self, data: dict[str, Tensor], u: Tensor) -> Tensor:
+        """(N,) energy loss [GeV] of each muon for the ``"unknown"`` momentum model with energy loss: a first
+        homogeneous X0 of the block names the material (:class:`~..volume.energy_loss.EnergyLossTable`), whose
+        stopping power at 1 GeV times each muon's path L_i in the block (:meth:`_block_path_length`) gives its loss;
+        the spectrum's averages then run over crossings that lose that much and survive
+        (``SpectrumMomentum.lookup_after_loss`` / ``nodes``). The homogeneous X0: inverse-variance
+        weighted least squares of y_i = theta_i^2 / 2 ~ n_i + a_i rho (a_i = A^2 u_i L_i (1 + B ln(L_i rho))^2,
+        Highland with its log term; n_i the measurement noise; Var y_i ~ (n_i + a_i rho)^2), so that badly measured
+        muons (tracks that miss panels: efficiency ~0, large noise) do not set it."""
         from ..volume.energy_loss_table import EnergyLossTable
 
-        theta_in = data["theta_in"][:, 0].detach()
-        path = (self.z_top - self.z_bottom) / torch.cos(theta_in).clamp_min(0.2)
-        msc = data["total_scatter"][:, 0].detach()
-        ok = torch.isfinite(msc) & torch.isfinite(u)
-        rho = (msc[ok].square() / 2).sum() / (SCATTER_COEF_A**2 * (u * path)[ok]).sum().clamp_min(1e-30)
-        x0 = float((1.0 / rho).clamp(1e-3, 1e3)) if bool(ok.any()) else 1.0
+        path = self._block_path_length(data)
+        y = data["total_scatter"][:, 0].detach().square() / 2  # squared projected scatter [rad^2]
+        noise = data["total_scatter_unc"][:, 0].detach().square() / 2  # its measurement-noise part
+        ok = torch.isfinite(y) & torch.isfinite(noise) & torch.isfinite(u) & (path > 0) & self._keep_muons(data)
+        eff = data["efficiency"][:, 0].detach()[ok]  # ~0 for tracks that miss panels
+        y, noise, a0, len_ok = y[ok], noise[ok], (SCATTER_COEF_A**2 * u * path)[ok], path[ok]
+        x0 = 1.0
+        if len(y) > 0:
+            w = eff / (noise + y.median()).clamp_min(1e-30).square()
+            a = a0
+            for _ in range(4):
+                rho = ((w * (y - noise)).sum() / (w * a).sum().clamp_min(1e-30)).clamp(1e-3, 1e3)
+                a = a0 * (1 + SCATTER_COEF_B * torch.log(len_ok * rho).clamp_min(-10.0)).clamp_min(0.05).square()
+                w = eff * a / (noise + a * rho).square().clamp_min(1e-30)
+            x0 = float(1.0 / rho)
         table = EnergyLossTable.from_x0([x0], device=self.device)
         dedx = float(table.dedx(torch.tensor([1.0], dtype=torch.float64, device=self.device), table.rows_for(torch.tensor([x0]))))
-        return spec.lookup_after_loss(theta_in, dedx * path)
+        return dedx * path
 
     def _keep_muons(self, data: dict[str, Tensor]) -> Tensor:
         """(N,) bool: muons used by this inferrer before the finiteness test (all, unless a subclass cuts)."""
