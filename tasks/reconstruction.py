@@ -42,7 +42,7 @@ __all__ = [
     "merge_scatters",
 ]
 
-_VARS = SCATTER_VARS  # scatter variable -> column names (tomopt_lib/io.py: the scatter table format)
+_VARS = SCATTER_VARS  # scatter variable -> column names (tomopt_lib/io/schema.py: the scatter table format)
 _TRUE = SCATTER_TRUE
 _ROOT = Path(__file__).resolve().parents[1]
 VOLUME_CACHE = FileCachePolicy(input_files=("irradiated_path",), code_paths=(str(_ROOT / "tomopt_lib"), str(_ROOT / "tasks")))
