@@ -78,7 +78,7 @@ correlations of the data beyond the diagonal, the early stopping of the ``n_iter
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -251,8 +251,6 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         obs, noise, f, k0, eff = self._observables()
         lw = m_in * l_in[:, None] + m_out * l_out[:, None]  # (N, S) path length per sample [m]
         lw_t = [lw, lw * t, lw * t.square()]
-        p_in = [m_in, m_in * t, m_in * t.square()]
-        p_out = [m_out, m_out * t, m_out * t.square()]
         flat = idx.reshape(-1)
         n_tot = self.n_vox + 1  # last slot collects samples outside the block (zero length)
         rho_lo, rho_hi = 1.0 / self.x0_range[1], 1.0 / self.x0_range[0]
@@ -285,11 +283,13 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         rho0 = obs_tot / (w_mm * a_i).sum().clamp_min(_TINY)
 
         def moments(r: Tensor) -> list[Tensor]:
+            """Path moments (sum l rho, sum l rho T, sum l rho T^2) per muon at densities ``r``."""
             g = r[idx]
-            return [l_in * (g * pi).sum(1) + l_out * (g * po).sum(1) for pi, po in zip(p_in, p_out)]
+            return [(g * lw_c).sum(1) for lw_c in lw_t]
 
         def back(coefs: list[Tensor]) -> Tensor:
-            src = cast(Tensor, sum(c[:, None] * lw_c for c, lw_c in zip(coefs, lw_t)))
+            """Back-projection onto the voxels of per-muon coefficients of (l, l T, l T^2)."""
+            src = coefs[0][:, None] * lw_t[0] + coefs[1][:, None] * lw_t[1] + coefs[2][:, None] * lw_t[2]
             return lw.new_zeros(n_tot).index_add(0, flat, src.reshape(-1))
 
         def em_terms(ms: list[Tensor]) -> tuple[list[Tensor], list[Tensor], Tensor | None]:
