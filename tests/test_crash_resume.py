@@ -226,3 +226,29 @@ def test_lumi_scan_killed_leaves_no_processes(prefect_server: str, tmp_path: Pat
     if not timing:
         assert out.read_bytes() == ref_out.read_bytes()
     assert not leftover_temporaries(killed)
+
+
+def test_study_killed_resumes_bitwise(prefect_server: str, tmp_path: Path) -> None:
+    """The ``study`` stage (a tiny U-lorry study, 4 epochs) killed once epoch 2 is checkpointed resumes after epoch 2
+    and ends with the same detector, layouts and metrics, byte for byte, as an uninterrupted run."""
+    killed, ref = tmp_path / "killed", tmp_path / "ref"
+    killed.mkdir(), ref.mkdir()
+    small = {"n_train": 4, "n_test": 8, "n_mu_per_volume": 150, "mu_bs": 150, "n_epochs": 4, "n_bootstrap": 100}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(study="u_lorry", studies={"u_lorry": small})))
+    env = stage_env(prefect_server, tmp_path / "prefect-home")
+    reference = _reference("study", params, ref, prefect_server)
+    proc = start_stage("study", params, killed, env)
+    paths = PipelinePaths.at(killed)
+    ckpts = paths.study_checkpoints
+    _kill_when(proc, lambda: any(ckpts.rglob("epoch_0002.pt")))
+    assert not any(ckpts.rglob("epoch_0004.pt")), "killed mid-run"
+    outs = paths.study_outputs
+    assert not outs["detector_pt"].exists() and not outs["metrics"].exists(), "killed before the outputs"
+    rerun_log = _rerun_here("study", params, killed, prefect_server)
+    reference.result(timeout=300)
+    assert "after epoch 2" in rerun_log and "resuming" in rerun_log, rerun_log[-3000:]
+    for name in ("detector_pt", "detector_json", "metrics", "history_csv"):
+        a, b = outs[name], PipelinePaths.at(ref).study_outputs[name]
+        assert a.read_bytes() == b.read_bytes(), name
+    assert not leftover_temporaries(killed)
