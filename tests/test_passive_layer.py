@@ -17,7 +17,8 @@ import torch
 from tomopt_lib.core import X0
 from tomopt_lib.muon.muon_batch import MuonBatch
 from tomopt_lib.volume.passive_layer import PassiveLayer
-from tomopt_lib.volume.scatter_model import PDGScatterModel, build_pdg_scatter_table, highland_theta0
+from tomopt_lib.volume.scatter_model import PDGScatterModel, highland_theta0
+from tomopt_lib.volume.scatter_table import build_pdg_scatter_table
 
 B = 0.038
 

@@ -8,16 +8,8 @@ import pytest
 import torch
 
 from tomopt_lib.core import X0
-from tomopt_lib.volume.scatter_model import (
-    AbsScatterModel,
-    PDGScatterModel,
-    TabulatedScatterModel,
-    beta_p,
-    build_pdg_scatter_table,
-    build_scatter_table,
-    get_scatter_model,
-    highland_theta0,
-)
+from tomopt_lib.volume.scatter_model import AbsScatterModel, PDGScatterModel, beta_p, get_scatter_model, highland_theta0
+from tomopt_lib.volume.scatter_table import TabulatedScatterModel, build_pdg_scatter_table, build_scatter_table
 
 SQRT3_2 = math.sqrt(3) / 2
 

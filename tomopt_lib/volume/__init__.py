@@ -6,14 +6,8 @@ from .heatmap_layer import HeatMapDetectorLayer
 from .layer import AbsDetectorLayer, AbsLayer, PanelDetectorLayer
 from .panel import DetectorPanel, SigmoidDetectorPanel
 from .passive_layer import PassiveLayer, RadLengthFunc
-from .scatter_model import (
-    AbsScatterModel,
-    PDGScatterModel,
-    TabulatedScatterModel,
-    build_pdg_scatter_table,
-    build_scatter_table,
-    get_scatter_model,
-)
+from .scatter_model import AbsScatterModel, PDGScatterModel, get_scatter_model
+from .scatter_table import TabulatedScatterModel, build_pdg_scatter_table, build_scatter_table
 from .volume import Volume
 
 __all__ = [
