@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from tomopt_lib.core import X0
 from tomopt_lib.inference import ScatterBatch
-from tomopt_lib.inference.neighbourhood import neighbourhood_mean
+from tomopt_lib.inference.neighbourhood import bilateral_neighbourhood_mean, neighbourhood_mean
 from tomopt_lib.inference.volume import DenseBlockClassifierFromX0s, PanelX0Inferrer, PathX0Inferrer
 from tomopt_lib.muon.generation import MuonGenerator2016
 from tomopt_lib.muon.muon_batch import MuonBatch
@@ -42,6 +42,33 @@ def test_neighbourhood_mean_gradient_and_bad_shape() -> None:
     assert torch.autograd.gradcheck(neighbourhood_mean, (x,))
     with pytest.raises(ValueError, match="Z, X, Y"):
         neighbourhood_mean(torch.ones(4, 4))
+
+
+def test_bilateral_mean_limits_and_edges() -> None:
+    """Wide widths give the plain neighbourhood mean; a step far larger than the widths is not averaged across (a lead
+    block's ln rho next to beryllium's), while values within the widths still are; brute force on a voxel."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    wide = bilateral_neighbourhood_mean(x, torch.full_like(x, 1e6))
+    assert torch.allclose(wide, neighbourhood_mean(x), atol=1e-9)
+    step = torch.zeros(3, 4, 5, dtype=torch.float64)
+    step[:, :2] = 4.1  # ln(rho_lead / rho_beryllium)
+    narrow = bilateral_neighbourhood_mean(step, torch.full_like(step, 0.3))
+    assert torch.allclose(narrow, step, atol=1e-12)  # exp(-4.1^2 / 0.18): no mixing
+    t = torch.rand(3, 4, 5, generator=g, dtype=torch.float64) + 0.5
+    m = bilateral_neighbourhood_mean(x, t)
+    v = (1, 2, 3)
+    num = den = 0.0
+    for dz in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                u = (v[0] + dz, v[1] + dx, v[2] + dy)
+                if 0 <= u[0] < 3 and 0 <= u[1] < 4 and 0 <= u[2] < 5:
+                    w = float(torch.exp(-((x[u] - x[v]) ** 2) / (t[v] ** 2 + t[u] ** 2)))
+                    num, den = num + w * float(x[u]), den + w
+    assert float(m[v]) == pytest.approx(num / den, rel=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        bilateral_neighbourhood_mean(x, t[0])
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])

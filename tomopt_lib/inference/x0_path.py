@@ -19,7 +19,13 @@ stationarity condition is solved by ``n_iter`` multiplicative (EM / Richardson-L
     rho_j <- rho_j * [sum_i e_i d^T S W_ij S d / sum_i e_i tr(S W_ij)] ** relax,   S = Cov_i^-1 (k f folded in),
 
 plus a weak smoothness prior (``prior_strength``; 0 disables it): a log-normal penalty
-beta/2 sum_j (ln rho_j - m_j)^2, m_j the mean of ln rho over the voxel's 3x3x3 neighbourhood (itself included),
+beta/2 sum_j (ln rho_j - m_j)^2, m_j the edge-aware mean of ln rho over the voxel's 3x3x3 neighbourhood (itself
+included; neighbour u weighted by exp(-(ln rho_u - ln rho_j)^2 / (t_j^2 + t_u^2)), t_j = ``edge_scale`` /
+sqrt(rho_j D_j) at the homogeneous start, i.e. ~ a fraction of the voxel's statistical spread in ln rho: a step much
+larger than the noise, such as lead next to beryllium, is not smoothed across, while a data-poor voxel, whose t is
+large, is still held by all its neighbours; ``edge_scale=0``, the default: the plain mean. With 0.25, 20 seeds at 10k
+muons: lead in beryllium 1.34 -> 1.25 and uniform pull widths 0.85 -> 1.1, but uniform blocks at 1k muons 0.77 -> 0.68
+and the pipeline's held-out random blocks at 3000 muons MSE(ln X0) 0.45 -> 0.84: less smoothing of the noise),
 beta = prior_strength * median_j(rho_j D_j) at the homogeneous start (D_j the update's denominator, i.e. ~ the
 voxel's effective number of muons), added one-step-late: its positive part to the denominator, its negative part to
 the numerator. It stops poorly measured voxels from running off to X0 -> inf without pulling well-measured ones (e.g.
@@ -85,7 +91,7 @@ from torch import Tensor
 
 from ..checks import check_number
 from ..core import SCATTER_COEF_A, SCATTER_COEF_B
-from .neighbourhood import neighbourhood_mean
+from .neighbourhood import bilateral_neighbourhood_mean, neighbourhood_mean
 from .path_model import PATH_MODES, PathModelMixin
 from .x0_base import AbsX0Inferrer
 
@@ -142,6 +148,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
             flagged ``low_data`` (the prediction is the prior's).
         moment_anchor: rescale every update to the global method of moments (module docstring).
         shrink_crossings: weight of the final shrinkage towards the neighbourhood, in crossings of the voxel.
+        edge_scale: edge awareness of the smoothness prior (module docstring); 0 = plain neighbourhood mean.
         momentum, mu_generator: momentum model and the generator of the ``"unknown"`` model (``AbsX0Inferrer``).
     """
 
@@ -161,6 +168,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         min_data_fraction: float = 1.0,
         moment_anchor: bool = True,
         shrink_crossings: float = 3.0,
+        edge_scale: float = 0.0,
         momentum: MomentumModel | str | None = None,
         mu_generator: AbsMuonGenerator | None = None,
     ) -> None:
@@ -179,6 +187,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         self.min_data_fraction = check_number("min_data_fraction", min_data_fraction, low=0)
         self.moment_anchor = bool(moment_anchor)
         self.shrink_crossings = check_number("shrink_crossings", shrink_crossings, low=0)
+        self.edge_scale = check_number("edge_scale", edge_scale, low=0)
         super().__init__(volume, momentum=momentum, mu_generator=mu_generator)
 
     def _reset_vars(self) -> None:
@@ -210,12 +219,25 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         rho -> 0 (median rho D fell 4x over 20 updates at 1k muons), weakening the prior exactly where it is needed."""
         return self.prior_strength * (rho[: self.n_vox] * den[: self.n_vox]).median().clamp_min(_TINY)
 
-    def _add_prior(self, rho: Tensor, num: Tensor, den: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
-        """Add the log-normal smoothness prior's gradient to the update's numerator / denominator (one-step-late)."""
+    def _edge_widths(self, rho: Tensor, den: Tensor) -> Tensor | None:
+        """(n_z, n_x, n_y) widths t_j = edge_scale / sqrt(rho_j D_j) [in ln rho] of the prior's edge weighting, from each
+        voxel's information at the homogeneous start (``None`` for ``edge_scale=0``: the plain neighbourhood mean)."""
+        if self.edge_scale <= 0:
+            return None
+        info = (rho[: self.n_vox] * den[: self.n_vox]).detach().clamp_min(_TINY)
+        return (self.edge_scale / torch.sqrt(info)).clamp_max(1e3).reshape(self.shp_zxy)
+
+    def _add_prior(
+        self, rho: Tensor, num: Tensor, den: Tensor, beta: Tensor, widths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Add the log-normal smoothness prior's gradient to the update's numerator / denominator (one-step-late); its
+        target is the (edge-aware, with ``widths``) mean of ln rho over the voxel's 3x3x3 neighbourhood."""
         rho_v = rho[: self.n_vox]
-        log_v = torch.log(rho_v).reshape(1, *self.shp_zxy)
-        log_bar = neighbourhood_mean(log_v).reshape(-1)
-        pen = beta * (log_v.reshape(-1) - log_bar) / rho_v
+        if widths is None:
+            log_bar = neighbourhood_mean(torch.log(rho_v).reshape(1, *self.shp_zxy)).reshape(-1)
+        else:
+            log_bar = bilateral_neighbourhood_mean(torch.log(rho_v).reshape(self.shp_zxy), widths).reshape(-1)
+        pen = beta * (torch.log(rho_v) - log_bar) / rho_v
         pen = torch.cat([pen, pen.new_zeros(1)])
         return num + torch.relu(-pen), den + torch.relu(pen)
 
@@ -341,6 +363,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
 
         crossings = lw.new_zeros(n_tot).index_add(0, flat, (lw / self.size).reshape(-1))  # voxel crossings (lengths)
         beta = lw.new_zeros(())
+        widths: Tensor | None = None
         r_nodes: Tensor | None = None
         for it in range(self.n_iter):
             num_c, den_c, r_nodes = em_terms(moments(rho))
@@ -349,7 +372,8 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
             if self.prior_strength > 0:  # smoothness prior, one-step-late MAP (see module docstring)
                 if it == 0:  # set once, at the homogeneous start (see _prior_beta)
                     beta = self._prior_beta(rho.detach(), den.detach())
-                num, den = self._add_prior(rho, num, den, beta)
+                    widths = self._edge_widths(rho.detach(), den.detach())
+                num, den = self._add_prior(rho, num, den, beta, widths)
             ratio = torch.where(den > _TINY, num / den.clamp_min(_TINY), torch.ones_like(den))
             rho = (rho * ratio.clamp(1 / 3, 3) ** self.relax).clamp(rho_lo, rho_hi)
             if self.moment_anchor and not mixture:  # global method of moments: sum e (y - n) = sum e k f X(rho)
