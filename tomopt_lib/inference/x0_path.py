@@ -93,6 +93,7 @@ from ..checks import check_number
 from ..core import SCATTER_COEF_A, SCATTER_COEF_B
 from .neighbourhood import bilateral_neighbourhood_mean, neighbourhood_mean
 from .path_model import PATH_MODES, PathModelMixin
+from .path_uncertainty import smoothing_factor, voxel_information
 from .x0_base import AbsX0Inferrer
 
 if TYPE_CHECKING:
@@ -106,30 +107,6 @@ __all__ = ["PathX0Inferrer", "PATH_MODES"]
 _TINY = 1e-30
 _HOMOGENEOUS_ITERS = 4  # reweighting steps of the homogeneous density (weights and Highland's log term at rho0)
 _MIXTURE_HOMOGENEOUS_ITERS = 8  # EM steps of the homogeneous density when the momentum is known through its prior
-_Q_PER_AXIS = 8  # wave numbers per axis of the smoothing factor's average over the 3x3x3 stencil's spectrum
-
-
-def _stencil_spectrum(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(Q,) eigenvalues a(q) = prod_d (1 + 2 cos q_d) / 3 of the 3x3x3 neighbourhood mean on a periodic lattice, at
-    ``_Q_PER_AXIS`` midpoint wave numbers per axis in (0, pi) (the spectrum is even in every q_d)."""
-    q = (torch.arange(_Q_PER_AXIS, dtype=torch.float64) + 0.5) * torch.pi / _Q_PER_AXIS
-    a = (1 + 2 * torch.cos(q)) / 3
-    return (a[:, None, None] * a[None, :, None] * a[None, None, :]).reshape(-1).to(device=device, dtype=dtype)
-
-
-def _smoothing_factor(r: Tensor, p: Tensor) -> Tensor:
-    """Variance factor phi = mean_q [T(q) / (1 + r (1 - a(q)))]^2 of a voxel's ln rho estimate relative to its own
-    maximum-likelihood variance, in a locally homogeneous linear-response approximation: the smoothness prior's
-    fixed point (h + b (1 - A)) x = h x_ML with r = b / h, then the final shrinkage x <- (x + p (h A x + P g) /
-    (h + P)) / (1 + p) with p = P / h, T(q) = (1 + p a(q) / (1 + p)) / (1 + p); a(q) the spectrum of the 3x3x3
-    mean A. (n,) in, (n,) out; chunked over the wave numbers so memory stays O(n)."""
-    a = _stencil_spectrum(r.dtype, r.device)
-    r, p = r.clamp(0.0, 1e6)[:, None], p.clamp(0.0, 1e6)[:, None]
-    tot = r.new_zeros(len(r))
-    for a_c in a.split(64):
-        tr = (1 + p * a_c / (1 + p)) / (1 + p) / (1 + r * (1 - a_c))
-        tot = tot + tr.square().sum(1)
-    return tot / len(a)
 
 
 class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
@@ -240,33 +217,6 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         pen = beta * (torch.log(rho_v) - log_bar) / rho_v
         pen = torch.cat([pen, pen.new_zeros(1)])
         return num + torch.relu(-pen), den + torch.relu(pen)
-
-    def _voxel_information(
-        self, idx: Tensor, lw: Tensor, t: Tensor, inv: Tensor, kf: Tensor, eff: Tensor, mom_var: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        """(n_vox,) ``(h, j)``: the diagonal of the likelihood's Fisher information of rho_j from angle and displacement,
-        h_j = sum_i e_i I_i,jj, and of its score's variance, j_j = sum_i e_i^2 c_i I_i,jj: per muon and projection
-        I_i,jj = 1/2 tr(S W_ij S W_ij) k^2 f^2 (S = Cov_i^-1, W_ij the voxel's 2x2 path weight of the module docstring),
-        c_i = E[u^2] / E[u]^2 of the momentum model (the likelihood uses E[u]; the spread of u inflates the score's
-        variance). A muon's samples in one voxel are contiguous along its path; each run of them is one segment
-        (O(N S) memory)."""
-        n_mu, n_s = idx.shape
-        new = torch.ones_like(idx, dtype=torch.bool)
-        new[:, 1:] = idx[:, 1:] != idx[:, :-1]
-        new = new.reshape(-1)
-        seg_id = new.long().cumsum(0) - 1
-        n_seg = int(new.sum())
-        w = lw.new_zeros(n_seg, 3).index_add(0, seg_id, torch.stack([lw, lw * t, lw * t.square()], -1).reshape(-1, 3))
-        mu = torch.arange(n_mu, device=idx.device).repeat_interleave(n_s)[new]
-        s0, s1, s2 = inv[mu, :, 0], inv[mu, :, 1], inv[mu, :, 2]  # (n_seg, 2) per projection
-        w0, w1, w2 = w[:, 0, None], w[:, 1, None], w[:, 2, None]
-        m00, m01, m10, m11 = s0 * w0 + s1 * w1, s0 * w1 + s1 * w2, s1 * w0 + s2 * w1, s1 * w1 + s2 * w2
-        per_seg = (0.5 * kf[mu].square() * (m00.square() + 2 * m01 * m10 + m11.square())).sum(1)
-        vox = idx.reshape(-1)[new]
-        n_tot = self.n_vox + 1
-        h = lw.new_zeros(n_tot).index_add(0, vox, eff[mu] * per_seg)[: self.n_vox]
-        j = lw.new_zeros(n_tot).index_add(0, vox, eff[mu].square() * mom_var[mu] * per_seg)[: self.n_vox]
-        return h, j
 
     def _compute_x0(self) -> tuple[Tensor, Tensor]:
         idx, m_in, m_out, l_in, l_out, t = self.path_samples()
@@ -411,10 +361,10 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         x0 = torch.exp(-ln_post).clamp(self.x0_range[0], self.x0_range[1])
         # uncertainty: linear response of the regularised estimator (module docstring), per voxel in a locally
         # homogeneous approximation: the (angle + displacement) Fisher information of ln rho_j and its score variance,
-        h_full, j_full = self._voxel_information(idx, lw, t, inv, kf, eff, mom_var)
+        h_full, j_full = voxel_information(idx, lw, t, inv, kf, eff, mom_var, self.n_vox)
         h_full, j_full = rho_v.square() * h_full, rho_v.square() * j_full
         # propagated through the neighbourhood averaging of the smoothness prior (b = beta / 2 in ln rho) and shrinkage
-        phi = _smoothing_factor(
+        phi = smoothing_factor(
             (beta.detach() / 2) / h_full.detach().clamp_min(_TINY), p_log.detach() / info_log.detach().clamp_min(_TINY)
         )
         sigma_ln = (j_full * phi).clamp_min(_TINY).sqrt() / h_full.clamp_min(_TINY)
