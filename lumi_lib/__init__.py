@@ -28,9 +28,9 @@ from .inversion import (  # noqa: E402
     invert,
     invert_measured,
     mode_matrix,
-    penalty_landscape,
     preset_design,
 )
+from .landscape import penalty_landscape  # noqa: E402
 from .measure import DEFAULT_REL_NOISE, check_measurements, measure, measurement_sigma  # noqa: E402
 from .solver import STATUS, LSQResult, identifiability_message, solve_lm, uncertainty_message  # noqa: E402
 

@@ -28,7 +28,8 @@ from prefect.cache_policies import NO_CACHE
 
 from config import LumiReportParams
 from lumi_lib.design import NOMINAL_EPS
-from lumi_lib.inversion import DEFAULT_REL_UNCERTAINTY_WARN, invert, mode_matrix, penalty_landscape, preset_design
+from lumi_lib.inversion import DEFAULT_REL_UNCERTAINTY_WARN, invert, mode_matrix, preset_design
+from lumi_lib.landscape import penalty_landscape
 from lumi_lib.model import luminosity
 from lumi_lib.plotting import (
     plot_est_vs_truth,
