@@ -26,11 +26,11 @@ bias rho up (+26 % for beryllium at f0 = 0; +7 % at f0 = 0.3, the default; f0 ->
 embedded in light material is *diluted* (its voxels get the mean density along the paths through them: lead blocks
 of 0.2 m in 0.6 m of beryllium come out with ~2.3x their X0). The path inferrer (``x0_path``) deconvolves this.
 
-With a momentum known only through its prior (``"unknown"``: nodes u_k with probabilities P_k), a_i and w_i come
-from ``_MIXTURE_ITERS`` EM steps of the Gaussian mixture likelihood (``_mixture_weights``): r_ik ~ P_k s_ik^-1
-exp(-y_i / s_ik) with s_ik = n_i + a_ik rho_bar_i (rho_bar_i: the density along the muon's path in the current map),
-w_i = sum_k r_ik a_ik / s_ik^2, a_i = sum_k r_ik w_ik a_ik / w_i and v_i = 1: a large scatter is read as a low
-momentum (uniform blocks: median 0.9-1.0 at 10k muons, against 1.1-1.4 with the mean u). Around a dense object the
+With a momentum known only through its prior (``"unknown"``: nodes u_k with probabilities P_k), the density comes
+from ``_MIXTURE_ITERS`` multiplicative EM steps of the Gaussian mixture likelihood (``_mixture_em``): r_ik ~ P_k
+s_ik^-1 exp(-y_i / s_ik) with s_ik = n_i + a_ik rho_bar_i (rho_bar_i: the density along the muon's path in the current
+map), and rho_j <- rho_j sum_i b_ij up_i / sum_i b_ij down_i (always > 0), followed by the same neighbourhood pull and
+low-data flag; a large scatter is read as a low momentum (uniform blocks: median 0.9-1.0 at 10k muons, against 1.1-1.4 with the mean u). Around a dense object the
 diluted map makes its muons look like low-momentum ones, which dilutes it further (README calibration table).
 
 Uncertainty (frequentist, model-based): var(rho_j) = sum_i (b_ij e_i w_i)^2 s_i^2(rho_j) / D_j^2, D_j the denominator,
@@ -221,19 +221,22 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
         def vox(per_muon: Tensor, weights: Tensor) -> Tensor:
             return per_muon.new_zeros(n_tot).index_add(0, flat, (weights * per_muon[:, None]).reshape(-1))[: self.n_vox]
 
+        b2 = bw.square()
         mixture = "u_nodes" in d  # momentum known through its prior only: EM over the prior's nodes
         if mixture:
-            a, w, rho0 = self._mixture_weights(d, idx, bw, path_len, y, n, use, k / k0.clamp_min(_TINY), rho0, vox)
-            v = torch.ones_like(v)
-
-        num, den = vox(w * (y - n), bw), vox(w * a, bw)
-        b2 = bw.square()
-        q_aa, q_an, q_nn = (
-            vox((w * a).square() * v, b2),
-            vox(2 * w.square() * v * a * n, b2),
-            vox(w.square() * v * n.square(), b2),
-        )
-        n_eff = den.square() / vox((w * a).square(), b2).clamp_min(_TINY)
+            up, down, spread, rho_map, rho0 = self._mixture_em(
+                d, idx, bw, path_len, y, n, use, k / k0.clamp_min(_TINY), rho0, vox
+            )
+            num, den = rho_map * vox(up, bw), vox(down, bw)
+            n_eff = den.square() / vox(down.square(), b2).clamp_min(_TINY)
+        else:
+            num, den = vox(w * (y - n), bw), vox(w * a, bw)
+            q_aa, q_an, q_nn = (
+                vox((w * a).square() * v, b2),
+                vox(2 * w.square() * v * a * n, b2),
+                vox(w.square() * v * n.square(), b2),
+            )
+            n_eff = den.square() / vox((w * a).square(), b2).clamp_min(_TINY)
         rho_raw = (num / den.clamp_min(_TINY)).clamp(1e-4, 1e4)
         if self.prior_strength > 0:
             per_muon_info = (den / n_eff.clamp_min(_TINY))[den > 0]
@@ -244,7 +247,10 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
             rho_nb = torch.where(w_nb > 0, r_nb / w_nb.clamp_min(_TINY), rho0.expand_as(r_nb))
             num, den = num + beta * rho_nb, den + beta
         rho = (num / den.clamp_min(_TINY)).clamp(1e-4, 1e4)
-        var_rho = (rho.square() * q_aa + rho * q_an + q_nn) / den.clamp_min(_TINY).square()
+        if mixture:  # Var(rho_map up_i) = rho_map^2 (e g_i)^2 Var(y_i): the spread's per-muon term (see _mixture_em)
+            var_rho = vox(spread, b2) * rho_map.square() / den.clamp_min(_TINY).square()
+        else:
+            var_rho = (rho.square() * q_aa + rho * q_an + q_nn) / den.clamp_min(_TINY).square()
         x0 = 1.0 / rho
         unc = var_rho.clamp_min(_TINY).sqrt() / rho.square()
         low = n_eff.detach() < self.min_muons
@@ -252,7 +258,7 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
         self._low_data = low.reshape(self.shp_zxy)
         return x0.reshape(self.shp_zxy), unc.reshape(self.shp_zxy)
 
-    def _mixture_weights(
+    def _mixture_em(
         self,
         d: dict[str, Tensor],
         idx: Tensor,
@@ -264,39 +270,53 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
         log_fac: Tensor,
         rho0: Tensor,
         vox: Callable[[Tensor, Tensor], Tensor],
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``(a, w, rho_h)``: a and w per muon for a momentum known only through its prior (nodes u_k, P_k): ``_MIXTURE_ITERS`` EM
-        steps of the ratio estimate. E-step: with the density rho_bar_i along the muon's path (the block's rho_0
-        first, then the path average of the current map, each voxel pulled towards the block's mixture estimate with
-        the weight of ``_MIXTURE_PULL_MUONS`` effective muons: with a few muons per voxel the raw map's noise biased
-        the posterior, X0 1.6-1.7x at 1k muons with the weight of 2), node k predicts the per-projection variance
-        s_ik = n_i + a_ik rho_bar_i (a_ik = A^2 u_k F' L_i), and r_ik ~ P_k s_ik^-1 exp(-y_i / s_ik) (two projections,
-        y_i their mean squared kick). M-step: the Gaussian likelihood's stationarity gives the ratio estimate with
-        w_i = sum_k r_ik a_ik / s_ik^2 and the effective a_i = sum_k r_ik w_ik a_ik / w_i: a large scatter is read as a
-        low momentum rather than as dense material. rho_h: the block's homogeneous density by the same EM."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """EM of the per-voxel density for a momentum known only through its prior (nodes u_k, P_k), ``_MIXTURE_ITERS``
+        steps. E-step: with the density rho_bar_i along the muon's path (the block's rho_0 first, then the path average
+        of the current map, each voxel pulled towards the block's estimate with the weight of ``_MIXTURE_PULL_MUONS``
+        effective muons: with a few muons per voxel the raw map's noise biased the posterior, X0 1.6-1.7x at 1k muons
+        with the weight of 2), node k predicts the per-projection variance s_ik = n_i + a_ik rho_bar_i
+        (a_ik = A^2 u_k F' L_i) and r_ik ~ P_k s_ik^-1 exp(-y_i / s_ik) (two projections, y_i their mean squared kick).
+        M-step, multiplicative (ML-EM), so that rho stays > 0 however few muons a voxel has: the Gaussian likelihood's
+        stationarity sum_ik r_ik a_ik (y_i - s_ik) / s_ik^2 = 0 as the fixed point of
+        rho_j <- rho_j sum_i b_ij up_i / sum_i b_ij down_i, up_i = e_i sum_k r_ik a_ik y_i / s_ik^2,
+        down_i = e_i sum_k r_ik a_ik / s_ik (a ratio of sums like the known-momentum estimate's w (y - n) / w a went
+        negative where a few high-momentum muons scattered less than their noise: X0 at the clamp). A large scatter is
+        read as a low momentum rather than as dense material.
+
+        Returns ``(up, down, spread, rho_map, rho_h)``: the last E-step's (N,) terms, the per-muon variance term of the
+        uncertainty, (e_i g_i s_i)^2 = down_i^2 with g_i = sum_k r_ik a_ik / s_ik^2 and the effective variance
+        s_i = sum_k r_ik a_ik / s_ik / g_i of y_i (Var y_i = s_i^2; the posterior mean of s_ik^2 instead is set by
+        improbable near-stopping nodes and overstated the uncertainty ~10x), so var(rho_j) = rho_j^2 / n_eff, the
+        (n_vox,) map the last step multiplies, and the block's homogeneous density."""
         u_k = d["u_nodes"].detach()
         log_p = torch.log(d["u_prob"].detach().clamp_min(1e-300))
         a_k = (SCATTER_COEF_A**2 * log_fac * path_len)[:, None] * u_k  # (N, K)
         y_d, n_d = y.detach()[:, None], n.detach()[:, None]
-        rho_bar = rho0.expand(len(y))
         lw_frac = self.sample_lengths()[1] / path_len.clamp_min(_TINY)[:, None]
-        a_eff, w_eff, rho_h = a_k[:, 0], use, rho0
-        for _ in range(_MIXTURE_ITERS):
-            s_k = (n_d + a_k.detach() * rho_bar[:, None].detach()).clamp_min(_TINY)
+        rho_h = rho0.detach()
+        rho_map = rho_h.expand(self.n_vox)
+        rho_bar = rho_h.expand(len(y))
+        up = down = spread = y
+        for it in range(_MIXTURE_ITERS + 1):
+            s_k = (n_d + a_k.detach() * rho_bar[:, None]).clamp_min(_TINY)
             r = torch.softmax(torch.nan_to_num(log_p - torch.log(s_k) - y_d / s_k, nan=-1e300), dim=1)
-            w_k = r * a_k / s_k.square()
-            w_eff = use * w_k.sum(1)
-            a_eff = (w_k * a_k).sum(1) / w_k.sum(1).clamp_min(_TINY)
-            w_d, a_d, res_d = w_eff.detach(), a_eff.detach(), (y - n).detach()
-            rho_h = ((w_d * res_d).sum() / (w_d * a_d).sum().clamp_min(_TINY)).clamp(1e-4, 1e4)
-            den = vox(w_d * a_d, bw)
-            n_eff = den.square() / vox((w_d * a_d).square(), bw.square()).clamp_min(_TINY)
+            g = r * a_k / s_k.square()  # (N, K)
+            up = use * g.sum(1) * y
+            down = use * (r * a_k / s_k).sum(1)
+            spread = down.square()  # (e g s_eff)^2 with s_eff = sum r a / s / g: Var(y_i) = s_eff^2 (see docstring)
+            if it == _MIXTURE_ITERS:
+                break
+            up_d, down_d = up.detach(), down.detach()
+            rho_h = (rho_h * up_d.sum() / down_d.sum().clamp_min(_TINY)).clamp(1e-4, 1e4)
+            den = vox(down_d, bw)
+            n_eff = den.square() / vox(down_d.square(), bw.square()).clamp_min(_TINY)
             info = (den / n_eff.clamp_min(_TINY))[den > 0]
             beta = _MIXTURE_PULL_MUONS * (info.median() if len(info) else den.new_ones(()))
-            rho_map = ((vox(w_d * res_d, bw) + beta * rho_h) / (den + beta).clamp_min(_TINY)).clamp(1e-4, 1e4)
-            rho_pad = torch.cat([rho_map, rho_h.reshape(1)]).detach()
+            rho_map = ((rho_map * vox(up_d, bw) + beta * rho_h) / (den + beta).clamp_min(_TINY)).clamp(1e-4, 1e4)
+            rho_pad = torch.cat([rho_map, rho_h.reshape(1)])
             rho_bar = (rho_pad[idx] * lw_frac).sum(1)
-        return a_eff, w_eff, rho_h
+        return up, down, spread, rho_map.detach(), rho_h
 
     def _compute_x0_tomopt(self) -> tuple[Tensor, Tensor]:
         eff = self.muon_efficiency[:, 0]
