@@ -206,15 +206,12 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
         obs, noise, f, k0, eff = self._observables()
         y = (obs[..., 0].square() / f).mean(1)  # mean squared projected angle kick [rad^2]
         n = (noise[..., 0] / f).mean(1)  # its measurement-noise part [rad^2]
-        v = (3.0 * d["mom_var"][:, 0] - 1.0) / 2.0
         use = eff * (path_len > 0).to(eff.dtype)
         w_mm = use / (n + y.detach().median()).clamp_min(_TINY).square()  # inverse expected variance (noise-robust)
         rho0 = ((w_mm * (y - n)).sum() / (w_mm * k0 * path_len).sum().clamp_min(_TINY)).clamp(1e-4, 1e4).detach()
-        k = k0
+        log_fac = torch.ones_like(k0)  # Highland's log factor, linearised at the block's homogeneous density
         if self.log_term:
-            k = k0 * (1.0 + SCATTER_COEF_B * torch.log((path_len * rho0).clamp_min(1e-6))).clamp_min(0.05).square()
-        a = k * path_len  # E[y - n] = a rho for a uniform block
-        w = use * a / (v * (a * rho0 + n).square()).clamp_min(_TINY)
+            log_fac = (1.0 + SCATTER_COEF_B * torch.log((path_len * rho0).clamp_min(1e-6))).clamp_min(0.05).square()
         flat = idx.reshape(-1)
         n_tot = self.n_vox + 1
 
@@ -224,12 +221,13 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
         b2 = bw.square()
         mixture = "u_nodes" in d  # momentum known through its prior only: EM over the prior's nodes
         if mixture:
-            up, down, spread, rho_map, rho0 = self._mixture_em(
-                d, idx, bw, path_len, y, n, use, k / k0.clamp_min(_TINY), rho0, vox
-            )
+            up, down, spread, rho_map, rho0 = self._mixture_em(d, idx, bw, path_len, y, n, use, log_fac, rho0, vox)
             num, den = rho_map * vox(up, bw), vox(down, bw)
             n_eff = den.square() / vox(down.square(), b2).clamp_min(_TINY)
         else:
+            v = (3.0 * d["mom_var"][:, 0] - 1.0) / 2.0
+            a = k0 * log_fac * path_len  # E[y - n] = a rho for a uniform block
+            w = use * a / (v * (a * rho0 + n).square()).clamp_min(_TINY)
             num, den = vox(w * (y - n), bw), vox(w * a, bw)
             q_aa, q_an, q_nn = (
                 vox((w * a).square() * v, b2),
