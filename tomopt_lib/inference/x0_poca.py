@@ -72,6 +72,7 @@ __all__ = ["PanelX0Inferrer"]
 _TINY = 1e-30
 _MIXTURE_ITERS = 4  # EM steps of the ratio estimate when the momentum is known through its prior only
 _MIXTURE_PULL_MUONS = 20.0  # weight [effective muons] of the block's density in the E-step's map (module docstring)
+_NEIGHBOURHOOD_PRIOR = 0.1  # weight of the block's density in a neighbourhood mean, in units of the pull's weight
 _TOMOPT_VARS = ("poca_xyz", "total_scatter", "theta_in", "theta_out")
 
 
@@ -235,6 +236,7 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
                 vox(w.square() * v * n.square(), b2),
             )
             n_eff = den.square() / vox((w * a).square(), b2).clamp_min(_TINY)
+            num = num.clamp_min(0.0)  # rho >= 0: less scattering than the noise predicts is no evidence of density
         rho_raw = (num / den.clamp_min(_TINY)).clamp(1e-4, 1e4)
         if self.prior_strength > 0:
             per_muon_info = (den / n_eff.clamp_min(_TINY))[den > 0]
@@ -242,7 +244,8 @@ class PanelX0Inferrer(PathModelMixin, AbsX0Inferrer):
             shp = (1, *self.shp_zxy)
             w_nb = neighbourhood_mean(den.reshape(shp)).reshape(-1)
             r_nb = neighbourhood_mean((den * rho_raw).reshape(shp)).reshape(-1)
-            rho_nb = torch.where(w_nb > 0, r_nb / w_nb.clamp_min(_TINY), rho0.expand_as(r_nb))
+            nb_prior = _NEIGHBOURHOOD_PRIOR * beta  # a neighbourhood without data falls back to the block's density
+            rho_nb = (r_nb + nb_prior * rho0) / (w_nb + nb_prior).clamp_min(_TINY)
             num, den = num + beta * rho_nb, den + beta
         rho = (num / den.clamp_min(_TINY)).clamp(1e-4, 1e4)
         if mixture:  # Var(rho_map up_i) = rho_map^2 (e g_i)^2 Var(y_i): the spread's per-muon term (see _mixture_em)
