@@ -71,7 +71,9 @@ class OptimiseParams(ParamsModel):
     inferrer: Literal["poca", "path"] = "poca"
     momentum: MomentumParams = Field(default_factory=MomentumParams)
     loss: Literal["voxel_x0", "voxel_log_x0"] = Field(
-        "voxel_x0", description="voxel_x0: MSE of X0 (TomOpt VoxelX0Loss); voxel_log_x0: MSE of log X0 (VoxelLogX0Loss)"
+        "voxel_log_x0",
+        description="voxel_log_x0: MSE of ln X0 (VoxelLogX0Loss; every material on the same relative scale, the "
+        "evaluation's primary metric); voxel_x0: MSE of X0 (TomOpt VoxelX0Loss)",
     )
     optimiser: Literal["adam", "sgd"] = "adam"
     lr: LearningRates = Field(default_factory=LearningRates)
