@@ -11,7 +11,11 @@ Per (volume, material, inferrer, momentum model, muon count), over ``--seeds`` s
 - ``pull_width``: median over the material's voxels of std_seeds(ln pred) / median_seeds(reported unc / pred), the
   spread of the predictions over the reported uncertainty in relative terms (robust to the long tails of X0
   estimates; 1 = uncertainties match the spread; voxels flagged ``low_data`` in any seed are left out);
-- ``low_data``: fraction of flagged voxels.
+- ``low_data``: fraction of flagged voxels;
+- ``tail3``: fraction of the unflagged (voxel, seed) pairs whose error in units of the reported uncertainty,
+  z = ln(pred / true) / (unc / pred), exceeds 3 (0.003 for Gaussian errors with the right width and no bias);
+- ``median_ratio_edge`` / ``median_ratio_interior``: median predicted / true X0 on the footprint's border voxels and
+  inside (a spatial bias that the overall median hides).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_calibration.py [--seeds 20] [--n-mu 1000 10000]
         [--inferrers poca path] [--momentum true smeared unknown] [--energy-loss] [--out bench_out/calibration.json]
@@ -61,6 +65,14 @@ def lead_in_beryllium(*, z: Any, lw: Any, size: float) -> torch.Tensor:
     if abs(top - 0.4) < 1e-6 or abs(top - 0.5) < 1e-6:
         x0[:5, :5] = X0["lead"]
     return x0
+
+
+def footprint_edge(shape_zxy: tuple[int, ...]) -> np.ndarray:
+    """(n_z, n_x, n_y) True for the voxels on the border of the footprint (first or last x or y index)."""
+    edge = np.zeros(shape_zxy, dtype=bool)
+    edge[:, [0, -1], :] = True
+    edge[:, :, [0, -1]] = True
+    return edge
 
 
 VOLUMES: dict[str, Callable[..., torch.Tensor]] = {
@@ -131,6 +143,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     spread = np.log(p_arr[:, mask]).std(0, ddof=1)  # relative spread of the predictions
                     rel_unc = np.median(u_arr[:, mask] / p_arr[:, mask], 0)  # typical reported relative uncertainty
                     pulls = (spread / rel_unc)[ok] if ok.any() else np.array([np.nan])
+                    # against the truth, voxel by voxel: z = ln(pred / true) / (unc / pred), unflagged voxels only
+                    z = np.log(ratio) / (u_arr[:, mask] / p_arr[:, mask])
+                    unflagged = ~l_arr[:, mask]
+                    tail3 = float(np.mean(np.abs(z[unflagged]) > 3)) if unflagged.any() else float("nan")
+                    edge = footprint_edge(truth.shape)[mask]  # voxels on the footprint's border (x or y index first / last)
                     rows.append(
                         {
                             "volume": vname,
@@ -143,6 +160,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "q16": float(np.quantile(ratio, 0.16)),
                             "q84": float(np.quantile(ratio, 0.84)),
                             "pull_width": float(np.median(pulls)),
+                            "tail3": tail3,
+                            "median_ratio_edge": float(np.median(ratio[:, edge])) if edge.any() else float("nan"),
+                            "median_ratio_interior": float(np.median(ratio[:, ~edge])) if (~edge).any() else float("nan"),
                             "low_data": float(l_arr[:, mask].mean()),
                             "seeds": args.seeds,
                         }
@@ -150,7 +170,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     r = rows[-1]
                     print(
                         f"{vname:18s} {mat:9s} {inf_name:4s} {mom:8s} {n_mu:6d}  median {r['median_ratio']:.3f} "
-                        f"[{r['q16']:.2f}, {r['q84']:.2f}] rho {r['mean_rho_ratio']:.2f}  pull width {r['pull_width']:.2f}  low {r['low_data']:.2f}",
+                        f"[{r['q16']:.2f}, {r['q84']:.2f}] rho {r['mean_rho_ratio']:.2f}  pull width {r['pull_width']:.2f}  low {r['low_data']:.2f}  "
+                        f"|z|>3 {r['tail3']:.3f}  edge / interior {r['median_ratio_edge']:.2f} / {r['median_ratio_interior']:.2f}",
                         flush=True,
                     )
     return {"rows": rows, "inference_seconds_last": timing, "energy_loss": args.energy_loss}
