@@ -20,7 +20,7 @@ class LearningRates(ParamsModel):
     xy: float | None = Field(0.005, gt=0, le=1e6)
     z: float | None = Field(0.01, gt=0, le=1e6)
     xy_span: float | None = Field(0.005, gt=0, le=1e6)
-    budget: float | None = Field(0.05, gt=0, le=1e6, description="budget weights (fixed-budget mode; null = equal split)")
+    budget: float | None = Field(0.2, gt=0, le=1e6, description="budget weights (fixed-budget mode; null = equal split)")
 
 
 class MomentumParams(ParamsModel):

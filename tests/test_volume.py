@@ -163,6 +163,23 @@ def test_budget_weights_and_assignment():
     assert float(total) == pytest.approx(4.0, rel=1e-5)
 
 
+def test_loaded_budget_split_reaches_the_panels_without_a_forward():
+    """A trained fixed-budget detector loaded into a fresh volume has its trained spans at once (the evaluate stage
+    draws and describes it without propagating muons; before the load hook it showed the equal split)."""
+    trained = make_volume(budget=4.0)
+    with torch.no_grad():
+        trained.budget_weights.copy_(torch.tensor([2.0, -2.0, -2.0, 2.0, 1.0, -1.0, 0.0, 0.5]))
+    trained.assign_budget()
+    fresh = make_volume(budget=4.0)
+    fresh.load_state_dict(trained.state_dict())
+    spans = [p.get_scaled_xy_span().detach() for d in trained.get_detectors() for p in d.panels]
+    loaded = [p.get_scaled_xy_span().detach() for d in fresh.get_detectors() for p in d.panels]
+    assert max(float(s.max()) for s in loaded) > 1.5 * min(float(s.min()) for s in loaded)  # not the equal split
+    for a, b in zip(spans, loaded):
+        assert torch.allclose(a, b)
+    assert not any(p.budget.requires_grad for d in fresh.get_detectors() for p in d.panels)  # no stale graph
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_budget_weights_get_gradients(kind, gen):
     vol = make_volume(kind, budget=4.0)

@@ -30,6 +30,12 @@ LOOKUP_TOL: float = 1e-5
 """Tolerance [m] (float32 rounding) for points on the outer faces in ``lookup_passive_xyz_coords``."""
 
 
+def _assign_loaded_budget(module: nn.Module, incompatible_keys: object) -> None:
+    """``load_state_dict`` post-hook of a fixed-budget ``Volume``: hand the loaded budget split to the panels."""
+    with torch.no_grad():
+        module.assign_budget()  # type: ignore[operator]
+
+
 class Volume(nn.Module):
     """Container of layers that propagates muons through them.
 
@@ -64,6 +70,9 @@ class Volume(nn.Module):
             self.budget_weights = nn.Parameter(torch.zeros(n_costs, dtype=DEFAULT_DTYPE, device=self.device))
             with torch.no_grad():  # configure the panels now; forward re-assigns with gradients
                 self.assign_budget()
+            # loaded budget weights reach the panels at once (not only at the next forward): a loaded detector's spans,
+            # costs and drawings are the trained ones
+            self.register_load_state_dict_post_hook(_assign_loaded_budget)
 
     # ------------------------------------------------------------------ validation
     @staticmethod
