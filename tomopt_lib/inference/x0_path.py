@@ -60,7 +60,9 @@ towards the information-weighted mean of its 3x3x3 neighbourhood (itself blended
 is data-poor) with a weight worth ``shrink_crossings`` crossings of the voxel:
 ln rho_j <- (I'_j ln rho_j + P ln rho_nb) / (I'_j + P), I'_j = rho_j^2 I_j. A voxel whose data carry less than
 ``min_data_fraction`` of P is set by the prior: it is flagged in ``low_data`` and its uncertainty is at least its
-prediction (100 %).
+prediction (100 %). So is a voxel whose updates ran into a bound of ``x0_range`` (within a factor 2): its likelihood
+has no interior maximum, so I'_j = 0 and the neighbourhood sets it (at 300 muons, before: a few voxels per ten volumes
+at X0 = 1e-4 m).
 
 Uncertainty: the linear response of the regularised estimator (a Laplace-type approximation), per voxel and in a
 locally homogeneous approximation. In x = ln rho the prior's fixed point solves g(x) = b (1 - A) x (g the
@@ -348,6 +350,11 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         info_log = rho_v.square() * info  # Fisher information of ln rho_j
         cross = crossings[: self.n_vox]
         per_cross = (info_log / cross.clamp_min(_TINY))[cross > 0]
+        # a voxel whose updates ran into a bound of x0_range (within a factor 2: the multiplicative steps reach it and
+        # stay) has no interior maximum: its data do not determine it, so the shrinkage sets it from its neighbourhood
+        # (and it is flagged low_data) instead of reporting the bound
+        at_bound = ((rho_v <= 2 * rho_lo) | (rho_v >= rho_hi / 2)).detach()
+        info_log = torch.where(at_bound, torch.zeros_like(info_log), info_log)
         p_log = self.shrink_crossings * (per_cross.median() if len(per_cross) else info_log.new_ones(()))
         shp = (1, *self.shp_zxy)
         ln_rho = torch.log(rho_v)
