@@ -111,7 +111,7 @@ class ULorryStudy(ParamsModel):
 
 
 def _walls_rates() -> StudyRates:
-    return StudyRates(xy=0.3, z=0.05, xy_span=None, budget=0.05)
+    return StudyRates(xy=0.3, z=0.05, xy_span=None, budget=0.2)
 
 
 class SmallWallsStudy(ParamsModel):
