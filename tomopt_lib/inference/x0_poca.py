@@ -20,7 +20,10 @@ Per voxel the linear ratio estimate of rho_j = 1 / X0_j is
 with weights that do not depend on the muon's measured angle (TomOpt's 1 / (2 theta sigma_theta)^2 favours small
 angles and biases X0 up), c_i = E[u^2] / E[u]^2 of the momentum model, and an empirical-Bayes pull towards
 rho_nb_j, the mean of the voxel's 3x3x3 neighbourhood in the unpulled map, worth ``prior_strength`` effective
-muons (beta = prior_strength x the median information per effective muon). Why the floor: a PoCA is well
+muons (beta = prior_strength x the median information per effective muon). A negative data sum (a voxel's few muons
+scattered less than their noise predicts) counts as zero, i.e. no evidence of density, not as rho < 0 (which sat at
+the X0 = 1e4 m clamp), and rho_nb_j itself leans towards the block's density rho_0 with a tenth of beta, so that a
+neighbourhood without data falls back to rho_0. Why the floor: a PoCA is well
 localised only for large scatters, so PoCA probabilities alone favour the large-angle muons of light materials and
 bias rho up (+26 % for beryllium at f0 = 0; +7 % at f0 = 0.3, the default; f0 -> inf is the unbiased path average). A uniform block is recovered without bias; a dense object
 embedded in light material is *diluted* (its voxels get the mean density along the paths through them: lead blocks
