@@ -125,15 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                     "predict_s": time.perf_counter() - t0,
                 }
             )
-    ref = None
+    # reference of each row: the evenly spaced layout of equal panels at (nearly) the same cost
+    refs = {round(r["cost"]): r["mean_mse_log_x0"] for r in rows if r["z_layout"] == "even" and not isinstance(r["span"], list)}
     print(f"{'layout':40s} {'cost':>5s} {'mean MSE(ln X0)':>16s} {'ratio':>6s}")
     for r in rows:
-        if r["z_layout"] == "even" and not isinstance(r["span"], list):
-            ref = r["mean_mse_log_x0"]
-        if isinstance(r["span"], list) and r["cost"] > 4:  # the cost-8 lists compare with the span-1.0 reference
-            ref = rows[0]["mean_mse_log_x0"]
-        assert ref is not None
-        r["ratio_to_even_same_cost"] = r["mean_mse_log_x0"] / ref
+        r["ratio_to_even_same_cost"] = r["mean_mse_log_x0"] / refs[round(r["cost"])]
         print(f"{r['layout']:40s} {r['cost']:5.2f} {r['mean_mse_log_x0']:16.4f} {r['ratio_to_even_same_cost']:6.2f}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
