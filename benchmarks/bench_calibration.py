@@ -1,10 +1,11 @@
 """Calibration of the X0 inferrers against truth: median predicted/true X0 and pull widths, over many seeds.
 
 Volumes (default panel volume: 6 layers of 10 x 10 voxels of 0.1 m, 4 + 4 panels, res 1e4 /m, eff 0.9, span 1 m):
-uniform iron, lead and beryllium blocks, and lead-in-beryllium (TomOpt's reference test volume: a 5 x 5 lead corner in
-the layers with tops 0.4 and 0.5 m). Muons from ``MuonGenerator2016.from_volume`` (the wrappers' default), propagated
-with the chosen physics (``--energy-loss``), reconstructed with ``ScatterBatch``; every inferrer x momentum model sees
-the same muons.
+uniform iron, lead and beryllium blocks, lead-in-beryllium (TomOpt's reference test volume: a 5 x 5 lead corner in
+the layers with tops 0.4 and 0.5 m), an iron slab filling the layers with tops 0.5 and 0.6 m of a beryllium block,
+and a 2 x 2-voxel lead column through a beryllium block (``--volumes`` picks some). Muons from
+``MuonGenerator2016.from_volume`` (the wrappers' default), propagated with the chosen physics (``--energy-loss``),
+reconstructed with ``ScatterBatch``; every inferrer x momentum model sees the same muons.
 
 Per (volume, material, inferrer, momentum model, muon count), over ``--seeds`` seeds:
 - ``median_ratio``: median over seeds and voxels of predicted / true X0;
@@ -67,6 +68,20 @@ def lead_in_beryllium(*, z: Any, lw: Any, size: float) -> torch.Tensor:
     return x0
 
 
+def iron_slab_in_beryllium(*, z: Any, lw: Any, size: float) -> torch.Tensor:
+    """Beryllium with a full-footprint iron slab in the two layers whose tops are 0.5 and 0.6 m."""
+    top = float(torch.as_tensor(z).reshape(-1)[0])
+    fill = "iron" if abs(top - 0.5) < 1e-6 or abs(top - 0.6) < 1e-6 else "beryllium"
+    return torch.full((10, 10), X0[fill])
+
+
+def lead_column_in_beryllium(*, z: Any, lw: Any, size: float) -> torch.Tensor:
+    """Beryllium with a 2 x 2-voxel lead column through every layer, in the middle of the footprint."""
+    x0 = torch.full((10, 10), X0["beryllium"])
+    x0[4:6, 4:6] = X0["lead"]
+    return x0
+
+
 def footprint_edge(shape_zxy: tuple[int, ...]) -> np.ndarray:
     """(n_z, n_x, n_y) True for the voxels on the border of the footprint (first or last x or y index)."""
     edge = np.zeros(shape_zxy, dtype=bool)
@@ -75,11 +90,16 @@ def footprint_edge(shape_zxy: tuple[int, ...]) -> np.ndarray:
     return edge
 
 
+MIXED = {"lead_in_beryllium": "lead", "iron_slab_in_beryllium": "iron", "lead_column_in_beryllium": "lead"}
+"""Volumes of a dense object in beryllium, and the object's material."""
+
 VOLUMES: dict[str, Callable[..., torch.Tensor]] = {
     "iron": uniform("iron"),
     "lead": uniform("lead"),
     "beryllium": uniform("beryllium"),
     "lead_in_beryllium": lead_in_beryllium,
+    "iron_slab_in_beryllium": iron_slab_in_beryllium,
+    "lead_column_in_beryllium": lead_column_in_beryllium,
 }
 
 
@@ -105,6 +125,9 @@ def simulate(layout: Callable[..., torch.Tensor], n_mu: int, seed: int, energy_l
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
+    extra: dict[str, dict[str, Any]] = {name: {} for name in args.inferrers}
+    if args.path_prior_extent and "path" in extra:
+        extra["path"]["prior_extent"] = tuple(args.path_prior_extent)
     timing: dict[str, float] = {}
     for vname, layout in VOLUMES.items():
         if args.volumes and vname not in args.volumes:
@@ -121,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for mom in args.momentum:
                         inf = cast(
                             "PanelX0Inferrer | PathX0Inferrer",  # the registered inferrers (both flag low_data)
-                            get_volume_inferrer(inf_name)(vol, momentum=MomentumModel(kind=mom, seed=seed)),
+                            get_volume_inferrer(inf_name)(vol, momentum=MomentumModel(kind=mom, seed=seed), **extra[inf_name]),
                         )
                         for sb in sbs:
                             inf.add_scatters(sb)
@@ -134,7 +157,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         uncs.setdefault(key, []).append(unc.numpy())
                         lows.setdefault(key, []).append(inf.low_data.numpy())
             assert truth is not None  # seeds >= 1
-            mats = {"lead": truth < 0.01, "beryllium": truth > 0.1} if vname == "lead_in_beryllium" else {vname: truth > 0}
+            if vname in MIXED:  # the dense object and the beryllium around it
+                mats = {MIXED[vname]: truth < 0.1, "beryllium": truth > 0.1}
+            else:
+                mats = {vname: truth > 0}
             for (inf_name, mom), p in preds.items():
                 p_arr, u_arr, l_arr = np.stack(p), np.stack(uncs[(inf_name, mom)]), np.stack(lows[(inf_name, mom)])
                 for mat, mask in mats.items():
@@ -174,7 +200,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"|z|>3 {r['tail3']:.3f}  edge / interior {r['median_ratio_edge']:.2f} / {r['median_ratio_interior']:.2f}",
                         flush=True,
                     )
-    return {"rows": rows, "inference_seconds_last": timing, "energy_loss": args.energy_loss}
+    return {
+        "rows": rows,
+        "inference_seconds_last": timing,
+        "energy_loss": args.energy_loss,
+        "path_prior_extent": args.path_prior_extent,
+    }
 
 
 def main() -> None:
@@ -184,6 +215,14 @@ def main() -> None:
     ap.add_argument("--inferrers", nargs="+", default=["poca", "path"])
     ap.add_argument("--momentum", nargs="+", default=["true", "smeared", "unknown"])
     ap.add_argument("--volumes", nargs="*", default=[])
+    ap.add_argument(
+        "--path-prior-extent",
+        nargs=2,
+        type=int,
+        default=None,
+        metavar=("NZ", "NXY"),
+        help="box of the path inferrer's smoothness prior (default: the inferrer's, 1 5 = within the layer)",
+    )
     ap.add_argument("--energy-loss", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "calibration.json"))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from tomopt_lib.core import X0
 from tomopt_lib.inference import ScatterBatch
 from tomopt_lib.inference.neighbourhood import bilateral_neighbourhood_mean, neighbourhood_mean
+from tomopt_lib.inference.path_uncertainty import stencil_spectrum
 from tomopt_lib.inference.volume import DenseBlockClassifierFromX0s, PanelX0Inferrer, PathX0Inferrer
 from tomopt_lib.muon.generation import MuonGenerator2016
 from tomopt_lib.muon.muon_batch import MuonBatch
@@ -35,6 +36,42 @@ def test_neighbourhood_mean_is_the_definition(shape: tuple[int, int, int]) -> No
     if min(shape) >= 3:  # where torch's own pooling works, the same numbers
         ref = F.avg_pool3d(x[None], 3, stride=1, padding=1, count_include_pad=False)[0]
         torch.testing.assert_close(neighbourhood_mean(x), ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("extent", [(1, 5), (3, 1), (1, 3), (5, 3)])
+def test_neighbourhood_mean_box_extent(extent: tuple[int, int]) -> None:
+    """A box of (n_z, n_xy) voxels: brute force; (1, n) never mixes layers."""
+    x = torch.rand(4, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    hz, hxy = extent[0] // 2, extent[1] // 2
+    ref = torch.empty_like(x)
+    for i in range(4):
+        for j in range(6):
+            for k in range(5):
+                sl = x[max(0, i - hz) : i + hz + 1, max(0, j - hxy) : j + hxy + 1, max(0, k - hxy) : k + hxy + 1]
+                ref[i, j, k] = sl.mean()
+    torch.testing.assert_close(neighbourhood_mean(x, extent), ref, rtol=1e-12, atol=1e-12)
+    if extent[0] == 1:
+        layered = torch.arange(4, dtype=torch.float64)[:, None, None].expand(4, 6, 5)
+        torch.testing.assert_close(neighbourhood_mean(layered, extent), layered)
+
+
+@pytest.mark.parametrize("bad", [(2, 3), (3, 0), (3,), (1.5, 3), "33"])
+def test_neighbourhood_mean_bad_extent(bad: object) -> None:
+    with pytest.raises(ValueError, match="odd integers"):
+        neighbourhood_mean(torch.ones(2, 3, 3), bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("extent", [(3, 3), (1, 5)])
+def test_stencil_spectrum_is_the_box_mean_on_a_periodic_lattice(extent: tuple[int, int]) -> None:
+    """The eigenvalue at each listed wave number is the box mean applied to the plane wave cos(q . r), at the origin."""
+    a = stencil_spectrum(torch.float64, torch.device("cpu"), extent).reshape(8, 8, 8)
+    q = (torch.arange(8, dtype=torch.float64) + 0.5) * torch.pi / 8
+    for iz, ix, iy in [(0, 0, 0), (3, 5, 1), (7, 2, 6)]:
+        hz, hxy = extent[0] // 2, extent[1] // 2
+        dz = torch.arange(-hz, hz + 1, dtype=torch.float64)[:, None, None]
+        dxy = torch.arange(-hxy, hxy + 1, dtype=torch.float64)
+        wave = torch.cos(q[iz] * dz + q[ix] * dxy[None, :, None] + q[iy] * dxy[None, None, :])
+        assert float(a[iz, ix, iy]) == pytest.approx(float(wave.mean()), abs=1e-12)
 
 
 def test_neighbourhood_mean_gradient_and_bad_shape() -> None:

@@ -1,6 +1,6 @@
-"""Means over each voxel's 3 x 3 x 3 neighbourhood (itself included, only voxels inside the grid counted), for voxel
-grids of any size: ``F.avg_pool3d`` with ``padding=1`` refuses grids thinner than 3 voxels along an axis (a passive
-block of 1 or 2 layers), so the grid is zero-padded first and the sums are divided by the in-grid counts."""
+"""Means over each voxel's neighbourhood (by default 3 x 3 x 3; itself included, only voxels inside the grid counted),
+for voxel grids of any size: ``F.avg_pool3d`` with ``padding=1`` refuses grids thinner than 3 voxels along an axis (a
+passive block of 1 or 2 layers), so the grid is zero-padded first and the sums are divided by the in-grid counts."""
 
 from __future__ import annotations
 
@@ -8,20 +8,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["neighbourhood_mean", "bilateral_neighbourhood_mean"]
+__all__ = ["neighbourhood_mean", "bilateral_neighbourhood_mean", "check_extent"]
 
 
-def neighbourhood_mean(values: Tensor) -> Tensor:
-    """m_v = (1 / |N_v|) sum_{u in N_v} x_u, N_v the voxels of the grid within one step of v along every axis.
+def check_extent(extent: tuple[int, int]) -> tuple[int, int]:
+    """``(n_z, n_xy)`` as ints; ``ValueError`` unless both are odd integers >= 1."""
+    try:
+        k_z, k_xy = (int(k) for k in extent)
+    except (TypeError, ValueError):
+        raise ValueError(f"extent must be a pair (n_z, n_xy) of odd integers >= 1, got {extent!r}") from None
+    if tuple(extent) != (k_z, k_xy) or min(k_z, k_xy) < 1 or k_z % 2 == 0 or k_xy % 2 == 0:
+        raise ValueError(f"extent must be a pair (n_z, n_xy) of odd integers >= 1, got {extent!r}")
+    return k_z, k_xy
+
+
+def neighbourhood_mean(values: Tensor, extent: tuple[int, int] = (3, 3)) -> Tensor:
+    """m_v = (1 / |N_v|) sum_{u in N_v} x_u, N_v the voxels of the grid in the box of ``extent`` = (n_z, n_xy) voxels
+    centred on v (odd numbers: (3, 3), the default, is one step along every axis; (1, 5) is the 5 x 5 box within v's
+    own layer).
 
     ``values``: (..., Z, X, Y) with at most two leading dimensions (e.g. (1, Z, X, Y) or (C, Z, X, Y)); returns the
     same shape and dtype. Differentiable; O(voxels) memory."""
     if values.dim() < 3 or values.dim() > 5:
         raise ValueError(f"values must have shape (..., Z, X, Y) with 3 to 5 dimensions, got {tuple(values.shape)}")
+    k_z, k_xy = check_extent(extent)
     shape = values.shape
     grid = values.reshape(-1, 1, *shape[-3:])  # (B, 1, Z, X, Y)
-    sums = F.avg_pool3d(F.pad(grid, (1, 1, 1, 1, 1, 1)), 3, stride=1, divisor_override=1)
-    counts = F.avg_pool3d(F.pad(grid.new_ones((1, 1, *shape[-3:])), (1, 1, 1, 1, 1, 1)), 3, stride=1, divisor_override=1)
+    pad = (k_xy // 2, k_xy // 2, k_xy // 2, k_xy // 2, k_z // 2, k_z // 2)
+    kernel = (k_z, k_xy, k_xy)
+    sums = F.avg_pool3d(F.pad(grid, pad), kernel, stride=1, divisor_override=1)
+    counts = F.avg_pool3d(F.pad(grid.new_ones((1, 1, *shape[-3:])), pad), kernel, stride=1, divisor_override=1)
     return (sums / counts).reshape(shape)
 
 

@@ -1,5 +1,5 @@
 """Pieces of the path inferrer's uncertainty (:mod:`.x0_path`): each voxel's Fisher information from angle and
-displacement, and the linear response of the 3x3x3 neighbourhood smoothing in a locally homogeneous (Fourier)
+displacement, and the linear response of the neighbourhood smoothing in a locally homogeneous (Fourier)
 approximation, the variance factor by which the smoothness prior and the final shrinkage reduce a voxel's
 maximum-likelihood variance."""
 
@@ -10,28 +10,39 @@ from torch import Tensor
 
 __all__ = ["voxel_information", "stencil_spectrum", "smoothing_factor"]
 
-_Q_PER_AXIS = 8  # wave numbers per axis of the smoothing factor's average over the 3x3x3 stencil's spectrum
+_Q_PER_AXIS = 8  # wave numbers per axis of the smoothing factor's average over the stencils' spectra
 
 
-def stencil_spectrum(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(Q,) eigenvalues a(q) = prod_d (1 + 2 cos q_d) / 3 of the 3x3x3 neighbourhood mean on a periodic lattice, at
-    ``_Q_PER_AXIS`` midpoint wave numbers per axis in (0, pi) (the spectrum is even in every q_d)."""
+def _box_spectrum(q: Tensor, k: int) -> Tensor:
+    """Eigenvalues (1 + 2 sum_{m=1}^{(k-1)/2} cos(m q)) / k of the k-point box mean along one axis."""
+    m = torch.arange(1, (k - 1) // 2 + 1, dtype=q.dtype)
+    return (1 + 2 * torch.cos(q[:, None] * m[None, :]).sum(1)) / k
+
+
+def stencil_spectrum(dtype: torch.dtype, device: torch.device, extent: tuple[int, int] = (3, 3)) -> Tensor:
+    """(Q,) eigenvalues a(q) = a_z(q_z) a_xy(q_x) a_xy(q_y) of the neighbourhood mean over a box of ``extent`` =
+    (n_z, n_xy) voxels on a periodic lattice (3 x 3 x 3: prod_d (1 + 2 cos q_d) / 3), at ``_Q_PER_AXIS`` midpoint wave
+    numbers per axis in (0, pi) (the spectrum is even in every q_d), ordered (q_z, q_x, q_y)."""
     q = (torch.arange(_Q_PER_AXIS, dtype=torch.float64) + 0.5) * torch.pi / _Q_PER_AXIS
-    a = (1 + 2 * torch.cos(q)) / 3
-    return (a[:, None, None] * a[None, :, None] * a[None, None, :]).reshape(-1).to(device=device, dtype=dtype)
+    a_z, a_xy = _box_spectrum(q, extent[0]), _box_spectrum(q, extent[1])
+    return (a_z[:, None, None] * a_xy[None, :, None] * a_xy[None, None, :]).reshape(-1).to(device=device, dtype=dtype)
 
 
-def smoothing_factor(r: Tensor, p: Tensor) -> Tensor:
+def smoothing_factor(
+    r: Tensor, p: Tensor, prior_extent: tuple[int, int] = (3, 3), shrink_extent: tuple[int, int] = (3, 3)
+) -> Tensor:
     """Variance factor phi = mean_q [T(q) / (1 + r (1 - a(q)))]^2 of a voxel's ln rho estimate relative to its own
     maximum-likelihood variance, in a locally homogeneous linear-response approximation: the smoothness prior's
-    fixed point (h + b (1 - A)) x = h x_ML with r = b / h, then the final shrinkage x <- (x + p (h A x + P g) /
-    (h + P)) / (1 + p) with p = P / h, T(q) = (1 + p a(q) / (1 + p)) / (1 + p); a(q) the spectrum of the 3x3x3
-    mean A. (n,) in, (n,) out; chunked over the wave numbers so memory stays O(n)."""
-    a = stencil_spectrum(r.dtype, r.device)
+    fixed point (h + b (1 - A)) x = h x_ML with r = b / h, then the final shrinkage x <- (x + p (h A' x + P g) /
+    (h + P)) / (1 + p) with p = P / h, T(q) = (1 + p a'(q) / (1 + p)) / (1 + p); a(q), a'(q) the spectra of the
+    prior's neighbourhood mean A (box of ``prior_extent``) and of the shrinkage's A' (``shrink_extent``). (n,) in,
+    (n,) out; chunked over the wave numbers so memory stays O(n)."""
+    a = stencil_spectrum(r.dtype, r.device, prior_extent)
+    a_s = stencil_spectrum(r.dtype, r.device, shrink_extent)
     r, p = r.clamp(0.0, 1e6)[:, None], p.clamp(0.0, 1e6)[:, None]
     tot = r.new_zeros(len(r))
-    for a_c in a.split(64):
-        tr = (1 + p * a_c / (1 + p)) / (1 + p) / (1 + r * (1 - a_c))
+    for a_c, s_c in zip(a.split(64), a_s.split(64)):
+        tr = (1 + p * s_c / (1 + p)) / (1 + p) / (1 + r * (1 - a_c))
         tot = tot + tr.square().sum(1)
     return tot / len(a)
 
