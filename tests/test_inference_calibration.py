@@ -81,10 +81,17 @@ def test_tomopt_exact_estimator_kept_and_biased(iron):
 @pytest.mark.parametrize("momentum", ["true", "smeared", "unknown"])
 def test_path_uniform_iron_calibrated(iron, momentum):
     """Without a momentum measurement the likelihood is a mixture over the spectrum's momenta (EM over its nodes);
-    plugging in the mean 1/p^2 instead gave long-tailed per-voxel estimates with a median of ~1.3-2.2."""
+    plugging in the mean 1/p^2 instead gave long-tailed per-voxel estimates with a median of ~1.3-2.2. Without a
+    momentum measurement one block of 10k muons varies a lot (medians 1.27 / 1.23 / 1.01 / 1.05 for seeds 21-24), so
+    three seeds are pooled there (1.16; 20 seeds in the calibration benchmark: 1.1)."""
     vol, sbs = iron
     _, pred, _ = predict(PathX0Inferrer, vol, sbs, momentum=momentum)
-    assert 0.8 <= np.median(pred / X0["iron"]) <= 1.25
+    ratios = [pred / X0["iron"]]
+    if momentum == "unknown":
+        for seed in (22, 23):
+            vol, sbs = simulate(uniform("iron"), 10000, seed)
+            ratios.append(predict(PathX0Inferrer, vol, sbs, momentum=momentum)[1] / X0["iron"])
+    assert 0.8 <= np.median(np.stack(ratios)) <= 1.25
 
 
 def test_unknown_momentum_energy_loss_matches_the_crossings(iron):
@@ -189,14 +196,41 @@ def test_path_no_runaway_at_low_statistics():
 
 
 def test_path_homogeneous_start_has_the_log_term(iron):
-    """With the final shrinkage dominating (shrink_crossings -> inf) the path inferrer returns its homogeneous start,
-    the method-of-moments density of the whole block. Solved with Highland's log term (1 + B ln X)^2 it matches a
-    uniform iron block (seeds 21-25: 0.96-1.00). Without the log term X0 came out ~0.75x (the term is ~1.3 at the
-    ~34 X0 of the 0.6 m of iron), and with equal weights for all muons the few lowest-momentum ones set the level
-    (0.84-1.08 over the same seeds; 0.44-1.63 at 1k muons)."""
+    """The path inferrer's homogeneous start, the method-of-moments density of the whole block that seeds the updates.
+    Solved with Highland's log term (1 + B ln X)^2 it matches a uniform iron block (seeds 21-25: 0.96-1.00). Without
+    the log term X0 came out ~0.75x (the term is ~1.3 at the ~34 X0 of the 0.6 m of iron), and with equal weights for
+    all muons the few lowest-momentum ones set the level (0.84-1.08 over the same seeds; 0.44-1.63 at 1k muons)."""
     vol, sbs = iron
-    _, pred, _ = predict(PathX0Inferrer, vol, sbs, shrink_crossings=1e6)
-    assert 0.9 <= np.median(pred / X0["iron"]) <= 1.1
+    inf, _, _ = predict(PathX0Inferrer, vol, sbs)
+    assert 0.9 <= float(inf.homogeneous_x0) / X0["iron"] <= 1.1
+
+
+def test_path_data_poor_voxels_fall_back_to_the_typical_material():
+    """At 1k muons (1.5 per voxel) many beryllium voxels around the lead corner have too few muons and take their
+    neighbourhood's density blended with the block's typical density. That fallback is the median of ln rho over the
+    measured voxels (beryllium here), not the homogeneous start, a mean of rho that the lead corner (8 % of the voxels)
+    dominates. Seeds 7-10 pooled: the flagged beryllium voxels read 0.45x their X0 (0.31x with the homogeneous start as
+    the fallback), all beryllium voxels 0.60x (0.46x); the lead is unchanged (1.71x)."""
+
+    def layout(*, z, lw, size):
+        top = float(torch.as_tensor(z).reshape(-1)[0])
+        x0 = torch.full((10, 10), X0["beryllium"])
+        if abs(top - 0.4) < 1e-6 or abs(top - 0.5) < 1e-6:
+            x0[:5, :5] = X0["lead"]
+        return x0
+
+    flagged, everywhere = [], []
+    for seed in range(7, 11):
+        vol, sbs = simulate(layout, 1000, seed)
+        truth = vol.get_rad_cube().numpy()
+        be = truth > 0.1
+        inf, pred, _ = predict(PathX0Inferrer, vol, sbs)
+        assert float(inf.homogeneous_x0) < 0.3 * X0["beryllium"]  # the lead-dominated mean density
+        low = inf.low_data.numpy()
+        flagged.append(pred[be & low] / truth[be & low])
+        everywhere.append(pred[be] / truth[be])
+    assert np.median(np.concatenate(flagged)) >= 0.38
+    assert np.median(np.concatenate(everywhere)) >= 0.53
 
 
 def test_path_median_at_1k_muons():
