@@ -16,7 +16,8 @@ Per (volume, material, inferrer, momentum model, muon count), over ``--seeds`` s
 - ``tail3``: fraction of the unflagged (voxel, seed) pairs whose error in units of the reported uncertainty,
   z = ln(pred / true) / (unc / pred), exceeds 3 (0.003 for Gaussian errors with the right width and no bias);
 - ``median_ratio_edge`` / ``median_ratio_interior``: median predicted / true X0 on the footprint's border voxels and
-  inside (a spatial bias that the overall median hides).
+  inside (a spatial bias that the overall median hides);
+- ``median_ratio_top`` / ``median_ratio_bottom``: the same in the top and the bottom passive layer (a depth bias).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_calibration.py [--seeds 20] [--n-mu 1000 10000]
         [--inferrers poca path] [--momentum true smeared unknown] [--energy-loss] [--out bench_out/calibration.json]
@@ -80,6 +81,12 @@ def lead_column_in_beryllium(*, z: Any, lw: Any, size: float) -> torch.Tensor:
     x0 = torch.full((10, 10), X0["beryllium"])
     x0[4:6, 4:6] = X0["lead"]
     return x0
+
+
+def layer_median(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray, layer: int) -> float:
+    """Median over seeds and the ``mask`` voxels of one layer (index 0 = bottom) of predicted / true X0 (NaN if none)."""
+    sel = mask[layer]
+    return float(np.median(pred[:, layer][:, sel] / truth[layer][sel])) if sel.any() else float("nan")
 
 
 def footprint_edge(shape_zxy: tuple[int, ...]) -> np.ndarray:
@@ -189,6 +196,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "tail3": tail3,
                             "median_ratio_edge": float(np.median(ratio[:, edge])) if edge.any() else float("nan"),
                             "median_ratio_interior": float(np.median(ratio[:, ~edge])) if (~edge).any() else float("nan"),
+                            # depth: the material's voxels in the top / bottom passive layer (index 0 = bottom)
+                            "median_ratio_top": layer_median(p_arr, truth, mask, -1),
+                            "median_ratio_bottom": layer_median(p_arr, truth, mask, 0),
                             "low_data": float(l_arr[:, mask].mean()),
                             "seeds": args.seeds,
                         }
@@ -197,7 +207,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     print(
                         f"{vname:18s} {mat:9s} {inf_name:4s} {mom:8s} {n_mu:6d}  median {r['median_ratio']:.3f} "
                         f"[{r['q16']:.2f}, {r['q84']:.2f}] rho {r['mean_rho_ratio']:.2f}  pull width {r['pull_width']:.2f}  low {r['low_data']:.2f}  "
-                        f"|z|>3 {r['tail3']:.3f}  edge / interior {r['median_ratio_edge']:.2f} / {r['median_ratio_interior']:.2f}",
+                        f"|z|>3 {r['tail3']:.3f}  edge / interior {r['median_ratio_edge']:.2f} / {r['median_ratio_interior']:.2f}  "
+                        f"top / bottom {r['median_ratio_top']:.2f} / {r['median_ratio_bottom']:.2f}",
                         flush=True,
                     )
     return {

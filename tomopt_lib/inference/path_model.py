@@ -15,7 +15,9 @@ angles, noise and efficiencies carry gradients.
 
 With continuous energy loss and a momentum model that knows the entry and exit momenta, the scattering per unit
 length grows along the path as the muon slows down: each sample's length is weighted by u(z) / u, with p(z) falling
-from p_in to p_out as in a continuous-slowing-down crossing (:meth:`PathModelMixin._momentum_profile`).
+from p_in to p_out as in a continuous-slowing-down crossing (:meth:`PathModelMixin._momentum_profile`). With the
+momentum unknown, inferrers that resolve depth (``unknown_momentum_profile``) use the spectrum's mean profile
+(:meth:`PathModelMixin._unknown_momentum_profile`).
 
 Muons whose in- or out-track is steeper than ``MAX_TRACK_THETA`` (|slope| > tan of it) are left out of the
 inference: their slopes and noise terms overflow float32 and they carry no usable information.
@@ -54,6 +56,9 @@ class PathModelMixin(_InferrerBase):
 
     n_samples: int  # set by the inferrer classes
     path: str
+    unknown_momentum_profile: bool = False
+    """Weight the path samples by the spectrum's mean momentum profile when the momentum is unknown (energy loss on;
+    :meth:`_unknown_momentum_profile`): for inferrers that resolve depth (``PathX0Inferrer``)."""
 
     PATH_MUON_VARS = (
         "poca_xyz",
@@ -148,8 +153,12 @@ class PathModelMixin(_InferrerBase):
         """(N, S) u(z) / u of each path sample when the entry and exit momenta are known (energy loss): the momentum
         falls with depth from p_in to p_out (continuous slowing down, residual range linear in depth), so the scattering
         per unit length grows as 1 / (beta p(z))^2;
-        the samples' lengths are weighted by it relative to the crossing's u (their mean is ~1). None: no profile."""
+        the samples' lengths are weighted by it relative to the crossing's u (their mean is ~1). Momentum unknown:
+        :meth:`_unknown_momentum_profile` where ``unknown_momentum_profile`` is set. None: no profile."""
         p_in, p_out = d.get("p_in_known"), d.get("p_out_known")
+        if self.unknown_momentum_profile and "delta_e" in d and "u_nodes" in d:
+            frac_n = ((self.z_top - z_s) / (self.z_top - self.z_bottom)).clamp(0.0, 1.0)
+            return self._unknown_momentum_profile(d, frac_n)
         if p_in is None or p_out is None:
             return None
         known = torch.isfinite(p_in[:, 0]) & torch.isfinite(p_out[:, 0]) & (p_out[:, 0] > 0)
@@ -160,6 +169,29 @@ class PathModelMixin(_InferrerBase):
         u_s = inv_beta_p2(p_s.clamp_min(1e-3))
         prof = u_s / d["inv_p2"]
         return torch.where(known[:, None], prof, torch.ones_like(prof)).detach()
+
+    def _unknown_momentum_profile(self, d: dict[str, Tensor], frac: Tensor, n_grid: int = 9) -> Tensor:
+        """(N, S) u(z) / u for a momentum known only through the spectrum's nodes u_k (prior P_k) and an energy loss
+        dE along the path (``delta_e``): node k's crossing runs from p_k + dE / 2 to p_k - dE / 2 (p_k = u_k^-1/2,
+        at least 0.1 GeV at the exit), and the profile is the P-weighted mean of the nodes' relative shapes
+        u_k(z) / u_bar_k, evaluated at ``n_grid`` depth fractions and interpolated to the samples' ``frac`` (S,). The
+        shapes, not the scattering (u_k(z)), are averaged: each muon's likelihood carries about the same information
+        on the density whatever its momentum. Uniform iron, 10k muons, 6 seeds, median predicted / true X0 of the top /
+        bottom layer: 1.65 / 0.68 without a profile (a depth gradient), 1.26 / 1.31 with this one; the u-weighted mean
+        of the nodes' u_k(z), set by the near-stopping nodes, over-corrected (0.47 / 3.3)."""
+        u_k, p_k, de = d["u_nodes"].detach(), d["u_prob"].detach(), d["delta_e"].detach()
+        cross = crossing_momentum()
+        p_mid = u_k.clamp_min(1e-12).rsqrt()
+        p_in = (p_mid + de / 2).reshape(-1)
+        p_out = (p_mid - de / 2).clamp_min(0.1).reshape(-1)
+        grid = torch.linspace(0.0, 1.0, n_grid, dtype=frac.dtype, device=frac.device)
+        u_g = inv_beta_p2(cross.momentum_at(p_in, p_out, grid).clamp_min(1e-3)).reshape(*u_k.shape, n_grid)
+        shape = u_g / cross.mean_u(p_in, p_out).reshape(*u_k.shape, 1).clamp_min(1e-30)
+        prof_g = (p_k[..., None] * shape).sum(1) / p_k.sum(1, keepdim=True).clamp_min(1e-30)  # (N, G)
+        pos = frac * (n_grid - 1)
+        lo = pos.floor().long().clamp(0, n_grid - 2)
+        w = (pos - lo.to(pos.dtype))[None, :]
+        return (prof_g[:, lo] * (1 - w) + prof_g[:, lo + 1] * w).to(frac.dtype)
 
     def sample_lengths(self) -> tuple[Tensor, Tensor, Tensor]:
         """``(idx, lw, t)``: (N, S) voxel index, path length [m] and lever arm [m] of every path sample."""

@@ -204,6 +204,7 @@ class AbsX0Inferrer(AbsVolumeInferrer):
                 mean, var_loss, data["u_nodes"], data["u_prob"] = spec.prior(theta_in, delta_e)
                 if delta_e is not None:
                     u, var = mean, var_loss
+                    data["delta_e"] = delta_e[:, None]  # the shape of the fall of p along the path (path_model)
             data["inv_p2"], data["mom_var"] = u[:, None], var[:, None]
             data["p_in_known"], data["p_out_known"] = p_in[:, None], p_out[:, None]
             ok = self._keep_muons(data)

@@ -140,6 +140,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
     """
 
     _muon_vars = PathModelMixin.PATH_MUON_VARS
+    unknown_momentum_profile = True  # the depth profile of the scattering matters to a depth-resolving fit
 
     def __init__(
         self,
