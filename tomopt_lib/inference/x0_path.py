@@ -24,8 +24,8 @@ beta/2 sum_j (ln rho_j - m_j)^2, m_j the mean of ln rho over the voxel's neighbo
 depth of the scattering is the weakly measured direction (only the displacement at the exit localises it), so a
 prior across layers sets the depth profile instead of the data. With the 3 x 3 x 3 box, ``(3, 3)``, a thin dense
 layer is smeared into the layers above and below (20 seeds at 10k muons: 5 x 5 x 2 lead in beryllium 1.34x its X0,
-a full iron slab of two layers 1.34x; in-layer box: 1.16-1.19x and 1.05x; uniform blocks, lead columns and
-2 x 2 x 2 cubes unchanged within 0.02; README calibration section). With ``edge_scale`` > 0 the prior is the
+a full iron slab of two layers 1.36x; in-layer box: 1.13x and 1.08x; uniform blocks and a lead column unchanged
+within 0.02; README calibration section). With ``edge_scale`` > 0 the prior is the
 edge-aware mean over the 3 x 3 x 3 box (neighbour u weighted by exp(-(ln rho_u - ln rho_j)^2 / (t_j^2 + t_u^2)),
 t_j = ``edge_scale`` / sqrt(rho_j D_j) at the homogeneous start, i.e. ~ a fraction of the voxel's statistical spread in ln rho: a step much
 larger than the noise, such as lead next to beryllium, is not smoothed across, while a data-poor voxel, whose t is
