@@ -19,6 +19,16 @@ def uniform(material):
     return lambda *, z, lw, size: torch.full((10, 10), X0[material])
 
 
+def lead_in_beryllium(*, z, lw, size):
+    """TomOpt's reference test volume: beryllium with a 5 x 5-voxel lead corner in the layers whose tops are 0.4 and
+    0.5 m."""
+    top = float(torch.as_tensor(z).reshape(-1)[0])
+    x0 = torch.full((10, 10), X0["beryllium"])
+    if abs(top - 0.4) < 1e-6 or abs(top - 0.5) < 1e-6:
+        x0[:5, :5] = X0["lead"]
+    return x0
+
+
 def simulate(layout, n_mu, seed):
     vol = build_panel_volume(energy_loss=True)
     vol.record_xyz_hist = False
@@ -131,14 +141,7 @@ def test_unknown_momentum_energy_loss_matches_the_crossings(iron):
 
 
 def test_path_separates_lead_in_beryllium():
-    def layout(*, z, lw, size):
-        top = float(torch.as_tensor(z).reshape(-1)[0])
-        x0 = torch.full((10, 10), X0["beryllium"])
-        if abs(top - 0.4) < 1e-6 or abs(top - 0.5) < 1e-6:
-            x0[:5, :5] = X0["lead"]
-        return x0
-
-    vol, sbs = simulate(layout, 10000, 5)
+    vol, sbs = simulate(lead_in_beryllium, 10000, 5)
     truth = vol.get_rad_cube().numpy()
     _, pred, _ = predict(PathX0Inferrer, vol, sbs)
     lead = truth < 0.01
@@ -231,16 +234,9 @@ def test_path_data_poor_voxels_fall_back_to_the_typical_material():
     dominates. Seeds 7-10 pooled: the flagged beryllium voxels read 0.45x their X0 (0.31x with the homogeneous start as
     the fallback), all beryllium voxels 0.60x (0.46x); the lead is unchanged (1.71x)."""
 
-    def layout(*, z, lw, size):
-        top = float(torch.as_tensor(z).reshape(-1)[0])
-        x0 = torch.full((10, 10), X0["beryllium"])
-        if abs(top - 0.4) < 1e-6 or abs(top - 0.5) < 1e-6:
-            x0[:5, :5] = X0["lead"]
-        return x0
-
     flagged, everywhere = [], []
     for seed in range(7, 11):
-        vol, sbs = simulate(layout, 1000, seed)
+        vol, sbs = simulate(lead_in_beryllium, 1000, seed)
         truth = vol.get_rad_cube().numpy()
         be = truth > 0.1
         inf, pred, _ = predict(PathX0Inferrer, vol, sbs)

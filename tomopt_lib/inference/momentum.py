@@ -52,9 +52,9 @@ __all__ = [
 ]
 
 MOMENTUM_MODELS = ("true", "smeared", "unknown")
+"""Names of the momentum models (see the module docstring)."""
 N_U_NODES = 24
 """Nodes of the discretised prior of u per muon (``SpectrumMomentum.nodes``): bins of ln u ~0.6 wide."""
-"""Names of the momentum models (see the module docstring)."""
 
 
 def inv_beta_p2(p: Tensor) -> Tensor:
