@@ -72,13 +72,14 @@ at X0 = 1e-4 m).
 
 Uncertainty: the linear response of the regularised estimator (a Laplace-type approximation), per voxel and in a
 locally homogeneous approximation. In x = ln rho the prior's fixed point solves g(x) = b (1 - A) x (g the
-log-likelihood gradient in x, A the 3x3x3 neighbourhood mean, b = beta / 2), so to first order
-(h + b (1 - A)) x = h x_ML, and the final shrinkage maps x to (x + p (A x + p g0) / (1 + p)) / (1 + p)
-(p = P / I'_j, g0 constant). With h, p and the score variance j constant around the voxel, both maps are diagonal in the
-Fourier modes q of the lattice (A -> a(q) = prod_d (1 + 2 cos q_d) / 3), and
+log-likelihood gradient in x, A the prior's neighbourhood mean, b = beta / 2), so to first order
+(h + b (1 - A)) x = h x_ML, and the final shrinkage maps x to (x + p (A' x + p g0) / (1 + p)) / (1 + p)
+(p = P / I'_j, g0 constant, A' its 3x3x3 neighbourhood mean). With h, p and the score variance j constant around the
+voxel, both maps are diagonal in the Fourier modes q of the lattice (A -> a(q), the product over the axes of the box
+mean's (1 + 2 sum_m cos(m q_d)) / k_d, e.g. prod_d (1 + 2 cos q_d) / 3 for 3x3x3; A' -> a'(q)), and
 
     sigma_ln^2 = j_j / h_j^2 * mean_q [T(q) / (1 + r_j (1 - a(q)))]^2,   r_j = b / h_j,
-    T(q) = (1 + p_j a(q) / (1 + p_j)) / (1 + p_j),
+    T(q) = (1 + p_j a'(q) / (1 + p_j)) / (1 + p_j),
 
 the mean over 8^3 wave numbers in (0, pi)^3. h_j = rho_j^2 sum_i e_i I_i,jj is the diagonal of the likelihood's
 Fisher information of ln rho_j from angle and displacement (per projection 1/2 k^2 f^2 tr(S W_ij S W_ij), S the
@@ -229,7 +230,8 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         self, rho: Tensor, num: Tensor, den: Tensor, beta: Tensor, widths: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Add the log-normal smoothness prior's gradient to the update's numerator / denominator (one-step-late); its
-        target is the (edge-aware, with ``widths``) mean of ln rho over the voxel's 3x3x3 neighbourhood."""
+        target is the mean of ln rho over the box of ``prior_extent`` around the voxel, or with ``widths`` the
+        edge-aware mean over its 3x3x3 neighbourhood."""
         rho_v = rho[: self.n_vox]
         if widths is None:
             log_bar = neighbourhood_mean(torch.log(rho_v).reshape(1, *self.shp_zxy), self.prior_extent).reshape(-1)
