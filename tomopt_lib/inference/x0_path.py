@@ -25,9 +25,9 @@ depth of the scattering is the weakly measured direction (only the displacement 
 prior across layers sets the depth profile instead of the data. With the 3 x 3 x 3 box, ``(3, 3)``, a thin dense
 layer is smeared into the layers above and below (20 seeds at 10k muons: 5 x 5 x 2 lead in beryllium 1.34x its X0,
 a full iron slab of two layers 1.36x; in-layer box: 1.13x and 1.08x; uniform blocks and a lead column unchanged
-within 0.02; README calibration section). With ``edge_scale`` > 0 the prior is the
-edge-aware mean over the 3 x 3 x 3 box (neighbour u weighted by exp(-(ln rho_u - ln rho_j)^2 / (t_j^2 + t_u^2)),
-t_j = ``edge_scale`` / sqrt(rho_j D_j) at the homogeneous start, i.e. ~ a fraction of the voxel's statistical spread in ln rho: a step much
+within 0.02; README calibration section). With ``edge_scale`` > 0 the prior is the edge-aware mean over the
+3 x 3 x 3 box (neighbour u weighted by exp(-(ln rho_u - ln rho_j)^2 / (t_j^2 + t_u^2)), t_j = ``edge_scale`` /
+sqrt(rho_j D_j) at the homogeneous start, i.e. ~ a fraction of the voxel's statistical spread in ln rho: a step much
 larger than the noise, such as lead next to beryllium, is not smoothed across, while a data-poor voxel, whose t is
 large, is still held by all its neighbours; ``edge_scale=0``, the default: the plain mean. With 0.25, 20 seeds at 10k
 muons: lead in beryllium 1.34 -> 1.25 and uniform pull widths 0.85 -> 1.1, but uniform blocks at 1k muons 0.77 -> 0.68
@@ -40,9 +40,9 @@ solution of y_i = n_i + a_i rho_0 (y: mean squared slope change per projection, 
 k_i f_i L_i F'(L_i rho_0), L: path length in the block, F' = (1 + B ln X)^2 Highland's log factor), with weights
 w_i = e_i a_i / (c_i (n_i + a_i rho_0)^2) (Var y_i ~ c_i (n_i + a_i rho_0)^2, c_i = E[u^2] / E[u]^2 of the momentum
 model, 1 for a measured momentum), iterated a few times from equal-variance weights: neither a muon whose noise
-dwarfs its scatter nor the few very-low-momentum muons set the level. With ``moment_anchor`` every update is rescaled so that the same weighted sum
-of predicted scatter matches the observed one (the global method of moments). The number of updates is fixed (no
-data-dependent control flow) and every update is differentiable.
+dwarfs its scatter nor the few very-low-momentum muons set the level. With ``moment_anchor`` every update is
+rescaled so that the same weighted sum of predicted scatter matches the observed one (the global method of moments).
+The number of updates is fixed (no data-dependent control flow) and every update is differentiable.
 
 Momentum known only through its prior (``"unknown"``): the likelihood of a muon is the mixture over the nodes u_k
 (prior P_k) of the spectrum (:meth:`~.momentum.SpectrumMomentum.nodes`), and every update is the complete-data EM step:
@@ -58,17 +58,14 @@ of the path samples is detached; the path lengths, angles, noise and efficiencie
 update is O(N) (the (N, S) sample tensors are shared by all updates). k_i = A^2 u_i with u_i the momentum model's
 1 / (beta p)^2 (:mod:`.momentum`).
 
-Final shrinkage. I_j = sum_i e_i I_ij is the angle-only Fisher information of the voxel (per projection
-1/2 (k f l_ij / C_i)^2, C_i the variance of the slope change; the muon's path through voxel j approximated by its path
-through the voxel's layer; divided by the momentum model's c_i = E[u^2] / E[u]^2). In ln rho, each voxel is pulled
-towards the information-weighted mean of its 3x3x3 neighbourhood (itself blended, with the weight P below, with the
-median of ln rho over the block's voxels not flagged ``low_data``, which a data-poor neighbourhood falls back to) with a weight worth
-``shrink_crossings`` crossings of the voxel:
-ln rho_j <- (I'_j ln rho_j + P ln rho_nb) / (I'_j + P), I'_j = rho_j^2 I_j. A voxel whose data carry less than
-``min_data_fraction`` of P is set by the prior: it is flagged in ``low_data`` and its uncertainty is at least its
-prediction (100 %). So is a voxel whose updates ran into a bound of ``x0_range`` (within a factor 2): its likelihood
-has no interior maximum, so I'_j = 0 and the neighbourhood sets it (at 300 muons, before: a few voxels per ten volumes
-at X0 = 1e-4 m).
+Final shrinkage (:func:`.path_shrinkage.shrink_to_neighbourhood`): in ln rho, each voxel is pulled towards the
+I'-weighted mean of its 3x3x3 neighbourhood (blended with the median of ln rho over the measured voxels, the fallback
+of a data-poor neighbourhood) with a weight P worth ``shrink_crossings`` crossings of the voxel, I'_j = rho_j^2 I_j and
+I_j = sum_i e_i I_ij the angle-only Fisher information of the voxel (per projection 1/2 (k f l_ij / C_i)^2, C_i the
+variance of the slope change; the muon's path through voxel j approximated by its path through the voxel's layer;
+divided by the momentum model's c_i = E[u^2] / E[u]^2). A voxel whose data carry less than ``min_data_fraction`` of P,
+or whose updates ran into a bound of ``x0_range``, is set by the prior: flagged in ``low_data``, with an uncertainty of
+at least its prediction (100 %).
 
 Uncertainty: the linear response of the regularised estimator (a Laplace-type approximation), per voxel and in a
 locally homogeneous approximation. In x = ln rho the prior's fixed point solves g(x) = b (1 - A) x (g the
@@ -102,6 +99,7 @@ from ..checks import check_number
 from ..core import SCATTER_COEF_A, SCATTER_COEF_B
 from .neighbourhood import bilateral_neighbourhood_mean, check_extent, neighbourhood_mean
 from .path_model import PATH_MODES, PathModelMixin
+from .path_shrinkage import shrink_to_neighbourhood
 from .path_uncertainty import smoothing_factor, voxel_information
 from .x0_base import AbsX0Inferrer
 
@@ -188,8 +186,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
 
     @property
     def homogeneous_x0(self) -> Tensor:
-        """0-d X0 [m] of the homogeneous start: the weighted least-squares density of the whole block (module
-        docstring), which seeds the updates and anchors the global moment."""
+        """0-d X0 [m] of the homogeneous start, the block's weighted least-squares density (module docstring)."""
         self._ensure_x0()
         return self._homogeneous_x0  # type: ignore[return-value]
 
@@ -367,34 +364,19 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         per_sample = lw * seg * per_len2[:, None]
         info = lw.new_zeros(n_tot).index_add(0, flat, (eff[:, None] * per_sample).reshape(-1))[: self.n_vox]
         rho_v = rho[: self.n_vox]
-        # empirical-Bayes shrinkage in ln rho towards the information-weighted neighbourhood mean, worth
-        # ``shrink_crossings`` crossings of the voxel: pulls data-poor voxels (corners, few muons) back from runaway
-        info_log = rho_v.square() * info  # Fisher information of ln rho_j
-        cross = crossings[: self.n_vox]
-        per_cross = (info_log / cross.clamp_min(_TINY))[cross > 0]
-        # a voxel whose updates ran into a bound of x0_range (within a factor 2: the multiplicative steps reach it and
-        # stay) has no interior maximum: its data do not determine it, so the shrinkage sets it from its neighbourhood
-        # (and it is flagged low_data) instead of reporting the bound
-        at_bound = ((rho_v <= 2 * rho_lo) | (rho_v >= rho_hi / 2)).detach()
-        info_log = torch.where(at_bound, torch.zeros_like(info_log), info_log)
-        p_log = self.shrink_crossings * (per_cross.median() if len(per_cross) else info_log.new_ones(()))
-        shp = (1, *self.shp_zxy)
-        ln_rho = torch.log(rho_v)
-        w_nb = neighbourhood_mean(info_log.detach().reshape(shp)).reshape(-1)
-        ln_nb = neighbourhood_mean((info_log.detach() * ln_rho).reshape(shp)).reshape(-1) / w_nb.clamp_min(_TINY)
-        ln_nb = torch.where(w_nb > 0, ln_nb, ln_rho)
-        # the fallback of a data-poor neighbourhood: the median of ln rho over the block's measured voxels (all voxels if
-        # none is), i.e. its typical material. The
-        # homogeneous density rho0 is a mean of rho, set by a dense minority (a lead corner of 8 % of the voxels makes
-        # ~85 % of it): with it the beryllium around the lead fell back to lead-dominated densities (20 seeds at 1k
-        # muons: 0.51x its X0)
-        measured = info_log.detach() >= self.min_data_fraction * p_log  # the voxels not flagged low_data
-        ln_glob = ln_rho.detach()[measured].median() if bool(measured.any()) else ln_rho.detach().median()
-        ln_nb = (w_nb * ln_nb + p_log * ln_glob) / (w_nb + p_log).clamp_min(_TINY)
-        ln_post = (info_log * ln_rho + p_log * ln_nb) / (info_log + p_log).clamp_min(_TINY)
+        # empirical-Bayes shrinkage in ln rho (module docstring): data-poor voxels and those at a bound of x0_range
+        ln_post, info_log, p_log, low = shrink_to_neighbourhood(
+            rho_v,
+            info,
+            crossings[: self.n_vox],
+            self.shp_zxy,
+            rho_bounds=(rho_lo, rho_hi),
+            shrink_crossings=self.shrink_crossings,
+            min_data_fraction=self.min_data_fraction,
+        )
         x0 = torch.exp(-ln_post).clamp(self.x0_range[0], self.x0_range[1])
-        # uncertainty: linear response of the regularised estimator (module docstring), per voxel in a locally
-        # homogeneous approximation: the (angle + displacement) Fisher information of ln rho_j and its score variance,
+        # uncertainty: linear response of the regularised estimator (module docstring): the (angle + displacement)
+        # Fisher information of ln rho_j and its score variance,
         h_full, j_full = voxel_information(idx, lw, t, inv, kf, eff, mom_var, self.n_vox)
         h_full, j_full = rho_v.square() * h_full, rho_v.square() * j_full
         # propagated through the neighbourhood averaging of the smoothness prior (b = beta / 2 in ln rho) and shrinkage
@@ -404,7 +386,6 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
             prior_extent=self.prior_extent if widths is None else (3, 3),
         )
         sigma_ln = (j_full * phi).clamp_min(_TINY).sqrt() / h_full.clamp_min(_TINY)
-        low = info_log.detach() < self.min_data_fraction * p_log
         unc = x0 * sigma_ln
         unc = torch.where(low, torch.maximum(unc, x0), unc)
         self._low_data = low.reshape(self.shp_zxy)
