@@ -119,6 +119,7 @@ class CrossingMomentum:
         self.ln_t, self.r, self.u_cum = torch.log(t), r, uu
 
     def _interp(self, x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+        xp, fp = xp.to(x.device), fp.to(x.device)  # the tables live on the CPU; lookups run where the data are
         i = torch.searchsorted(xp, x.contiguous()).clamp(1, len(xp) - 1)
         w = ((x - xp[i - 1]) / (xp[i] - xp[i - 1])).clamp(0.0, 1.0)
         return fp[i - 1] + w * (fp[i] - fp[i - 1])
@@ -126,10 +127,11 @@ class CrossingMomentum:
     def _at(self, p: Tensor) -> tuple[Tensor, Tensor]:
         """R and U at momenta ``p`` [GeV] (any shape): linear in ln T on the uniform ln T grid (direct indexing)."""
         t = (torch.sqrt(p.to(torch.float64).square() + MUON_MASS2) - MUON_MASS).clamp_min(float(self.ln_t[0].exp()))
-        pos = (torch.log(t) - self.ln_t[0]) / (self.ln_t[1] - self.ln_t[0])
+        pos = (torch.log(t) - float(self.ln_t[0])) / float(self.ln_t[1] - self.ln_t[0])
         i = pos.floor().long().clamp(0, len(self.ln_t) - 2)
         w = (pos - i).clamp(0.0, 1.0)
-        return self.r[i] + w * (self.r[i + 1] - self.r[i]), self.u_cum[i] + w * (self.u_cum[i + 1] - self.u_cum[i])
+        r, uc = self.r.to(p.device), self.u_cum.to(p.device)  # CPU tables; no-op on the CPU
+        return r[i] + w * (r[i + 1] - r[i]), uc[i] + w * (uc[i + 1] - uc[i])
 
     def mean_u(self, p_in: Tensor, p_out: Tensor) -> Tensor:
         """Path-averaged 1 / (beta p)^2 [GeV^-2] of crossings from ``p_in`` to ``p_out`` [GeV] (broadcast shapes)."""
