@@ -1,7 +1,7 @@
 """Both X0 inferrers on CUDA with the pipeline's physics (energy loss on, every momentum model): the same numbers as
 on the CPU for the same muons. Skipped without a CUDA device (the CPU machines of CI). The momentum model's crossing
 tables live on the CPU and their lookups now move them to the data's device (torch refuses to index a CPU tensor with
-CUDA indices, which every momentum model with energy loss did). Not yet run on a GPU (none lent so far)."""
+CUDA indices, which the true and smeared models always did). Not yet run on a GPU (none lent so far)."""
 
 import pytest
 import torch
