@@ -61,6 +61,11 @@ def test_neighbourhood_mean_bad_extent(bad: object) -> None:
         neighbourhood_mean(torch.ones(2, 3, 3), bad)  # type: ignore[arg-type]
 
 
+def test_path_inferrer_names_a_bad_prior_extent() -> None:
+    with pytest.raises(ValueError, match="prior_extent must be a pair"):
+        PathX0Inferrer(build_panel_volume(), prior_extent=(1, 4))
+
+
 @pytest.mark.parametrize("extent", [(3, 3), (1, 5)])
 def test_stencil_spectrum_is_the_box_mean_on_a_periodic_lattice(extent: tuple[int, int]) -> None:
     """The eigenvalue at each listed wave number is the box mean applied to the plane wave cos(q . r), at the origin."""

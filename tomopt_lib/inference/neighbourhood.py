@@ -11,14 +11,15 @@ from torch import Tensor
 __all__ = ["neighbourhood_mean", "bilateral_neighbourhood_mean", "check_extent"]
 
 
-def check_extent(extent: tuple[int, int]) -> tuple[int, int]:
-    """``(n_z, n_xy)`` as ints; ``ValueError`` unless both are odd integers >= 1."""
+def check_extent(extent: tuple[int, int], name: str = "extent") -> tuple[int, int]:
+    """``(n_z, n_xy)`` as ints; ``ValueError`` naming ``name`` unless both are odd integers >= 1."""
+    msg = f"{name} must be a pair (n_z, n_xy) of odd integers >= 1 (voxels along z and along x, y), got {extent!r}"
     try:
         k_z, k_xy = (int(k) for k in extent)
     except (TypeError, ValueError):
-        raise ValueError(f"extent must be a pair (n_z, n_xy) of odd integers >= 1, got {extent!r}") from None
+        raise ValueError(msg) from None
     if tuple(extent) != (k_z, k_xy) or min(k_z, k_xy) < 1 or k_z % 2 == 0 or k_xy % 2 == 0:
-        raise ValueError(f"extent must be a pair (n_z, n_xy) of odd integers >= 1, got {extent!r}")
+        raise ValueError(msg)
     return k_z, k_xy
 
 

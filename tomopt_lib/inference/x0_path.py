@@ -176,7 +176,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         self.moment_anchor = bool(moment_anchor)
         self.shrink_crossings = check_number("shrink_crossings", shrink_crossings, low=0)
         self.edge_scale = check_number("edge_scale", edge_scale, low=0)
-        self.prior_extent = check_extent(prior_extent)
+        self.prior_extent = check_extent(prior_extent, "prior_extent")
         super().__init__(volume, momentum=momentum, mu_generator=mu_generator)
 
     def _reset_vars(self) -> None:
