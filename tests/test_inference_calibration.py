@@ -6,6 +6,7 @@ The full table over 20 seeds, three momentum models and 1k / 10k muons is ``benc
 import numpy as np
 import pytest
 import torch
+from layouts import lead_in_beryllium
 
 from tomopt_lib.core import X0
 from tomopt_lib.inference import PanelX0Inferrer, PathX0Inferrer, ScatterBatch
@@ -17,16 +18,6 @@ from tomopt_lib.volume.builders import build_panel_volume
 
 def uniform(material):
     return lambda *, z, lw, size: torch.full((10, 10), X0[material])
-
-
-def lead_in_beryllium(*, z, lw, size):
-    """TomOpt's reference test volume: beryllium with a 5 x 5-voxel lead corner in the layers whose tops are 0.4 and
-    0.5 m."""
-    top = float(torch.as_tensor(z).reshape(-1)[0])
-    x0 = torch.full((10, 10), X0["beryllium"])
-    if abs(top - 0.4) < 1e-6 or abs(top - 0.5) < 1e-6:
-        x0[:5, :5] = X0["lead"]
-    return x0
 
 
 def simulate(layout, n_mu, seed):

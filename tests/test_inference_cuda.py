@@ -5,8 +5,8 @@ CUDA indices, which the true and smeared models always did). Not yet run on a GP
 
 import pytest
 import torch
+from layouts import lead_in_beryllium
 
-from tomopt_lib.core import X0
 from tomopt_lib.inference import PanelX0Inferrer, PathX0Inferrer, ScatterBatch
 from tomopt_lib.inference.momentum import MomentumModel
 from tomopt_lib.muon import MuonBatch
@@ -16,21 +16,13 @@ from tomopt_lib.volume.builders import build_panel_volume
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
-def _lead_in_beryllium(*, z, lw, size):
-    top = float(torch.as_tensor(z).reshape(-1)[0])
-    x0 = torch.full((10, 10), X0["beryllium"])
-    if abs(top - 0.4) < 1e-6 or abs(top - 0.5) < 1e-6:
-        x0[:5, :5] = X0["lead"]
-    return x0
-
-
 @pytest.fixture(scope="module")
 def scatters():
     """One CPU simulation; its scatter batch, and the CUDA volume to infer on."""
     vols = {}
     for dev in ("cpu", "cuda"):
         vol = build_panel_volume(energy_loss=True, device=dev)
-        vol.load_rad_length(_lead_in_beryllium)
+        vol.load_rad_length(lead_in_beryllium)
         vols[dev] = vol
     gen = MuonGenerator2016.from_volume(vols["cpu"])
     rng = torch.Generator().manual_seed(3)

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from layouts import lead_in_beryllium
 
 from tomopt_lib.core import X0
 from tomopt_lib.inference import ScatterBatch
@@ -29,12 +30,7 @@ from tomopt_lib.volume.builders import build_panel_volume
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 
 
-def pb_corner(*, z, lw, size):
-    top = float(torch.as_tensor(z).reshape(-1)[0])
-    x0 = torch.full((10, 10), X0["beryllium"])
-    if abs(top - 0.4) < 1e-6 or abs(top - 0.5) < 1e-6:
-        x0[:5, :5] = X0["lead"]
-    return x0
+pb_corner = lead_in_beryllium
 
 
 def make_volume(func=pb_corner, span=2.0):
