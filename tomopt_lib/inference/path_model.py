@@ -156,16 +156,15 @@ class PathModelMixin(_InferrerBase):
         per unit length grows as 1 / (beta p(z))^2;
         the samples' lengths are weighted by it relative to the crossing's u (their mean is ~1). Momentum unknown:
         :meth:`_unknown_momentum_profile` where ``unknown_momentum_profile`` is set. None: no profile."""
-        p_in, p_out = d.get("p_in_known"), d.get("p_out_known")
+        frac = ((self.z_top - z_s) / (self.z_top - self.z_bottom)).clamp(0.0, 1.0)  # (S,) depth fraction
         if self.unknown_momentum_profile and "delta_e" in d and "u_nodes" in d:
-            frac_n = ((self.z_top - z_s) / (self.z_top - self.z_bottom)).clamp(0.0, 1.0)
-            return self._unknown_momentum_profile(d, frac_n)
+            return self._unknown_momentum_profile(d, frac)
+        p_in, p_out = d.get("p_in_known"), d.get("p_out_known")
         if p_in is None or p_out is None:
             return None
         known = torch.isfinite(p_in[:, 0]) & torch.isfinite(p_out[:, 0]) & (p_out[:, 0] > 0)
         if not bool(known.any()) or bool(torch.equal(p_in[known], p_out[known])):
             return None
-        frac = ((self.z_top - z_s) / (self.z_top - self.z_bottom)).clamp(0.0, 1.0)  # (S,) depth fraction
         p_s = crossing_momentum().momentum_at(p_in[:, 0].clamp_min(1e-3), p_out[:, 0].clamp_min(1e-3), frac)
         u_s = inv_beta_p2(p_s.clamp_min(1e-3))
         prof = u_s / d["inv_p2"]
