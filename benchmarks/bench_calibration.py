@@ -28,6 +28,7 @@ Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 import time
@@ -135,6 +136,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     extra: dict[str, dict[str, Any]] = {name: {} for name in args.inferrers}
     if args.path_prior_extent and "path" in extra:
         extra["path"]["prior_extent"] = tuple(args.path_prior_extent)
+    for opt in args.path_opt:  # KEY=VALUE, VALUE a Python literal
+        key, _, value = opt.partition("=")
+        if "path" in extra:
+            extra["path"][key] = ast.literal_eval(value)
     timing: dict[str, float] = {}
     for vname, layout in VOLUMES.items():
         if args.volumes and vname not in args.volumes:
@@ -216,6 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "inference_seconds_last": timing,
         "energy_loss": args.energy_loss,
         "path_prior_extent": args.path_prior_extent,
+        "path_options": args.path_opt,
     }
 
 
@@ -233,6 +239,13 @@ def main() -> None:
         default=None,
         metavar=("NZ", "NXY"),
         help="box of the path inferrer's smoothness prior (default: the inferrer's, 1 5 = within the layer)",
+    )
+    ap.add_argument(
+        "--path-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keyword of PathX0Inferrer, VALUE a Python literal (repeatable), e.g. shrink_extent='(1, 5)'",
     )
     ap.add_argument("--energy-loss", action="store_true")
     ap.add_argument("--threads", type=int, default=1)

@@ -116,10 +116,11 @@ def test_path_unknown_momentum_has_no_depth_gradient(iron):
 
 def test_unknown_momentum_energy_loss_matches_the_crossings(iron):
     """With energy loss the unknown model's mean 1/(beta p)^2 over the crossings (spectrum at the measured angle,
-    survivors of the named material's loss along the path in the block) is within 25 % of the true crossings' mean
-    (measured +17 %: the observed crossings hold more muons below 1 GeV than the spectrum's survivors, 6.7 % vs 4.3 %).
-    A homogeneous X0 dominated by tracks that miss panels (efficiency ~0, scatter ~1 rad) once named a material 5x
-    too dense, and a path of height / cos(theta) ignored muons that leave through a side: -31 %."""
+    survivors of the named material's loss along the path in the block) is within 8 % of the true crossings' mean
+    (measured -2 %). Three errors it caught: a homogeneous X0 dominated by tracks that miss panels (efficiency ~0,
+    scatter ~1 rad) once named a material 5x too dense, and a path of height / cos(theta) ignored muons that leave
+    through a side (-31 %); a constant energy loss (E_out = E_in - dE) let spectrum muons that the rise of the
+    stopping power near the end of their range stops come out slowly, with a large 1/(beta p)^2 (+17 %)."""
     vol, sbs = iron
     unknown, _, _ = predict(PathX0Inferrer, vol, sbs, momentum="unknown")
     true, _, _ = predict(PathX0Inferrer, vol, sbs, momentum="true")
@@ -128,7 +129,7 @@ def test_unknown_momentum_energy_loss_matches_the_crossings(iron):
     e = d_true["efficiency"][:, 0]
     mean_unk = float((e * d_unk["inv_p2"][:, 0]).sum() / e.sum())
     mean_true = float((e * d_true["inv_p2"][:, 0]).sum() / e.sum())
-    assert mean_unk == pytest.approx(mean_true, rel=0.25)
+    assert mean_unk == pytest.approx(mean_true, rel=0.08)
 
 
 def test_path_separates_lead_in_beryllium():
@@ -145,6 +146,18 @@ def test_path_separates_lead_in_beryllium():
     _, edged, _ = predict(PathX0Inferrer, vol, sbs, edge_scale=0.25, prior_extent=(3, 3))
     assert np.median(edged[lead] / truth[lead]) < 0.95 * np.median(box[lead] / truth[lead])
     assert np.median(pred[lead] / truth[lead]) < 0.95 * np.median(box[lead] / truth[lead])
+
+
+def test_path_in_layer_shrinkage_keeps_the_beryllium_around_lead_light():
+    """At 1k muons the beryllium voxels next to the lead corner are data-poor; the final shrinkage over the 3 x 3 x 3 box
+    (the default) weights their neighbourhood by information, so the lead layers above or below set them (20 seeds:
+    0.61x their X0); within the layer, ``shrink_extent=(1, 3)``, they stay lighter (0.87x; the lead 1.70 -> 1.85x)."""
+    vol, sbs = simulate(lead_in_beryllium, 1000, 7)
+    truth = vol.get_rad_cube().numpy()
+    be = truth > 0.1
+    _, box, _ = predict(PathX0Inferrer, vol, sbs)
+    _, in_layer, _ = predict(PathX0Inferrer, vol, sbs, shrink_extent=(1, 3))
+    assert np.median(in_layer[be] / truth[be]) > 1.15 * np.median(box[be] / truth[be])
 
 
 def test_path_in_layer_prior_keeps_a_thin_slab():

@@ -64,6 +64,8 @@ def test_neighbourhood_mean_bad_extent(bad: object) -> None:
 def test_path_inferrer_names_a_bad_prior_extent() -> None:
     with pytest.raises(ValueError, match="prior_extent must be a pair"):
         PathX0Inferrer(build_panel_volume(), prior_extent=(1, 4))
+    with pytest.raises(ValueError, match="shrink_extent must be a pair"):
+        PathX0Inferrer(build_panel_volume(), shrink_extent=(2, 3))
 
 
 @pytest.mark.parametrize("extent", [(3, 3), (1, 5)])

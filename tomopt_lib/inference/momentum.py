@@ -117,6 +117,7 @@ class CrossingMomentum:
         us = u * inv_s
         uu = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(0.5 * (us[1:] + us[:-1]) * dt, 0)])
         self.ln_t, self.r, self.u_cum = torch.log(t), r, uu
+        self.s_1gev = float(stopping_power(torch.tensor([1.0], dtype=torch.float64), "iron", mass=True)[0])
 
     def _interp(self, x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
         xp, fp = xp.to(x.device), fp.to(x.device)  # the tables live on the CPU; lookups run where the data are
@@ -141,6 +142,21 @@ class CrossingMomentum:
         plain = torch.sqrt(inv_beta_p2(p_in.to(torch.float64)) * inv_beta_p2(p_out.to(torch.float64)))
         out = torch.where(dr > 1e-9 * r_in.clamp_min(1e-30), (u_in - u_out) / dr.clamp_min(1e-300), plain)
         return out.to(p_in.dtype)
+
+    def after_loss(self, p_in: Tensor, loss_1gev: Tensor) -> tuple[Tensor, Tensor]:
+        """``(p_out, alive)``: the momentum [GeV] after a column of material in which a 1 GeV muon would lose
+        ``loss_1gev`` [GeV] (broadcast shapes), following the stopping power's shape along the slowing down, i.e. the
+        residual range R_out = R(T_in) - loss_1gev / S(1 GeV), and whether the muon comes out (kinetic energy above
+        the table's 1 MeV; p_out = 0 where it does not). A constant loss instead (E_out = E_in - loss) lets muons that
+        the rise of S near the end of their range stops come out slowly, with a large 1 / (beta p)^2: over the
+        crossings of 0.6 m of iron the spectrum's mean u came out 17 % above the true crossings' (now -2 %)."""
+        r_in, _ = self._at(p_in)
+        r_out = r_in - loss_1gev.to(torch.float64) / self.s_1gev
+        alive = r_out > 0
+        ln_t = self._interp(r_out.clamp_min(0.0).reshape(-1), self.r, self.ln_t).reshape(r_out.shape)
+        t = torch.exp(ln_t)
+        p_out = torch.sqrt(t * (t + 2 * MUON_MASS))
+        return torch.where(alive, p_out, torch.zeros_like(p_out)).to(p_in.dtype), alive
 
     def momentum_at(self, p_in: Tensor, p_out: Tensor, frac: Tensor) -> Tensor:
         """Momentum [GeV] after a fraction ``frac`` of each crossing (by residual range): (N, S) for ``frac`` (S,)
@@ -195,7 +211,7 @@ class SpectrumMomentum:
     def nodes(self, theta: Tensor, delta_e: Tensor | None = None, n_nodes: int = N_U_NODES) -> tuple[Tensor, Tensor]:
         """The prior of u = 1 / (beta p)^2 [GeV^-2] of each muon as ``n_nodes`` weighted nodes, ``(u_k, P_k)``, both
         (N, n_nodes) in ``theta``'s dtype: the spectrum at the muon's zenith angle ``theta`` (N,) [rad] (nearest
-        table bin), with an energy loss ``delta_e`` (N,) [GeV] as in :meth:`lookup_after_loss` (muons that would stop
+        table bin), after a column worth ``delta_e`` (N,) [GeV] as in :meth:`lookup_after_loss` (muons that would stop
         are left out). The energy bins are grouped into ``n_nodes`` bins equally spaced in ln u over the batch's
         range; node k carries the probability P_k of its bin and the probability-weighted mean u_k of its members, so
         sum_k P_k u_k = E[u] exactly. Empty bins get P_k = 0."""
@@ -230,22 +246,21 @@ class SpectrumMomentum:
 
     def _bins(self, theta: Tensor, delta_e: Tensor | None) -> tuple[Tensor, Tensor]:
         """``(w, u)``, both (N, n_energy): the normalised weights of the energy bins at ``theta`` (0 for muons that
-        would stop after losing ``delta_e`` [GeV]) and each bin's u (path-averaged over the crossing with a loss)."""
+        would stop in a column worth ``delta_e`` [GeV] at 1 GeV) and each bin's u (path-averaged over the crossing)."""
         w = self._w[self._theta_bin(theta)]  # (N, n_energy)
         p = self._mom[None, :]  # (1, n_energy)
         if delta_e is None:
             return w, inv_beta_p2(p).expand_as(w)
-        e = torch.sqrt(p.square() + MUON_MASS2)
-        e_out = e - delta_e.detach().to(p.dtype)[:, None].clamp_min(0.0)
-        alive = e_out > MUON_MASS + 1e-3
-        p_out = torch.sqrt((e_out.square() - MUON_MASS2).clamp_min(1e-12))
-        u = crossing_momentum().mean_u(p, torch.where(alive, p_out, p))  # (N, n_energy)
+        cross = crossing_momentum()
+        p_out, alive = cross.after_loss(p, delta_e.detach().to(p.dtype)[:, None].clamp_min(0.0))
+        u = cross.mean_u(p.expand_as(p_out), torch.where(alive, p_out, p))  # (N, n_energy)
         w = w * alive.to(w.dtype)
         return w / w.sum(1, keepdim=True).clamp_min(1e-300), u
 
     def lookup_after_loss(self, theta: Tensor, delta_e: Tensor) -> tuple[Tensor, Tensor]:
-        """``(E[u], E[u^2]/E[u]^2)`` of crossings that lose ``delta_e`` [GeV] (N,) at zenith angles ``theta`` (N,):
-        u is each energy bin's path-averaged 1/(beta p)^2 from p to p(E - delta_e) (:class:`CrossingMomentum`), and
+        """``(E[u], E[u^2]/E[u]^2)`` of crossings at zenith angles ``theta`` (N,) through a column of material in
+        which a 1 GeV muon loses ``delta_e`` [GeV] (N,): u is each energy bin's path-averaged 1/(beta p)^2 from p to
+        the exit momentum along the stopping power's shape (:meth:`CrossingMomentum.after_loss`), and
         muons that would stop (kinetic energy below 1 MeV at the exit) are left out: they are never observed."""
         w, u = self._bins(theta, delta_e)
         mean = (w * u).sum(1)

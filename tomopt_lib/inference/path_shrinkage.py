@@ -23,6 +23,7 @@ def shrink_to_neighbourhood(
     rho_bounds: tuple[float, float],
     shrink_crossings: float,
     min_data_fraction: float,
+    extent: tuple[int, int] = (3, 3),
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Shrink the (n_vox,) densities ``rho`` [1/m] in ln rho:
 
@@ -48,8 +49,8 @@ def shrink_to_neighbourhood(
     shp = (1, *shp_zxy)
     ln_rho = torch.log(rho)
     w = info_log.detach()
-    w_nb = neighbourhood_mean(w.reshape(shp)).reshape(-1)
-    ln_nb = neighbourhood_mean((w * ln_rho).reshape(shp)).reshape(-1) / w_nb.clamp_min(_TINY)
+    w_nb = neighbourhood_mean(w.reshape(shp), extent).reshape(-1)
+    ln_nb = neighbourhood_mean((w * ln_rho).reshape(shp), extent).reshape(-1) / w_nb.clamp_min(_TINY)
     ln_nb = torch.where(w_nb > 0, ln_nb, ln_rho)
     low = w < min_data_fraction * p_log
     measured = ~low

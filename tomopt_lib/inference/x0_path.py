@@ -59,7 +59,7 @@ update is O(N) (the (N, S) sample tensors are shared by all updates). k_i = A^2 
 1 / (beta p)^2 (:mod:`.momentum`).
 
 Final shrinkage (:func:`.path_shrinkage.shrink_to_neighbourhood`): in ln rho, each voxel is pulled towards the
-I'-weighted mean of its 3x3x3 neighbourhood (blended with the median of ln rho over the measured voxels, the fallback
+I'-weighted mean of its 3x3x3 neighbourhood (``shrink_extent``) (blended with the median of ln rho over the measured voxels, the fallback
 of a data-poor neighbourhood) with a weight P worth ``shrink_crossings`` crossings of the voxel, I'_j = rho_j^2 I_j and
 I_j = sum_i e_i I_ij the angle-only Fisher information of the voxel (per projection 1/2 (k f l_ij / C_i)^2, C_i the
 variance of the slope change; the muon's path through voxel j approximated by its path through the voxel's layer;
@@ -135,6 +135,9 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         edge_scale: edge awareness of the smoothness prior (module docstring); 0 = plain neighbourhood mean.
         prior_extent: (n_z, n_xy) odd numbers of voxels of the smoothness prior's box along z and along x, y; the
             default (1, 5) stays within the voxel's layer, (3, 3) is the 3 x 3 x 3 box (module docstring).
+        shrink_extent: the same for the final shrinkage's neighbourhood; the default (3, 3) is the 3 x 3 x 3 box, (1, 3)
+            stays within the layer (README calibration section: lighter material next to a dense layer less pulled
+            towards it, the dense voxels more diluted).
         momentum, mu_generator: momentum model and the generator of the ``"unknown"`` model (``AbsX0Inferrer``).
     """
 
@@ -157,6 +160,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         shrink_crossings: float = 3.0,
         edge_scale: float = 0.0,
         prior_extent: tuple[int, int] = (1, 5),
+        shrink_extent: tuple[int, int] = (3, 3),
         momentum: MomentumModel | str | None = None,
         mu_generator: AbsMuonGenerator | None = None,
     ) -> None:
@@ -177,6 +181,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         self.shrink_crossings = check_number("shrink_crossings", shrink_crossings, low=0)
         self.edge_scale = check_number("edge_scale", edge_scale, low=0)
         self.prior_extent = check_extent(prior_extent, "prior_extent")
+        self.shrink_extent = check_extent(shrink_extent, "shrink_extent")
         super().__init__(volume, momentum=momentum, mu_generator=mu_generator)
 
     def _reset_vars(self) -> None:
@@ -373,6 +378,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
             rho_bounds=(rho_lo, rho_hi),
             shrink_crossings=self.shrink_crossings,
             min_data_fraction=self.min_data_fraction,
+            extent=self.shrink_extent,
         )
         x0 = torch.exp(-ln_post).clamp(self.x0_range[0], self.x0_range[1])
         # uncertainty: linear response of the regularised estimator (module docstring): the (angle + displacement)
@@ -384,6 +390,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
             (beta.detach() / 2) / h_full.detach().clamp_min(_TINY),
             p_log.detach() / info_log.detach().clamp_min(_TINY),
             prior_extent=self.prior_extent if widths is None else (3, 3),
+            shrink_extent=self.shrink_extent,
         )
         sigma_ln = (j_full * phi).clamp_min(_TINY).sqrt() / h_full.clamp_min(_TINY)
         unc = x0 * sigma_ln
