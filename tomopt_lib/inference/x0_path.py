@@ -29,9 +29,7 @@ within 0.02; README calibration section). With ``edge_scale`` > 0 the prior is t
 3 x 3 x 3 box (neighbour u weighted by exp(-(ln rho_u - ln rho_j)^2 / (t_j^2 + t_u^2)), t_j = ``edge_scale`` /
 sqrt(rho_j D_j) at the homogeneous start, i.e. ~ a fraction of the voxel's statistical spread in ln rho: a step much
 larger than the noise, such as lead next to beryllium, is not smoothed across, while a data-poor voxel, whose t is
-large, is still held by all its neighbours; ``edge_scale=0``, the default: the plain mean. With 0.25, 20 seeds at 10k
-muons: lead in beryllium 1.34 -> 1.25 and uniform pull widths 0.85 -> 1.1, but uniform blocks at 1k muons 0.77 -> 0.68
-and the pipeline's held-out random blocks at 3000 muons MSE(ln X0) 0.45 -> 0.84: less smoothing of the noise),
+large, is still held by all its neighbours; ``edge_scale=0``, the default: the plain mean; README for 0.25),
 beta = prior_strength * median_j(rho_j D_j) at the homogeneous start (D_j the update's denominator, i.e. ~ the
 voxel's effective number of muons), added one-step-late: its positive part to the denominator, its negative part to
 the numerator. It stops poorly measured voxels from running off to X0 -> inf without pulling well-measured ones (e.g.
@@ -59,13 +57,13 @@ update is O(N) (the (N, S) sample tensors are shared by all updates). k_i = A^2 
 1 / (beta p)^2 (:mod:`.momentum`).
 
 Final shrinkage (:func:`.path_shrinkage.shrink_to_neighbourhood`): in ln rho, each voxel is pulled towards the
-I'-weighted mean of its 3x3x3 neighbourhood (``shrink_extent``) (blended with the median of ln rho over the measured voxels, the fallback
-of a data-poor neighbourhood) with a weight P worth ``shrink_crossings`` crossings of the voxel, I'_j = rho_j^2 I_j and
-I_j = sum_i e_i I_ij the angle-only Fisher information of the voxel (per projection 1/2 (k f l_ij / C_i)^2, C_i the
-variance of the slope change; the muon's path through voxel j approximated by its path through the voxel's layer;
-divided by the momentum model's c_i = E[u^2] / E[u]^2). A voxel whose data carry less than ``min_data_fraction`` of P,
-or whose updates ran into a bound of ``x0_range``, is set by the prior: flagged in ``low_data``, with an uncertainty of
-at least its prediction (100 %).
+I'-weighted mean of its 3x3x3 neighbourhood (``shrink_extent``; blended with the median of ln rho over the measured
+voxels, the fallback of a data-poor neighbourhood) with a weight P worth ``shrink_crossings`` crossings of the voxel,
+I'_j = rho_j^2 I_j and I_j = sum_i e_i I_ij the angle-only Fisher information of the voxel (per projection 1/2 (k f l_ij
+/ C_i)^2, C_i the variance of the slope change; the muon's path through voxel j approximated by its path through the
+voxel's layer; divided by the momentum model's c_i = E[u^2] / E[u]^2). A voxel whose data carry less than
+``min_data_fraction`` of P, or whose updates ran into a bound of ``x0_range``, is set by the prior: flagged in
+``low_data``, with an uncertainty of at least its prediction (100 %).
 
 Uncertainty: the linear response of the regularised estimator (a Laplace-type approximation), per voxel and in a
 locally homogeneous approximation. In x = ln rho the prior's fixed point solves g(x) = b (1 - A) x (g the
@@ -135,9 +133,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         edge_scale: edge awareness of the smoothness prior (module docstring); 0 = plain neighbourhood mean.
         prior_extent: (n_z, n_xy) odd numbers of voxels of the smoothness prior's box along z and along x, y; the
             default (1, 5) stays within the voxel's layer, (3, 3) is the 3 x 3 x 3 box (module docstring).
-        shrink_extent: the same for the final shrinkage's neighbourhood; the default (3, 3) is the 3 x 3 x 3 box, (1, 3)
-            stays within the layer (README calibration section: lighter material next to a dense layer less pulled
-            towards it, the dense voxels more diluted).
+        shrink_extent: the same for the final shrinkage's neighbourhood (default: the 3 x 3 x 3 box; README).
         momentum, mu_generator: momentum model and the generator of the ``"unknown"`` model (``AbsX0Inferrer``).
     """
 
@@ -165,8 +161,7 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         mu_generator: AbsMuonGenerator | None = None,
     ) -> None:
         for name, v in (("n_iter", n_iter), ("n_samples", n_samples)):
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+            check_number(name, v, low=1, integer=True)
         if path not in PATH_MODES:
             raise ValueError(f"path must be one of {PATH_MODES}, got {path!r}")
         check_number("relax", relax, low=0, low_open=True, high=3)
