@@ -58,6 +58,7 @@ bench: setup
 	$(PY) benchmarks/bench_lumi_model.py
 	$(PY) benchmarks/bench_lumi_inversion.py
 	$(PY) benchmarks/bench_layouts.py
+	$(PY) benchmarks/bench_ladle_layouts.py
 
 ## bench-overhead: orchestration overhead of one stage process under one running Prefect server, as in make run (bench_out/stage_overhead.json)
 bench-overhead: setup
