@@ -27,11 +27,9 @@ The mean loss is -dE/dx = a(E) + b(E) E (Groom, Mokhov & Striganov, ADNDT 78 (20
   (see :data:`RADIATIVE_SCALE_EXPONENT`). b is interpolated log-log in the total energy E and extrapolated log-log with
   the end segments (below T = 1 GeV it falls steeply and is negligible, < 1e-4 of a).
 
-CSDA range: R(T) = int_{T_cut}^{T} dT' / S(T'), from :data:`CSDA_T_CUT` = 1 MeV (the range below 1 MeV is < 0.1 mm of
-water-equivalent and is neglected).
+CSDA range: R(T) = int_{T_cut}^{T} dT' / S(T') from :data:`CSDA_T_CUT` = 1 MeV (below it < 0.1 mm of water: neglected).
 
-:class:`~.energy_loss_table.EnergyLossTable` tabulates -dE/dx [GeV/m] against log p for the X0 values of a voxel map (which only stores X0)
-and steps muons through it with a midpoint (second-order) update of the energy.
+:class:`~.energy_loss_table.EnergyLossTable` tabulates -dE/dx [GeV/m] against log p for a voxel map's X0 values.
 """
 
 from __future__ import annotations
