@@ -111,10 +111,16 @@ VOLUMES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def simulate(layout: Callable[..., torch.Tensor], n_mu: int, seed: int, energy_loss: bool) -> tuple[Volume, list[ScatterBatch]]:
-    """Volume with ``layout`` and the scatter batches of ``n_mu`` generated muons (seeded)."""
+def simulate(
+    layout: Callable[..., torch.Tensor], n_mu: int, seed: int, energy_loss: bool, realistic: bool = False
+) -> tuple[Volume, list[ScatterBatch]]:
+    """Volume with ``layout`` and the scatter batches of ``n_mu`` generated muons (seeded); ``realistic``: the panels
+    in evaluation mode (sharp edges, nominal resolution and efficiency, as the pipeline's evaluation) instead of the
+    training-mode Gaussian profiles (resolution and efficiency falling off from each panel's centre)."""
     kw: dict[str, Any] = {"energy_loss": True} if energy_loss else {}
     vol = build_panel_volume(**kw)
+    if realistic:
+        vol.eval()
     vol.record_xyz_hist = False
     vol.load_rad_length(layout)
     gen = MuonGenerator2016.from_volume(vol)
@@ -150,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             lows: dict[tuple[str, str], list[np.ndarray]] = {}
             truth = None
             for seed in range(args.seeds):
-                vol, sbs = simulate(layout, n_mu, 1000 + seed, args.energy_loss)
+                vol, sbs = simulate(layout, n_mu, 1000 + seed, args.energy_loss, args.realistic)
                 truth = vol.get_rad_cube().numpy()
                 for inf_name in args.inferrers:
                     for mom in args.momentum:
@@ -222,6 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "energy_loss": args.energy_loss,
         "path_prior_extent": args.path_prior_extent,
         "path_options": args.path_opt,
+        "realistic_panels": args.realistic,
     }
 
 
@@ -248,6 +255,9 @@ def main() -> None:
         help="keyword of PathX0Inferrer, VALUE a Python literal (repeatable), e.g. shrink_extent='(1, 5)'",
     )
     ap.add_argument("--energy-loss", action="store_true")
+    ap.add_argument(
+        "--realistic", action="store_true", help="panels in evaluation mode (the pipeline's evaluate stage) instead of training mode"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "calibration.json"))
     args = ap.parse_args()
