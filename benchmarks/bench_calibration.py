@@ -256,7 +256,9 @@ def main() -> None:
     )
     ap.add_argument("--energy-loss", action="store_true")
     ap.add_argument(
-        "--realistic", action="store_true", help="panels in evaluation mode (the pipeline's evaluate stage) instead of training mode"
+        "--realistic",
+        action="store_true",
+        help="panels in evaluation mode (the pipeline's evaluate stage) instead of training mode",
     )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "bench_out" / "calibration.json"))

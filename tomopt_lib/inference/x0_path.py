@@ -47,16 +47,13 @@ Momentum known only through its prior (``"unknown"``): the likelihood of a muon 
 each node's terms of the numerator and denominator, weighted by the muon's posterior r_k ~ P_k N(d; 0, Cov_i(u_k)) at
 the current density (detached). A muon whose scatter is far above the typical one is read as a low-momentum muon
 instead of as dense material (the mean u in one Gaussian gave long-tailed estimates). EM converges the more slowly
-the more information the latent variable hides, so the mixture gets ``_MIXTURE_UPDATE_FACTOR`` x ``n_iter`` updates
-(20 seeds at 10k muons, 20 -> 40 updates: lead corner in beryllium 1.30 -> 1.22, the beryllium around it 0.90 ->
-1.01, uniform blocks 1.04-1.16 -> 1.08-1.22). The homogeneous start is refined by ``_MIXTURE_HOMOGENEOUS_ITERS`` EM
-steps of one density, the moment anchor is off (its sum of squared scatters is dominated by the few lowest momenta)
-and c_i = 1 (the posterior carries the momentum spread).
+the more information the latent variable hides: the mixture gets ``_MIXTURE_UPDATE_FACTOR`` x ``n_iter`` updates
+(README). The homogeneous start is refined by ``_MIXTURE_HOMOGENEOUS_ITERS`` EM steps of one density, the moment
+anchor is off (its sum of squared scatters is dominated by the few lowest momenta) and c_i = 1.
 
-Paths, observables and measurement noise: :mod:`.path_model` (``path="poca"`` by default). The voxel assignment
-of the path samples is detached; the path lengths, angles, noise and efficiencies carry gradients. Memory held per
-update is O(N) (the (N, S) sample tensors are shared by all updates). k_i = A^2 u_i with u_i the momentum model's
-1 / (beta p)^2 (:mod:`.momentum`).
+Paths, observables, noise: :mod:`.path_model` (``path="poca"`` by default); the voxel assignment of the path samples
+is detached, lengths, angles, noise and efficiencies carry gradients; O(N) memory per update. k_i = A^2 u_i, u_i the
+momentum model's 1 / (beta p)^2 (:mod:`.momentum`).
 
 Final shrinkage (:func:`.path_shrinkage.shrink_to_neighbourhood`): in ln rho, each voxel is pulled towards the
 I'-weighted mean of its 3x3x3 neighbourhood (``shrink_extent``; blended with the median of ln rho over the measured
@@ -129,14 +126,12 @@ class PathX0Inferrer(PathModelMixin, AbsX0Inferrer):
         relax: exponent of the update ratio (> 1 over-relaxes and converges faster; 1 = plain EM-type update).
         prior_strength: weight of the smoothness prior relative to a typical voxel's data (0 = pure ML).
         x0_range: (min, max) X0 [m] the estimate is clamped to.
-        min_data_fraction: voxels whose data carry less than this fraction of the shrinkage's information are
-            flagged ``low_data`` (the prediction is the prior's).
+        min_data_fraction: voxels with less data than this fraction of the shrinkage's weight are ``low_data``.
         moment_anchor: rescale every update to the global method of moments (module docstring).
         shrink_crossings: weight of the final shrinkage towards the neighbourhood, in crossings of the voxel.
         edge_scale: edge awareness of the smoothness prior (module docstring); 0 = plain neighbourhood mean.
-        prior_extent: (n_z, n_xy) odd numbers of voxels of the smoothness prior's box along z and along x, y; the
-            default (1, 5) stays within the voxel's layer, (3, 3) is the 3 x 3 x 3 box (module docstring).
-        shrink_extent: the same for the final shrinkage's neighbourhood (default: the 3 x 3 x 3 box; README).
+        prior_extent, shrink_extent: (n_z, n_xy) odd voxel counts along z and x, y of the smoothness prior's box
+            (default (1, 5): the voxel's own layer) and of the final shrinkage's (default (3, 3): 3 x 3 x 3).
         momentum, mu_generator: momentum model and the generator of the ``"unknown"`` model (``AbsX0Inferrer``).
     """
 
