@@ -59,6 +59,7 @@ bench: setup
 	$(PY) benchmarks/bench_lumi_inversion.py
 	$(PY) benchmarks/bench_layouts.py
 	$(PY) benchmarks/bench_ladle_layouts.py
+	$(PY) benchmarks/bench_regularisation.py --strengths 0.08 0.32 0.64 1.28 2.56 5.12
 
 ## bench-overhead: orchestration overhead of one stage process under one running Prefect server, as in make run (bench_out/stage_overhead.json)
 bench-overhead: setup
