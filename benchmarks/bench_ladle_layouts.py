@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,12 +35,9 @@ sys.path.insert(0, str(ROOT))
 
 from flows.params import load_params  # noqa: E402
 from tasks.common import derive_seed  # noqa: E402
-from tasks.study_common import study_layouts  # noqa: E402
-from tasks.study_ladle import _debiased, _inferrer, _wrapper, study_seed, write_layouts  # noqa: E402
+from tasks.study_ladle import _debiased, ladle_predictions, study_seed, write_layouts  # noqa: E402
 from tomopt_lib.benchmarks.ladle_furnace.volume import build_ladle_furnace_layers  # noqa: E402
 from tomopt_lib.metrics import bootstrap_mean, paired_bootstrap_ratio  # noqa: E402
-from tomopt_lib.optimisation import PassiveYielder  # noqa: E402
-from tomopt_lib.optimisation.callbacks.pred_callbacks import VolumeTargetPredHandler  # noqa: E402
 from tomopt_lib.volume import Volume  # noqa: E402
 
 if TYPE_CHECKING:
@@ -81,30 +77,6 @@ def build(cfg: Any, heights: tuple[tuple[float, ...], tuple[float, ...]], rel_sp
     return Volume(layers)
 
 
-def predict(vol: Volume, cfg: Any, data_dir: str, seed: int) -> pd.DataFrame:
-    """Fill-height predictions of the training and test layouts (the study's muon seeds per part)."""
-    rows = []
-    cfg = cfg.model_copy(update={"lr": cfg.lr.model_copy(update={"budget": None})})  # free areas: no budget optimiser
-    for part in ("train", "test"):
-        layouts = study_layouts(str(Path(data_dir) / f"{part}_layouts.h5"), vol)
-        vw = _wrapper(vol, cfg, derive_seed(study_seed(seed, cfg), 4, 0 if part == "train" else 1))
-        vw.partial_volume_inferrer = _inferrer(cfg, False)
-        got = vw.predict(
-            PassiveYielder(layouts, shuffle=False), cfg.n_mu_per_volume, cfg.mu_bs, pred_cb=VolumeTargetPredHandler()
-        )
-        for i, (pred, target) in enumerate(got):
-            rows.append(
-                {
-                    "set": part,
-                    "volume": i,
-                    "pred": float(np.asarray(pred).reshape(-1)[0]),
-                    "gen_target": float(np.asarray(target).reshape(-1)[0]),
-                    "unc": float("nan"),
-                }
-            )
-    return pd.DataFrame(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
@@ -126,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, heights, rel in LAYOUTS:
             vol = build(cfg, heights, rel)
             t0 = time.perf_counter()
-            d = _debiased(predict(vol, cfg, tmp, p.seed))
+            d = _debiased(ladle_predictions(vol, cfg, tmp, p.seed))
             errs[label] = d["sq_err"]
             est, lo, hi = bootstrap_mean(d["sq_err"], cfg.n_bootstrap, s)
             rows.append(

@@ -70,6 +70,7 @@ __all__ = [
     "prepare_ladle",
     "run_ladle_epoch",
     "predict_ladle",
+    "ladle_predictions",
     "compare_ladle",
 ]
 
@@ -244,6 +245,20 @@ def predict_ladle(
     vol = ladle_volume(name, cfg, device)
     if name == "trained":
         load_detector(vol, detector_pt)
+    df = ladle_predictions(vol, cfg, data_dir, seed)
+    from .outputs import save_csv
+
+    save_csv(df, out_csv)
+    task_logger().info("ladle detector %s: predicted %d layouts", name, len(df))
+    return {"name": name, "total_cost": describe_detector(vol)["total_cost"], "n": len(df)}
+
+
+def ladle_predictions(vol: Volume, cfg: LadleFurnaceStudy, data_dir: str, seed: int) -> pd.DataFrame:
+    """Fill heights of every training and test layout in ``data_dir`` with the detector of ``vol`` (the likelihood
+    inferrer at temperature 1 or PoCA z, the study's muon seeds per part): columns ``set``, ``volume``, ``pred``,
+    ``gen_target``, ``unc`` [m]. A volume without a fixed budget (free panel areas) gets no budget optimiser."""
+    if vol.budget is None:
+        cfg = cfg.model_copy(update={"lr": cfg.lr.model_copy(update={"budget": None})})
     rows: list[dict[str, Any]] = []
     for part in ("train", "test"):
         layouts = study_layouts(str(Path(data_dir) / f"{part}_layouts.h5"), vol)
@@ -263,11 +278,7 @@ def predict_ladle(
                     "unc": uncs.values[i] if i < len(uncs.values) else float("nan"),
                 }
             )
-    from .outputs import save_csv
-
-    save_csv(pd.DataFrame(rows), out_csv)
-    task_logger().info("ladle detector %s: predicted %d layouts", name, len(rows))
-    return {"name": name, "total_cost": describe_detector(vol)["total_cost"], "n": len(rows)}
+    return pd.DataFrame(rows)
 
 
 class _Uncertainties(Callback):
