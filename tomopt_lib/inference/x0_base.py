@@ -242,8 +242,8 @@ class AbsX0Inferrer(AbsVolumeInferrer):
         homogeneous X0 of the block names the material (:class:`~..volume.energy_loss.EnergyLossTable`), whose
         stopping power at 1 GeV times each muon's path L_i in the block (:meth:`_block_path_length`) gives its loss;
         the spectrum's averages then run over crossings of a column worth that much at 1 GeV that survive, slowing
-        down along the stopping power's shape (``SpectrumMomentum.lookup_after_loss`` / ``nodes``). The homogeneous X0: inverse-variance
-        weighted least squares of y_i = theta_i^2 / 2 ~ n_i + a_i rho (a_i = A^2 u_i L_i (1 + B ln(L_i rho))^2,
+        down along the stopping power's shape (``SpectrumMomentum.lookup_after_loss`` / ``nodes``). The homogeneous
+        X0: inverse-variance weighted least squares of y_i = theta_i^2 / 2 ~ n_i + a_i rho (a_i = A^2 u_i L_i (1 + B ln(L_i rho))^2,
         Highland with its log term; n_i the measurement noise; Var y_i ~ (n_i + a_i rho)^2), so that badly measured
         muons (tracks that miss panels: efficiency ~0, large noise) do not set it."""
         from ..volume.energy_loss_table import EnergyLossTable
