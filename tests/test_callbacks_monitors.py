@@ -1,12 +1,11 @@
-"""Monitoring and data callbacks: MetricLogger (+ GIF), PanelMetricLogger, ScatterRecord, HitRecord,
-Save2HDF5PredHandler, MuonResampler, SigmoidPanelSmoothnessSchedule, PanelCentring.
+"""Monitoring callbacks: MetricLogger (+ GIF), PanelMetricLogger, ScatterRecord, HitRecord, Save2HDF5PredHandler
+(MuonResampler and the detector callbacks: tests/test_callbacks_detector.py).
 
 Callbacks are driven through their hooks with a small stand-in wrapper holding a real ``FitParams``.
 """
 
 import functools
 import logging
-from types import SimpleNamespace
 
 import matplotlib
 
@@ -17,10 +16,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from callback_helpers import LW, FakeMetric, attach, make_volume, make_wrapper, run_fake_fit  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tomopt_lib.inference.scattering import ScatterBatch  # noqa: E402
-from tomopt_lib.muon.generation import MuonGenerator2016  # noqa: E402
 from tomopt_lib.muon.muon_batch import MuonBatch  # noqa: E402
 from tomopt_lib.optimisation.callbacks.data_callbacks import MuonResampler  # noqa: E402
 from tomopt_lib.optimisation.callbacks.detector_callbacks import PanelCentring, SigmoidPanelSmoothnessSchedule  # noqa: E402
@@ -28,76 +27,6 @@ from tomopt_lib.optimisation.callbacks.diagnostic_callbacks import HitRecord, Sc
 from tomopt_lib.optimisation.callbacks.monitors import MetricLogger, PanelMetricLogger  # noqa: E402
 from tomopt_lib.optimisation.callbacks.pred_callbacks import VolumeTargetPredHandler  # noqa: E402
 from tomopt_lib.optimisation.callbacks.pred_callbacks_hdf5 import Save2HDF5PredHandler  # noqa: E402
-from tomopt_lib.optimisation.wrapper.fit_state import FitParams  # noqa: E402
-from tomopt_lib.volume import build_panel_volume  # noqa: E402
-
-LW = 0.5
-
-
-def x0_func(*, z, lw, size):
-    n = int(round(float(lw[0]) / size))
-    return torch.full((n, n), 0.05)
-
-
-def make_volume(sigmoid_smooth=None):
-    vol = build_panel_volume(
-        passive_n_layers=3, lw=(LW, LW), voxel_size=0.1, sigmoid_smooth=sigmoid_smooth, n_panels_above=2, n_panels_below=2
-    )
-    vol.load_rad_length(x0_func)
-    return vol
-
-
-def make_wrapper(vol, tmp_path=None, **fp_kwargs):
-    fp = FitParams(cb_savepath=tmp_path, **fp_kwargs)
-    return SimpleNamespace(
-        volume=vol,
-        fit_params=fp,
-        mu_generator=MuonGenerator2016.from_volume(vol, fixed_mom=5.0),
-        loss_func=SimpleNamespace(sub_losses={}),
-    )
-
-
-def attach(cb, wrapper):
-    cb.set_wrapper(wrapper)
-    wrapper.fit_params.cbs.append(cb)
-    return cb
-
-
-class FakeMetric:
-    """Stand-in ``EvalMetric``: returns the next value of a list."""
-
-    def __init__(self, values, name="acc", lower_metric_better=False, main_metric=True):
-        self.values, self.name = list(values), name
-        self.lower_metric_better, self.main_metric = lower_metric_better, main_metric
-
-    def get_metric(self):
-        return self.values.pop(0)
-
-
-def run_fake_fit(cb, wrapper, trn_losses, val_losses, sub_losses=None):
-    """Drive ``cb`` through a fit: per epoch, training volume batches then validation volume batches."""
-    fp = wrapper.fit_params
-    fp.n_epochs = len(trn_losses)
-    cb.on_train_begin()
-    for e, (trn, val) in enumerate(zip(trn_losses, val_losses)):
-        fp.epoch = e + 1
-        fp.state = "train"
-        cb.on_epoch_begin()
-        for loss in trn:
-            fp.mean_loss = torch.tensor(loss)
-            cb.on_volume_batch_end()
-            cb.on_backwards_end()
-        cb.on_epoch_end()
-        fp.state = "valid"
-        cb.on_epoch_begin()
-        for _i, loss in enumerate(val):
-            if sub_losses is not None:
-                wrapper.loss_func.sub_losses = {k: torch.tensor(v) for k, v in sub_losses[e].items()}
-            cb.on_volume_end()
-            fp.mean_loss, fp.n_volumes_in_batch = torch.tensor(loss), 1
-            cb.on_volume_batch_end()
-        cb.on_epoch_end()
-    cb.on_train_end()
 
 
 # ---------------------------------------------------------------------------------------------------- MetricLogger
@@ -235,107 +164,6 @@ def test_hit_record(scattered):
     df = cb.get_record(as_df=True)
     assert list(df.columns) == ["x", "y", "z", "panel"] and len(df) == 4 * sb.n_mu
     assert df.groupby("panel")["z"].mean().to_numpy() == pytest.approx([0.7, 0.6, 0.2, 0.1], abs=1e-5)
-
-
-# ---------------------------------------------------------------------------------------------------- resampler
-def test_muon_resampler_all_hit_and_seeded():
-    vol = make_volume()
-    w = make_wrapper(vol, state="train")
-    gen = torch.Generator().manual_seed(0)
-    mus = w.mu_generator.generate_set(2000, generator=gen)
-    w.fit_params.mu = MuonBatch(mus, init_z=vol.h)
-    miss = ~MuonResampler.check_mu_batch(w.fit_params.mu, vol)
-    assert miss.sum() > 100  # the generator's footprint is wider than the volume
-    outs = []
-    for _ in range(2):
-        w.fit_params.mu = MuonBatch(mus, init_z=vol.h)
-        cb = attach(MuonResampler(seed=7), w)
-        cb.on_train_begin()
-        cb.on_mu_batch_begin()
-        mu = w.fit_params.mu
-        assert len(mu) == 2000 and MuonResampler.check_mu_batch(mu, vol).all() and cb.n_unreplaced == 0
-        assert torch.allclose(mu.z, vol.h.expand(2000))
-        outs.append(mu.muons.clone())
-    assert torch.equal(outs[0], outs[1])  # same seed, same batch
-    assert torch.equal(outs[0][~miss, :2], mus[~miss, :2])  # hitting muons are kept in place
-    # propagated: every resampled muon really enters the passive block
-    mu = MuonBatch(outs[0][:, [0, 1, 3, 4, 5]], init_z=vol.h)
-    vol(mu)
-    z_hist = torch.stack(mu.xyz_hist, 1)  # positions after each layer
-    inside = ((z_hist[..., :2] >= -1e-5) & (z_hist[..., :2] <= LW + 1e-5)).all(-1)
-    assert inside[:, :4].any(1).float().mean() > 0.95  # at z = 0.5, 0.4, 0.3 or 0.2 m (passive planes)
-
-
-def test_muon_resampler_slab_test_matches_brute_force():
-    vol = make_volume()
-    g = MuonGenerator2016.from_volume(vol, fixed_mom=5.0)
-    mu = MuonBatch(g.generate_set(5000, generator=torch.Generator().manual_seed(1)), init_z=vol.h)
-    hit = MuonResampler.check_mu_batch(mu, vol)
-    zs = torch.linspace(0.2, 0.5, 2001)
-    d = mu.direction
-    s = (mu.z[:, None] - zs[None]) / (-d[:, 2:3])
-    x, y = mu.x[:, None] + s * d[:, :1], mu.y[:, None] + s * d[:, 1:2]
-    brute = ((x >= 0) & (x <= LW) & (y >= 0) & (y <= LW)).any(1)
-    assert (hit == brute).float().mean() > 0.999
-
-
-def test_muon_resampler_bounded_rounds_logs(caplog):
-    vol = make_volume()
-    w = make_wrapper(vol, state="train")
-    w.mu_generator = SimpleNamespace(
-        generate_set=lambda n, generator=None: torch.tensor([[-5.0, -5.0, 5.0, 0.0, 0.0]]).repeat(n, 1)
-    )
-    w.fit_params.mu = MuonBatch(torch.tensor([[-5.0, -5.0, 5.0, 0.0, 0.0], [0.2, 0.2, 5.0, 0.0, 0.0]]), init_z=vol.h)
-    cb = attach(MuonResampler(max_rounds=3), w)
-    cb.on_train_begin()
-    with caplog.at_level(logging.WARNING):
-        cb.on_mu_batch_begin()
-    assert cb.n_unreplaced == 1 and "still miss" in caplog.text and len(w.fit_params.mu) == 2
-    with pytest.raises(ValueError, match="max_rounds"):
-        MuonResampler(max_rounds=0)
-
-
-# ---------------------------------------------------------------------------------------------------- detector
-def test_sigmoid_panel_smoothness_schedule():
-    vol = make_volume(sigmoid_smooth=0.5)
-    w = make_wrapper(vol)
-    w.fit_params.n_epochs = 5
-    w.fit_params.warmup_cbs = [SimpleNamespace(n_warmup=1)]
-    cb = attach(SigmoidPanelSmoothnessSchedule((1.0, 0.01)), w)
-    cb.on_train_begin()
-    panels = [p for d in vol.get_detectors() for p in d.panels]
-
-    def smooths():
-        return {round(float(p.smooth), 6) for p in panels}
-
-    assert smooths() == {1.0}
-    seen = []
-    for epoch in range(5):
-        w.fit_params.warmup_done = epoch >= 1
-        for state in ("train", "valid"):
-            w.fit_params.state = state
-            cb.on_epoch_begin()
-            seen.append(smooths())
-    assert [s for s in seen[::2]] == [{1.0}, {1.0}, {round(10 ** (-2 / 3), 6)}, {round(10 ** (-4 / 3), 6)}, {0.01}]
-    assert seen[1::2] == seen[::2]  # validation epochs do not advance the schedule
-    with pytest.raises(ValueError, match="smooth_range"):
-        SigmoidPanelSmoothnessSchedule((1.0, 0.0))
-
-
-def test_panel_centring():
-    vol = make_volume()
-    w = make_wrapper(vol)
-    with torch.no_grad():
-        for d in vol.get_detectors():
-            for i, p in enumerate(d.panels):
-                p.xy.copy_(torch.tensor([0.1 + 0.2 * i, 0.4 - 0.1 * i]))
-                p.z.sub_(0.01 * i)
-    z_before = [float(p.z.detach()) for d in vol.get_detectors() for p in d.panels]
-    attach(PanelCentring(), w).on_step_end()
-    for d in vol.get_detectors():
-        for p in d.panels:
-            assert p.xy.detach().tolist() == pytest.approx([0.2, 0.35])
-    assert [float(p.z.detach()) for d in vol.get_detectors() for p in d.panels] == z_before
 
 
 # ---------------------------------------------------------------------------------------------------- HDF5 preds
