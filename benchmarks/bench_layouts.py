@@ -35,6 +35,7 @@ from flows.params import load_params  # noqa: E402
 from tasks.common import derive_seed  # noqa: E402
 from tasks.detector import build_reference_volume, make_wrapper, panels, passive_layouts, yielder  # noqa: E402
 from tasks.evaluation import _Preds, eval_seed, make_heldout  # noqa: E402
+from tomopt_lib.metrics import volume_scores  # noqa: E402
 from tomopt_lib.volume import Volume  # noqa: E402
 
 LAYOUTS: list[tuple[str, str, float | list[float]]] = [
@@ -106,11 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             layouts, cubes = passive_layouts(held, vol)
             t0 = time.perf_counter()
             got = vw.predict(yielder(layouts, False), ev.n_mu_per_volume, ev.mu_bs, pred_cb=_Preds())
-            mse = [
-                float(np.mean((np.log(np.clip(got[i].reshape(c.shape), 1e-4, None)) - np.log(c)) ** 2))
-                for i, c in enumerate(cubes)
-                if i in got
-            ]
+            mse = [volume_scores(got[i].reshape(c.shape), c)["mse_log_x0"] for i, c in enumerate(cubes) if i in got]
             cost = float(vol.get_cost().detach())
             rows.append(
                 {

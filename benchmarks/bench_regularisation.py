@@ -33,38 +33,23 @@ sys.path.insert(0, str(ROOT))
 
 from flows.params import load_params  # noqa: E402
 from tasks.common import derive_seed  # noqa: E402
-from tasks.detector import (  # noqa: E402
-    build_reference_volume,
-    build_start_volume,
-    load_detector,
-    make_wrapper,
-    passive_layouts,
-    yielder,
-)
-from tasks.evaluation import _Preds, eval_seed, make_heldout  # noqa: E402
-from tomopt_lib.metrics import paired_bootstrap_ratio  # noqa: E402
+from tasks.detector import make_wrapper, passive_layouts, yielder  # noqa: E402
+from tasks.evaluation import _Preds, detector_volume, eval_seed, make_heldout  # noqa: E402
+from tomopt_lib.metrics import paired_bootstrap_ratio, volume_scores  # noqa: E402
 
 DETECTORS = ("trained", "reference", "start")
 
 
 def mse_per_volume(name: str, strength: float, p: Any, ev: Any, held: str, detector_pt: str) -> np.ndarray:
-    """(n_volumes,) MSE of ln X0 of detector ``name`` with the path inferrer at ``prior_strength=strength``."""
-    opt = p.optimise
-    if name == "reference":
-        vol = build_reference_volume(p.volume, "cpu", budget=opt.budget)
-    else:
-        vol = build_start_volume(p.volume, opt.start, "cpu", budget=opt.budget)
-    if name == "trained":
-        load_detector(vol, detector_pt)
-    vw = make_wrapper(vol, opt, seed=derive_seed(eval_seed(p.seed, ev), 2), inferrer=ev.inferrer, momentum=ev.momentum)
+    """(n_volumes,) MSE of ln X0 (the evaluate stage's ``volume_scores``) of detector ``name`` with the path inferrer at
+    ``prior_strength=strength``; NaN for a volume without a prediction."""
+    vol = detector_volume(name, p.volume, p.optimise, detector_pt)
+    vw = make_wrapper(vol, p.optimise, seed=derive_seed(eval_seed(p.seed, ev), 2), inferrer=ev.inferrer, momentum=ev.momentum)
     vw.partial_volume_inferrer = partial(vw.partial_volume_inferrer, prior_strength=strength)
     layouts, cubes = passive_layouts(held, vol)
     got = vw.predict(yielder(layouts, False), ev.n_mu_per_volume, ev.mu_bs, pred_cb=_Preds())
     return np.array(
-        [
-            float(np.mean((np.log(np.clip(got[i].reshape(c.shape), 1e-4, None)) - np.log(c)) ** 2)) if i in got else np.nan
-            for i, c in enumerate(cubes)
-        ]
+        [volume_scores(got[i].reshape(c.shape), c)["mse_log_x0"] if i in got else np.nan for i, c in enumerate(cubes)]
     )
 
 
@@ -79,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     p = load_params(args.params)
     ev = p.evaluate if args.n_volumes is None else p.evaluate.model_copy(update={"n_volumes": args.n_volumes})
-    if ev.inferrer not in (None, "path") and not (ev.inferrer is None and p.optimise.inferrer == "path"):
+    if (ev.inferrer or p.optimise.inferrer) != "path":  # evaluate.inferrer null = optimise's
         raise SystemExit("evaluate.inferrer must be the path inferrer (its prior strength is what this varies)")
     mse: dict[str, dict[float, np.ndarray]] = {d: {} for d in DETECTORS}
     t0 = time.perf_counter()

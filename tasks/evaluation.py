@@ -22,6 +22,7 @@ from tomopt_lib.optimisation.callbacks import Callback
 from tomopt_lib.plotting import plot_pred_true_x0
 from tomopt_lib.plotting.study import plot_error_per_volume, plot_metric_intervals, plot_pred_vs_true_by_material
 from tomopt_lib.runtime import resolve_device
+from tomopt_lib.volume import Volume
 
 from .common import derive_seed, task_logger
 from .detector import (
@@ -40,6 +41,7 @@ __all__ = [
     "EVALUATE_STAGE_KEY",
     "eval_seed",
     "make_heldout",
+    "detector_volume",
     "predict_detector",
     "compare_detectors",
     "evaluate_markdown",
@@ -84,6 +86,20 @@ class _Preds(Callback):
         return self.preds
 
 
+def detector_volume(
+    name: str, volume_cfg: VolumeParams, opt: OptimiseParams, detector_pt: str | None = None, device: str | None = "cpu"
+) -> Volume:
+    """The volume of detector ``name``: "reference" (hand design), "start" or "trained" (the start with the parameters
+    of ``detector_pt``), at the fixed budget ``opt.budget``, on ``device``."""
+    dev = resolve_device(device)
+    if name == "reference":
+        return build_reference_volume(volume_cfg, dev, budget=opt.budget)
+    vol = build_start_volume(volume_cfg, opt.start, dev, budget=opt.budget)
+    if name == "trained":
+        load_detector(vol, str(detector_pt))
+    return vol
+
+
 @task(name="evaluate-predict", task_run_name="predict-{name}", cache_policy=NO_CACHE, persist_result=False)
 def predict_detector(
     name: str,
@@ -99,14 +115,7 @@ def predict_detector(
     """Predict X0 of every held-out volume with detector ``name`` ("trained" from ``detector_pt``, "start",
     "reference") on ``device``; writes the predictions (passives format, NaN where a volume got no muons) to
     ``out_path``."""
-    dev = resolve_device(device)
-    vol = (
-        build_reference_volume(volume_cfg, dev, budget=opt.budget)
-        if name == "reference"
-        else build_start_volume(volume_cfg, opt.start, dev, budget=opt.budget)
-    )
-    if name == "trained":
-        load_detector(vol, str(detector_pt))
+    vol = detector_volume(name, volume_cfg, opt, detector_pt, device)
     vw = make_wrapper(vol, opt, seed=derive_seed(eval_seed(seed, ev), 2), inferrer=ev.inferrer, momentum=ev.momentum)
     layouts, cubes = passive_layouts(heldout_path, vol)
     cb = _Preds()
